@@ -1,0 +1,83 @@
+# EQ-VAE reproducibility kit. The two commands a new user needs:
+#   make reproduce   # set-up (venv, data) + every notebook of the profile (default: cpu) through papermill
+#   make test        # set-up + unit tests + the notebooks under the smoke profile (nbval)
+# Stages run one after another on purpose: two CPU-heavy jobs on 2 cores slow each other ~10x.
+
+SHELL      := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.NOTPARALLEL:
+.DELETE_ON_ERROR:
+
+PROFILE    ?= cpu
+PARAMS     ?=
+PYTHON     ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+RUNS       := runs
+NB_OUT     := $(RUNS)/$(PROFILE)/notebooks
+NOTEBOOKS  := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+EXECUTED   := $(patsubst notebooks/%,$(NB_OUT)/%,$(NOTEBOOKS))
+LIB        := $(shell find eqvae_lib -name '*.py' 2>/dev/null)
+PYTEST_ARGS ?=
+
+export EQVAE_PROFILE := $(PROFILE)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help venv data reproduce test unit-test nb-test lab clean bench strip
+help:
+	@echo "make reproduce [PROFILE=smoke|cpu|cpu-full|paper] [PARAMS='-p name value ...']"
+	@echo "make test      unit tests + notebooks under the smoke profile"
+	@echo "make lab       JupyterLab with the kit's kernel"
+	@echo "make data      fetch Fashion-MNIST (Debian package as root, else download into data/)"
+	@echo "make bench     benchmarks in bench/ (one at a time)"
+	@echo "make clean     remove generated outputs (runs/, figures of non-reference profiles); never data/"
+
+# ---------------------------------------------------------------------------------------------------- set-up
+venv: $(STAMP)
+$(STAMP): requirements.lock pyproject.toml
+	@echo "== creating $(VENV) from requirements.lock (first time: ~2-3 min, ~6.7 GB)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name eqvae-kit --display-name "EQ-VAE kit (.venv)" >/dev/null
+	@touch $@
+
+data: $(STAMP)
+	$(PY) -m eqvae_lib.data fetch
+
+# ---------------------------------------------------------------------------------------------------- reproduce
+reproduce: $(STAMP) data $(EXECUTED)
+	@echo "== $(PROFILE): executed notebooks in $(NB_OUT), records in $(RUNS)/$(PROFILE)/records, figures in figures/$(PROFILE)"
+
+# One executed notebook per source notebook; re-run only when its source, the profile or the library changed.
+$(NB_OUT)/%.ipynb: notebooks/%.ipynb profiles/$(PROFILE).yaml $(LIB) $(STAMP)
+	@mkdir -p $(NB_OUT)
+	@echo "== running $< (profile $(PROFILE)) at $$(date +%H:%M:%S)"
+	@start=$$(date +%s); \
+	$(PY) -m papermill $< $@.tmp -f profiles/$(PROFILE).yaml -p profile $(PROFILE) $(PARAMS) \
+	    --cwd notebooks --log-output --progress-bar --kernel python3 && mv $@.tmp $@; \
+	echo "== finished $< in $$(( $$(date +%s) - start )) s"
+
+# ---------------------------------------------------------------------------------------------------- tests
+test: $(STAMP) data unit-test nb-test
+
+unit-test: $(STAMP)
+	$(PY) -m pytest tests --durations=15 $(PYTEST_ARGS)
+
+nb-test: $(STAMP)
+	EQVAE_PROFILE=smoke $(PY) -m pytest --nbval-lax notebooks --durations=15 -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STAMP) data
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+# ---------------------------------------------------------------------------------------------------- other
+lab: $(STAMP) data
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+strip: $(STAMP)
+	$(VENV)/bin/nbstripout notebooks/*.ipynb
+
+clean:
+	rm -rf $(RUNS) figures/smoke figures/cpu-full figures/paper .pytest_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
