@@ -1,0 +1,41 @@
+"""Command line: ``python -m eqvae_lib COMMAND ...`` (also installed as ``eqvae``).
+
+Commands:
+  pretrain   train a base autoencoder from scratch (the small stand-in for SD-VAE)
+  finetune   fine-tune any autoencoder with EQ-VAE (or the plain control) and export it
+  audit      equivariance, reconstruction and intrinsic-dimension audit of any autoencoder
+  report     rebuild the report tables from the result records of a profile
+  fetch-data make Fashion-MNIST available offline
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "pretrain": ("eqvae_lib.train_ae", "cli_pretrain"),
+    "finetune": ("eqvae_lib.train_ae", "cli_finetune"),
+    "audit": ("eqvae_lib.metrics.audit", "cli_audit"),
+    "report": ("eqvae_lib.report", "cli_report"),
+    "fetch-data": ("eqvae_lib.data", "_main"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module, func = COMMANDS[cmd]
+    if cmd == "fetch-data":
+        rest = ["fetch"]
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

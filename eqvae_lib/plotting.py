@@ -1,0 +1,65 @@
+"""One figure style for the kit; every figure saved as PNG and PDF with a caption that states its scale.
+
+Figures go to ``figures/<profile>/`` (only the reference ``cpu`` run's are committed). Each saved figure is listed
+in ``figures/<profile>/index.json`` with its caption, so the report can build a figure index.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from .config import FIGURES_DIR
+from .io import atomic_path, atomic_write_json
+
+COLORS = {"base": "#7f7f7f", "plain": "#1f77b4", "eq": "#d62728", "paper": "#2ca02c"}
+
+
+def setup() -> None:
+    """Apply the kit's matplotlib style (readable sizes, light grid)."""
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.grid": True, "grid.alpha": 0.3,
+                         "axes.spines.top": False, "axes.spines.right": False, "font.size": 10,
+                         "legend.frameon": False})
+
+
+def figures_dir(profile: str) -> Path:
+    return FIGURES_DIR / profile
+
+
+def save_figure(fig, name: str, caption: str, profile: str) -> Path:
+    """Save ``fig`` as ``figures/<profile>/<name>.png`` and ``.pdf`` (atomically) and index its caption.
+
+    The caption must say at what scale the figure was made (dataset, resolution, autoencoder), e.g. from
+    :func:`scale_note`, so nobody mistakes a small-scale run for the paper's. Returns the PNG path.
+    """
+    folder = figures_dir(profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
+        with atomic_path(folder / f"{name}.{ext}") as tmp:
+            fig.savefig(tmp, format=ext, bbox_inches="tight")
+    index_path = folder / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    index[name] = caption
+    atomic_write_json(index_path, dict(sorted(index.items())))
+    return folder / f"{name}.png"
+
+
+def scale_note(dataset: str, image_size: int, ae: str, profile: str, extra: str = "") -> str:
+    """Caption suffix naming the scale: e.g. "Scale: Fashion-MNIST 64 px, kit-trained small-f4 AE, profile cpu
+    (not the paper's ImageNet 256 px / SD-VAE)."""
+    s = f"Scale: {dataset} {image_size} px, {ae}, profile {profile}"
+    if profile != "paper":
+        s += " (not the paper's ImageNet 256 px / SD-VAE)"
+    return s + (f"; {extra}" if extra else "") + "."
+
+
+def image_grid(images, nrow: int = 8):
+    """``[B, C, H, W]`` in [-1, 1] → a numpy ``[H', W', 3]`` (or ``[H', W']``) array in [0, 1] for ``imshow``."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, padding=1, pad_value=1.0,
+                     normalize=True, value_range=(-1, 1))
+    arr = grid.permute(1, 2, 0).numpy()
+    return arr[..., 0] if images.shape[1] == 1 else arr

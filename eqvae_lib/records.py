@@ -1,0 +1,164 @@
+"""Result records with provenance, and the report's tables built only from them.
+
+One JSON record per notebook run, at ``runs/<profile>/records/<claim>.json``: the claim id (e.g. ``"table1"``,
+``"fig5"``), every metric with its unit and the paper's value where one exists, a verdict ("reproduced" / "not
+reproduced at this scale" / "not run"), the profile and all parameters, seeds, the identities (hashes) of datasets
+and autoencoders, the git commit and the wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import RUNS_DIR
+from .io import atomic_write_json, git_commit
+
+VERDICTS = ("reproduced", "partly reproduced", "not reproduced at this scale", "not run at this scale",
+            "informational")
+
+
+@dataclass
+class Metric:
+    """One number: ``name`` (e.g. ``"rFID"``), ``value``, ``unit`` (``"dB"``, ``"cells"``, ``""``), the autoencoder or
+    model it belongs to (``subject``), the paper's value and where it comes from, and free notes (e.g. the feature
+    extractor)."""
+
+    name: str
+    value: float | None
+    unit: str = ""
+    subject: str = ""
+    paper: float | None = None
+    source: str = ""
+    notes: str = ""
+
+
+@dataclass
+class RunRecord:
+    """Provenance and results of one notebook run. Create at the start (it starts the wall clock), ``add`` metrics,
+    ``set_verdict``, then ``save``.
+
+    Args:
+        claim: short id of the paper claim (``"table1"``, ``"fig3"``...).
+        title: one line stating the claim.
+        profile: profile name (``smoke``/``cpu``/``cpu-full``/``paper``).
+        params: every notebook parameter (JSON-serialisable).
+        seeds: the seeds used.
+    """
+
+    claim: str
+    title: str
+    profile: str
+    params: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    metrics: list[Metric] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)
+    verdict: str = "not run at this scale"
+    verdict_text: str = ""
+    scale: str = ""
+    figures: list[str] = field(default_factory=list)
+    git_commit: str = field(default_factory=git_commit)
+    started: float = field(default_factory=time.time)
+    wall_time_s: float | None = None
+    host: str = field(default_factory=lambda: f"{platform.node()} ({platform.machine()}, "
+                                              f"python {platform.python_version()})")
+
+    def add(self, name: str, value: float | None, unit: str = "", subject: str = "", paper: float | None = None,
+            source: str = "", notes: str = "") -> Metric:
+        """Append a metric and return it. ``value`` is stored as a float (``None`` for "not computed")."""
+        m = Metric(name, None if value is None else float(value), unit, subject, paper, source, notes)
+        self.metrics.append(m)
+        return m
+
+    def add_input(self, name: str, identity: str) -> None:
+        """Record the identity (hash) of an input: a dataset subset, an autoencoder's weights, a cache."""
+        self.inputs[name] = identity
+
+    def set_verdict(self, verdict: str, text: str) -> None:
+        """``verdict`` one of ``VERDICTS``; ``text`` says why in a sentence (numbers included)."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+        self.verdict, self.verdict_text = verdict, text
+
+    def get(self, name: str, subject: str = "") -> float | None:
+        """Value of the first metric with that name (and subject, if given)."""
+        for m in self.metrics:
+            if m.name == name and (not subject or m.subject == subject):
+                return m.value
+        raise KeyError(f"no metric {name!r} for subject {subject!r} in record {self.claim}")
+
+    def path(self, root: Path | None = None) -> Path:
+        return (root or RUNS_DIR) / self.profile / "records" / f"{self.claim}.json"
+
+    def save(self, root: Path | None = None) -> Path:
+        """Stop the clock and write the record atomically; returns its path."""
+        self.wall_time_s = time.time() - self.started
+        path = self.path(root)
+        atomic_write_json(path, asdict(self))
+        return path
+
+
+def load_record(path: str | Path) -> RunRecord:
+    """Read one record JSON back.
+
+    Raises:
+        ValueError: naming the file if it is not a valid record.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+        raw["metrics"] = [Metric(**{k: _num(v) for k, v in m.items()}) for m in raw.get("metrics", [])]
+        return RunRecord(**raw)
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        raise ValueError(f"{path} is not a result record ({e}); delete it and re-run its notebook") from e
+
+
+def _num(v: Any) -> Any:
+    return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}.get(v, v) if isinstance(v, str) else v
+
+
+def load_records(profile: str, root: Path | None = None) -> list[RunRecord]:
+    """All records of a profile, sorted by claim id."""
+    folder = (root or RUNS_DIR) / profile / "records"
+    return sorted((load_record(p) for p in folder.glob("*.json")), key=lambda r: r.claim)
+
+
+def records_table(records: Iterable[RunRecord]):
+    """One row per metric of every record: a ``pandas.DataFrame`` with columns claim, subject, metric, ours, unit,
+    paper, source, notes."""
+    import pandas as pd
+
+    rows = [dict(claim=r.claim, subject=m.subject, metric=m.name, ours=m.value, unit=m.unit, paper=m.paper,
+                 source=m.source, notes=m.notes) for r in records for m in r.metrics]
+    return pd.DataFrame(rows, columns=["claim", "subject", "metric", "ours", "unit", "paper", "source", "notes"])
+
+
+def to_markdown(df, floatfmt: str = ".4g") -> str:
+    """A GitHub-flavoured Markdown table of a DataFrame (no extra dependency)."""
+
+    def fmt(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if isinstance(v, float):
+            return format(v, floatfmt)
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def save_table(df, name: str, folder: Path) -> tuple[Path, Path]:
+    """Write ``df`` as ``folder/name.csv`` and ``folder/name.md`` (atomically); returns both paths."""
+    from .io import atomic_write_text
+
+    csv, md = folder / f"{name}.csv", folder / f"{name}.md"
+    atomic_write_text(csv, df.to_csv(index=False))
+    atomic_write_text(md, to_markdown(df))
+    return csv, md
