@@ -55,7 +55,7 @@ $(NB_OUT)/%.ipynb: notebooks/%.ipynb profiles/$(PROFILE).yaml $(LIB) $(STAMP)
 	@mkdir -p $(NB_OUT)
 	@echo "== running $< (profile $(PROFILE)) at $$(date +%H:%M:%S)"
 	@start=$$(date +%s); \
-	$(PY) -m papermill $< $@.tmp -f profiles/$(PROFILE).yaml -p profile $(PROFILE) $(PARAMS) \
+	$(PY) -m papermill $< $@.tmp -p profile $(PROFILE) $(PARAMS) \
 	    --cwd notebooks --log-output --progress-bar --kernel python3 && mv $@.tmp $@; \
 	echo "== finished $< in $$(( $$(date +%s) - start )) s"
 

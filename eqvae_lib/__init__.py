@@ -9,3 +9,9 @@ config, io -> data, transforms -> autoencoders -> losses -> train_ae -> latents 
 """
 
 __version__ = "0.1.0"
+
+import warnings as _warnings
+
+# In a kernel without ipywidgets, tqdm.auto falls back to text bars (what papermill's log shows) and warns; the text
+# bars are what we want there.
+_warnings.filterwarnings("ignore", message="IProgress not found")

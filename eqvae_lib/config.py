@@ -81,3 +81,18 @@ def device() -> "torch.device":  # noqa: F821
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def notebook_params(profile: str | None, namespace: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of a notebook run: ``profiles/<profile>.yaml`` (``profile=None`` → ``$EQVAE_PROFILE``, default
+    ``cpu``), with every key that is also a global of the notebook (papermill's injected cell or an edit of the
+    parameters cell) taking that value. Keys named in the notebook's namespace but not in the profile are ignored.
+
+    Returns:
+        a new dict; ``"profile"`` holds the profile name.
+    """
+    P = load_profile(profile)
+    for key in list(P):
+        if key != "profile" and key in namespace:
+            P[key] = namespace[key]
+    return P

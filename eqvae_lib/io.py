@@ -102,7 +102,8 @@ def sha256_tensor(t: torch.Tensor) -> str:
     """Hex SHA-256 of a tensor's dtype, shape and values (CPU, contiguous)."""
     t = t.detach().cpu().contiguous()
     h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # reshape: 0-d tensors cannot be viewed
     return h.hexdigest()
 
 

@@ -195,8 +195,28 @@ class MaskGIT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def build_maskgit(config: MaskGITConfig | None = None, **overrides: Any) -> MaskGIT:
-    """A MaskGIT model from a config (default ``MaskGITConfig()``) with fields overridden by keyword."""
+#: Named sizes. ``maskgit-small``: the CPU profiles (8x8 or 16x16 tokens, ~3M parameters with width 256);
+#: ``maskgit-base``: the MaskGIT paper's ImageNet-256 transformer (24 layers, width 768, 16 heads, 1024 codes,
+#: 16x16 tokens, 1000 classes).
+MASKGIT_CONFIGS: dict[str, MaskGITConfig] = {
+    "maskgit-tiny": MaskGITConfig(width=64, depth=2, heads=4),
+    "maskgit-small": MaskGITConfig(width=256, depth=4, heads=8),
+    "maskgit-base": MaskGITConfig(codebook_size=1024, grid=(16, 16), num_classes=1000, width=768, depth=24,
+                                  heads=16),
+}
+
+
+def build_maskgit(config: MaskGITConfig | str | None = None, **overrides: Any) -> MaskGIT:
+    """A MaskGIT model from a config or a name in ``MASKGIT_CONFIGS`` (default ``MaskGITConfig()``), with fields
+    overridden by keyword (e.g. ``codebook_size=256, grid=(8, 8), num_classes=10, tokenizer_hash=...``).
+
+    Raises:
+        ValueError: for an unknown name or field.
+    """
+    if isinstance(config, str):
+        if config not in MASKGIT_CONFIGS:
+            raise ValueError(f"unknown MaskGIT config {config!r}; known: {', '.join(MASKGIT_CONFIGS)}")
+        config = MASKGIT_CONFIGS[config]
     config = copy.deepcopy(config) if config is not None else MaskGITConfig()
     for k, v in overrides.items():
         if not hasattr(config, k):
@@ -450,7 +470,8 @@ def train_maskgit(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | N
             (else the trained model), in eval mode; its dict goes into the log line ``{"kind": "eval", ...}``.
         log_path: JSONL file; one line ``{"kind": "train", "step", "epoch", "loss", "acc", "lr", "grids_per_s"}``
             every ``cfg.log_every`` steps (appended, flushed). Default ``out_dir/log.jsonl`` when out_dir is given.
-        resume: a checkpoint written by this function; training continues from its step (weights, EMA, optimizer).
+        resume: a checkpoint written by this function; training continues from its step (weights, EMA, optimizer,
+            mask generator state): without dropout, resuming reproduces the uninterrupted run exactly.
         progress: show a tqdm bar.
 
     Returns:
@@ -461,8 +482,8 @@ def train_maskgit(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | N
     """
     cfg = cfg or MaskGITTrainConfig()
     if tokens.ndim != 3 or tuple(tokens.shape[1:]) != model.config.grid:
-        raise ValueError(f"train_maskgit: tokens must be [N, h, w] with (h, w) = {model.config.grid}, "
-                         f"got {tuple(tokens.shape)}")
+        raise ValueError(f"train_maskgit: tokens must be [N, h, w] with the model's grid (h, w) = "
+                         f"{model.config.grid}, got {tuple(tokens.shape)}")
     if labels is not None and len(labels) != len(tokens):
         raise ValueError(f"train_maskgit: {len(labels)} labels for {len(tokens)} token grids")
     if labels is not None and model.config.num_classes == 0:
@@ -490,6 +511,7 @@ def train_maskgit(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | N
         for p in ema.parameters():
             p.requires_grad_(False)
     step = 0
+    rng_state = None
     if resume is not None:
         ck = torch.load(resume, map_location=device, weights_only=True)
         model.load_state_dict(ck["model"])
@@ -498,9 +520,12 @@ def train_maskgit(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | N
         if ema is not None and ck.get("ema") is not None:
             ema.load_state_dict(ck["ema"])
         step = int(ck["step"])
+        rng_state = (ck.get("extra") or {}).get("rng")
 
     n_data = len(tokens)
-    dgen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + step)  # masks, label dropout
+    dgen = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # masks, label dropout
+    if resume is not None and rng_state is not None:
+        dgen.set_state(rng_state)
     perm_epoch = -1
     perm = None
     use_amp = device.type == "cuda"
@@ -574,7 +599,7 @@ def train_maskgit(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | N
             acc_loss, acc_acc, acc_n, t0 = 0.0, 0.0, 0, time.perf_counter()
         if step in ckpt_steps:
             path = out_dir / f"step_{step:07d}.pt"
-            save_maskgit(path, model, ema, step, opt)
+            save_maskgit(path, model, ema, step, opt, extra={"rng": dgen.get_state()})
             ckpts.append(str(path))
         if eval_fn is not None and step in eval_steps:
             run_eval(step)

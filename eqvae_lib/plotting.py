@@ -63,3 +63,30 @@ def image_grid(images, nrow: int = 8):
                      normalize=True, value_range=(-1, 1))
     arr = grid.permute(1, 2, 0).numpy()
     return arr[..., 0] if images.shape[1] == 1 else arr
+
+
+def latent_pca_rgb(z):
+    """First three principal components of latents as RGB (Fig. 1 left / Fig. 7).
+
+    Args:
+        z: latents ``[B, c, h, w]`` (c ≥ 3). The PCA is fitted on all B·h·w latent cells (each a c-vector).
+    Returns:
+        numpy ``[B, h, w, 3]`` in [0, 1] (each component min-max scaled over the batch).
+    """
+    import numpy as np
+    from sklearn.decomposition import PCA
+
+    b, c, h, w = z.shape
+    cells = z.detach().float().cpu().permute(0, 2, 3, 1).reshape(-1, c).numpy()
+    comp = PCA(n_components=3, random_state=0).fit_transform(cells)
+    comp = (comp - comp.min(0)) / np.maximum(comp.max(0) - comp.min(0), 1e-12)
+    return comp.reshape(b, h, w, 3)
+
+
+def latent_roughness(z) -> float:
+    """Mean squared difference between neighbouring latent cells (horizontal and vertical), divided by the latent's
+    variance: 0 for a constant latent, about 2 for white noise. Lower = smoother. Input ``[B, c, h, w]``."""
+    z = z.detach().float()
+    dx = (z[..., :, 1:] - z[..., :, :-1]).pow(2).mean()
+    dy = (z[..., 1:, :] - z[..., :-1, :]).pow(2).mean()
+    return float((dx + dy) / 2 / z.var().clamp_min(1e-12))

@@ -162,3 +162,46 @@ def save_table(df, name: str, folder: Path) -> tuple[Path, Path]:
     atomic_write_text(csv, df.to_csv(index=False))
     atomic_write_text(md, to_markdown(df))
     return csv, md
+
+
+def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
+    """Build ``folder/report.md`` and ``folder/results.{csv,md}`` from the result records of ``profile`` only.
+
+    The report lists each claim with its verdict (what was and was NOT reproduced at this scale), every metric beside
+    the paper's value, each record's provenance (commit, wall time, inputs) and the figure index
+    (``folder/index.json``, written by :func:`eqvae_lib.plotting.save_figure`).
+
+    Raises:
+        FileNotFoundError: when the profile has no records yet (run its notebooks first).
+    """
+    from .io import atomic_write_text
+
+    records = [r for r in load_records(profile, root) if r.claim != "report"]
+    if not records:
+        raise FileNotFoundError(f"no result records for profile {profile!r} in {(root or RUNS_DIR) / profile}; "
+                                f"run `make reproduce PROFILE={profile}` first")
+    df = records_table(records)
+    save_table(df, "results", folder)
+    lines = [f"# EQ-VAE reproduction report — profile `{profile}`", "",
+             "Built only from the result records of this profile's notebooks. Our numbers come from small-scale runs "
+             "(see each claim's scale); the paper's are ImageNet/OpenImages 256 px with SD-VAE and Inception "
+             "features. Compare directions and ratios, not absolute values.", "",
+             "## Verdicts", "", "| claim | verdict | summary |", "|---|---|---|"]
+    lines += [f"| {r.claim} | {r.verdict} | {r.verdict_text.replace('|', '/')} |" for r in records]
+    missing = [r for r in records if r.verdict in ("not reproduced at this scale", "not run at this scale",
+                                                   "partly reproduced")]
+    lines += ["", "## Not (fully) reproduced at this scale", ""]
+    lines += [f"- **{r.claim}** ({r.verdict}): {r.verdict_text}" for r in missing] or ["- nothing"]
+    for r in records:
+        sub = df[df.claim == r.claim].drop(columns=["claim"])
+        lines += ["", f"## {r.claim}: {r.title}", "", f"Scale: {r.scale or 'n/a'}  ", f"Verdict: **{r.verdict}** — "
+                  f"{r.verdict_text}  ", f"Provenance: commit `{r.git_commit}`, wall time "
+                  f"{(r.wall_time_s or 0) / 60:.1f} min, seeds {r.seeds}, inputs "
+                  + ", ".join(f"{k}={v}" for k, v in r.inputs.items()), "", to_markdown(sub)]
+    index_path = folder / "index.json"
+    if index_path.exists():
+        lines += ["## Figures", ""]
+        lines += [f"- `{name}.png` — {caption}" for name, caption in json.loads(index_path.read_text()).items()]
+    path = folder / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

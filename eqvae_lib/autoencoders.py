@@ -1,0 +1,567 @@
+"""Autoencoders of the kit: build, load, save, encode/decode, latent normalisation (diffusers models throughout).
+
+Models
+------
+* KL autoencoders: ``diffusers.AutoencoderKL``. Named configurations (:data:`CONFIGS`):
+
+  - ``"kl-f8"``: the exact SD-VAE kl-f8 architecture (LDM ``first_stage_models/kl-f8``; ``stabilityai/sd-vae-ft-ema``,
+    ``zelaki/eq-vae``): 4 blocks (128, 256, 512, 512), 2 layers per block, mid-block attention, 4 latent channels,
+    downsampling factor f = 8, ``scaling_factor`` 0.18215.
+  - ``"small-f4"`` / ``"small-f8"``: the small stand-ins of the offline profiles (FEASIBILITY.md): block_out_channels
+    (16, 32, 64) (plus 64 for f8), 16 norm groups, 1 layer per block, mid-block attention off, 1 input channel by
+    default (``in_channels=3`` for RGB), 4 latent channels. ~200 img/s training at 32 px on 2 CPU cores.
+
+  Any diffusers ``AutoencoderKL`` folder loads the same way (SDXL-VAE with 4 channels, SD3-VAE with 16 channels ...).
+* Discrete autoencoders: ``diffusers.VQModel`` (built by ``eqvae_lib.vq``). :func:`encode` returns the continuous
+  pre-quantisation latent ``vae.encode(x).latents``; :func:`decode` quantises it (``vae.decode(z)``). The EQ-VAE
+  objective therefore transforms the latent BEFORE quantisation (SPEC §1, "Discrete AEs").
+
+Latent normalisation
+--------------------
+``z_n = (z - shift) * scale`` per channel. :func:`latent_norm` reads it from the model's diffusers config with the
+convention of diffusers' pipelines: if ``latents_mean``/``latents_std`` are set, ``shift = latents_mean`` and
+``scale = scaling_factor / latents_std`` (the SDXL pipeline formula); otherwise ``shift = shift_factor or 0`` and
+``scale = scaling_factor`` (SD-VAE: 0, 0.18215; SD3-VAE: 0.0609, 1.5305). The kit's own models store the per-channel
+mean and std measured on training images (:func:`measure_latent_norm`, FEASIBILITY point 6) with
+``scaling_factor = 1``, so ``z_n = (z - mean) / std``.
+
+Files
+-----
+* diffusers format (a folder with ``config.json`` + ``diffusion_pytorch_model.safetensors``): :func:`save_autoencoder`,
+  :func:`load_autoencoder`.
+* LDM format (a ``.ckpt`` / ``.safetensors`` with the original CompVis key names, e.g.
+  ``vae-ft-ema-560000-ema-pruned.ckpt``): :func:`load_autoencoder` converts it through
+  ``AutoencoderKL.from_single_file`` with a LOCAL ``original_config`` (:data:`KL_F8_LDM_YAML`, shipped here) so it never
+  touches the network; :func:`export_ldm_checkpoint` writes one (round trip tested).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from .io import atomic_path, atomic_torch_save, state_dict_hash
+
+#: Named configurations: diffusers ``AutoencoderKL`` config dicts. ``build_autoencoder(name, **overrides)``.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "kl-f8": dict(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, act_fn="silu",
+        norm_num_groups=32, sample_size=256, scaling_factor=0.18215, mid_block_add_attention=True,
+    ),
+    "small-f4": dict(
+        in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(16, 32, 64), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, act_fn="silu",
+        norm_num_groups=16, sample_size=32, scaling_factor=1.0, mid_block_add_attention=False,
+    ),
+    "small-f8": dict(
+        in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(16, 32, 64, 64), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, act_fn="silu",
+        norm_num_groups=16, sample_size=64, scaling_factor=1.0, mid_block_add_attention=False,
+    ),
+}
+
+#: The LDM (CompVis) config of kl-f8 as shipped with Stable Diffusion v1 (only the parts diffusers' converter reads:
+#: ``model.params.scale_factor`` and ``first_stage_config.params.ddconfig``). Used as ``original_config`` of
+#: ``AutoencoderKL.from_single_file`` so that loading an LDM checkpoint never fetches a config from the network.
+KL_F8_LDM_YAML = """\
+model:
+  target: ldm.models.diffusion.ddpm.LatentDiffusion
+  params:
+    scale_factor: 0.18215
+    first_stage_config:
+      target: ldm.models.autoencoder.AutoencoderKL
+      params:
+        embed_dim: 4
+        monitor: val/rec_loss
+        ddconfig:
+          double_z: true
+          z_channels: 4
+          resolution: 256
+          in_channels: 3
+          out_ch: 3
+          ch: 128
+          ch_mult: [1, 2, 4, 4]
+          num_res_blocks: 2
+          attn_resolutions: []
+          dropout: 0.0
+        lossconfig:
+          target: torch.nn.Identity
+"""
+
+_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+_LDM_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
+
+
+def _unwrap(vae):
+    """The bare diffusers model under DDP / torch.compile wrappers."""
+    while hasattr(vae, "module"):
+        vae = vae.module
+    return getattr(vae, "_orig_mod", vae)
+
+
+def is_vq(vae) -> bool:
+    """True for a diffusers ``VQModel`` (discrete autoencoder), False for ``AutoencoderKL``."""
+    from diffusers import VQModel
+
+    return isinstance(_unwrap(vae), VQModel)
+
+
+# --------------------------------------------------------------------------------------------------------- build
+def build_autoencoder(name: str, **overrides) -> "diffusers.AutoencoderKL":  # noqa: F821
+    """A randomly initialised ``AutoencoderKL`` of a named configuration (:data:`CONFIGS`).
+
+    Args:
+        name: ``"kl-f8"`` (SD-VAE architecture), ``"small-f4"`` or ``"small-f8"``.
+        **overrides: any ``AutoencoderKL`` config key, e.g. ``in_channels=3`` (sets ``out_channels`` too unless
+            given), ``latent_channels=16``, ``block_out_channels=(32, 64, 128)`` (down/up block types follow its
+            length, so f = 2^(len-1)), ``mid_block_add_attention=True``.
+
+    Raises:
+        ValueError: unknown name, or an unknown config key (naming it and the known keys).
+    """
+    from diffusers import AutoencoderKL
+
+    if name not in CONFIGS:
+        raise ValueError(f"unknown autoencoder configuration {name!r}; choose one of {', '.join(CONFIGS)} "
+                         "or load a diffusers folder with load_autoencoder(path)")
+    cfg = dict(CONFIGS[name])
+    known = set(cfg) | {"shift_factor", "latents_mean", "latents_std", "force_upcast", "use_quant_conv",
+                        "use_post_quant_conv"}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ValueError(f"unknown AutoencoderKL option(s) {bad}; known: {sorted(known)}")
+    if "in_channels" in overrides and "out_channels" not in overrides:
+        overrides["out_channels"] = overrides["in_channels"]
+    cfg.update(overrides)
+    n = len(cfg["block_out_channels"])
+    cfg["down_block_types"] = ("DownEncoderBlock2D",) * n
+    cfg["up_block_types"] = ("UpDecoderBlock2D",) * n
+    if any(c % cfg["norm_num_groups"] for c in cfg["block_out_channels"]):
+        raise ValueError(f"every block_out_channels entry {cfg['block_out_channels']} must be divisible by "
+                         f"norm_num_groups={cfg['norm_num_groups']}")
+    return AutoencoderKL(**cfg)
+
+
+def downsample_factor(vae) -> int:
+    """Spatial downsampling factor f (image side / latent side), e.g. 8 for kl-f8, 4 for small-f4."""
+    return 2 ** (len(_unwrap(vae).config.block_out_channels) - 1)
+
+
+def latent_channels(vae) -> int:
+    """Number of latent channels c (4 for SD-VAE, 16 for SD3-VAE)."""
+    cfg = _unwrap(vae).config
+    return int(getattr(cfg, "vq_embed_dim", None) or cfg.latent_channels)
+
+
+def weights_hash(vae, length: int = 16) -> str:
+    """Identity of the model's weights (``eqvae_lib.io.state_dict_hash``): equal weights ⇔ equal hash."""
+    return state_dict_hash(_unwrap(vae), length=length)
+
+
+# --------------------------------------------------------------------------------------------------- encode/decode
+def encode_posterior(vae, x: torch.Tensor):
+    """KL models: the posterior q(z|x) (diffusers ``DiagonalGaussianDistribution``: ``.mean``, ``.std``,
+    ``.sample(generator)``, ``.kl()`` with log-variance clamped to [-30, 20]). VQ models: the continuous
+    pre-quantisation latent tensor ``[B, c, h, w]``.
+
+    Args:
+        x: images ``[B, C, H, W]`` in [-1, 1]; H and W multiples of f.
+    """
+    vae = _unwrap(vae)
+    if is_vq(vae):
+        return vae.encode(x).latents
+    return vae.encode(x).latent_dist
+
+
+def encode(vae, x: torch.Tensor, latent: str = "mean", generator: torch.Generator | None = None) -> torch.Tensor:
+    """Encode images to RAW (unnormalised) latents.
+
+    Args:
+        vae: ``AutoencoderKL`` or ``VQModel`` (or a DDP wrapper of one).
+        x: ``[B, C, H, W]`` in [-1, 1].
+        latent: ``"mean"`` (posterior mean; the deterministic choice for metrics) or ``"sample"`` (mean + std·ε, what
+            the LDM/EQ-VAE training feeds the decoder and what DiT latent extraction stores). Ignored for VQ models
+            (their continuous latent is deterministic).
+        generator: RNG of ε for ``"sample"``.
+
+    Returns:
+        ``[B, c, H/f, W/f]`` raw latent (normalise with :func:`normalize`).
+
+    Raises:
+        ValueError: for another ``latent`` value or a non-4-D input.
+    """
+    if latent not in ("mean", "sample"):
+        raise ValueError(f"latent must be 'mean' or 'sample', got {latent!r}")
+    if x.dim() != 4:
+        raise ValueError(f"expected images [B, C, H, W], got shape {tuple(x.shape)}")
+    post = encode_posterior(vae, x)
+    if isinstance(post, torch.Tensor):
+        return post
+    return post.mean if latent == "mean" else post.sample(generator=generator)
+
+
+def decode_with_loss(vae, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Decode a raw latent; returns ``(x [B, C, f·h, f·w] (unclamped, ~[-1, 1]), reg)``. For VQ models ``z`` is
+    quantised first and ``reg`` is the VQ codebook + commitment loss of diffusers' ``VectorQuantizer`` (a scalar);
+    for KL models ``reg`` is None (the KL term comes from the posterior)."""
+    vae = _unwrap(vae)
+    if is_vq(vae):
+        out = vae.decode(z)
+        reg = out.commit_loss
+        return out.sample, (reg.mean() if reg is not None else None)
+    return vae.decode(z).sample, None
+
+
+def decode(vae, z: torch.Tensor) -> torch.Tensor:
+    """Decode a RAW latent ``[B, c, h, w]`` to images ``[B, C, f·h, f·w]`` (≈[-1, 1], not clamped). VQ: quantises
+    first. Any latent size works (the decoder is fully convolutional), which EQ-VAE relies on."""
+    return decode_with_loss(vae, z)[0]
+
+
+def last_layer(vae) -> torch.nn.Parameter:
+    """The decoder's final conv weight (LDM ``get_last_layer``), used by the GAN's adaptive weight."""
+    return _unwrap(vae).decoder.conv_out.weight
+
+
+# ----------------------------------------------------------------------------------------- latent normalisation
+def latent_norm(vae) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(shift[c], scale[c])`` (float32, CPU) with ``z_n = (z - shift) * scale``, read from the config.
+
+    Rule (diffusers' convention): ``latents_mean``/``latents_std`` set → ``shift = latents_mean``,
+    ``scale = scaling_factor / latents_std``; else ``shift = shift_factor or 0``, ``scale = scaling_factor``.
+    """
+    cfg = _unwrap(vae).config
+    c = latent_channels(vae)
+    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+    sf = float(getattr(cfg, "scaling_factor", None) or 1.0)
+    if mean is not None and std is not None:
+        shift = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        scale = sf / torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if shift.numel() != c or scale.numel() != c:
+            raise ValueError(f"latents_mean/latents_std have {shift.numel()}/{scale.numel()} entries, "
+                             f"the model has {c} latent channels")
+        return shift, scale
+    shift = float(getattr(cfg, "shift_factor", None) or 0.0)
+    return torch.full((c,), shift), torch.full((c,), sf)
+
+
+def normalize(vae_or_norm, z: torch.Tensor) -> torch.Tensor:
+    """``z_n = (z - shift) * scale`` per channel; first argument a model or a ``(shift, scale)`` pair."""
+    shift, scale = latent_norm(vae_or_norm) if not isinstance(vae_or_norm, tuple) else vae_or_norm
+    return (z - shift.to(z).view(1, -1, 1, 1)) * scale.to(z).view(1, -1, 1, 1)
+
+
+def denormalize(vae_or_norm, z_n: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`normalize`: ``z = z_n / scale + shift``."""
+    shift, scale = latent_norm(vae_or_norm) if not isinstance(vae_or_norm, tuple) else vae_or_norm
+    return z_n / scale.to(z_n).view(1, -1, 1, 1) + shift.to(z_n).view(1, -1, 1, 1)
+
+
+def _iter_batches(images, batch_size: int) -> Iterable[torch.Tensor]:
+    if isinstance(images, torch.Tensor):
+        for i in range(0, len(images), batch_size):
+            yield images[i: i + batch_size]
+        return
+    batch = []
+    for i in range(len(images)):
+        item = images[i]
+        batch.append(item[0] if isinstance(item, (tuple, list)) else item)
+        if len(batch) == batch_size:
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        yield torch.stack(batch)
+
+
+@torch.no_grad()
+def measure_latent_norm(vae, images, latent: str = "sample", batch_size: int = 256, store: bool = True,
+                        seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Measure the per-channel mean and std of the latents of ``images`` and (``store=True``) write them into the
+    model's config (``latents_mean``, ``latents_std``, ``scaling_factor = 1``, ``shift_factor = None``), so that
+    :func:`latent_norm` and a saved/reloaded model give ``z_n = (z - mean) / std``.
+
+    Args:
+        images: a tensor ``[N, C, H, W]`` in [-1, 1] or a Dataset of ``(x, label)`` / ``x``.
+        latent: ``"sample"`` (default: the latents a DiT is trained on include the posterior noise) or ``"mean"``.
+        seed: seed of the posterior noise.
+
+    Returns:
+        ``(shift[c], scale[c])`` = ``(mean, 1 / std)`` as float32 CPU tensors.
+    """
+    model = _unwrap(vae)
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    s1 = s2 = None
+    n = 0
+    for xb in _iter_batches(images, batch_size):
+        z = encode(model, xb.to(dev, torch.float32), latent=latent, generator=gen).double()
+        b1, b2 = z.sum(dim=(0, 2, 3)), (z * z).sum(dim=(0, 2, 3))
+        s1, s2 = (b1, b2) if s1 is None else (s1 + b1, s2 + b2)
+        n += z.shape[0] * z.shape[2] * z.shape[3]
+    if n == 0:
+        raise ValueError("measure_latent_norm got no images")
+    mean = s1 / n
+    std = (s2 / n - mean * mean).clamp_min(1e-12).sqrt()
+    model.train(was_training)
+    mean, std = mean.float().cpu(), std.float().cpu()
+    if store:
+        model.register_to_config(latents_mean=[float(v) for v in mean], latents_std=[float(v) for v in std],
+                                 scaling_factor=1.0, shift_factor=None)
+    return mean, 1.0 / std
+
+
+# ------------------------------------------------------------------------------------------------------ save/load
+def save_autoencoder(model, folder: str | os.PathLike) -> Path:
+    """Save in diffusers format (``config.json`` + ``diffusion_pytorch_model.safetensors``) into ``folder``.
+
+    Atomic at the folder level: written to a temporary sibling folder, then swapped in, so an interrupted save leaves
+    either the old folder or the new one. Returns the folder.
+    """
+    model = _unwrap(model)
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        old = None
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+_DEPRECATED_ATTN = (("query.", "to_q."), ("key.", "to_k."), ("value.", "to_v."), ("proj_attn.", "to_out.0."))
+
+
+def _rename_deprecated(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Old diffusers attention names (``attentions.0.query`` ...) → current ones (as diffusers does on load)."""
+    out = {}
+    for k, v in state.items():
+        if ".attentions." in k:
+            for old, new in _DEPRECATED_ATTN:
+                k = k.replace(f".{old}", f".{new}")
+        out[k] = v
+    return out
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise ``ValueError`` naming the FIRST tensor whose shape differs between ``state`` and ``model`` (in the
+    model's parameter order), or the first missing / unexpected key."""
+    expected = model.state_dict()
+    for name, t in expected.items():
+        if name not in state:
+            raise ValueError(f"{source}: tensor {name!r} (shape {tuple(t.shape)}) is missing; the file does not "
+                             "match the model configuration")
+        if tuple(state[name].shape) != tuple(t.shape):
+            raise ValueError(f"{source}: tensor {name!r} has shape {tuple(state[name].shape)} but the configuration "
+                             f"expects {tuple(t.shape)} (first mismatch; wrong config or wrong checkpoint?)")
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise ValueError(f"{source}: unexpected tensor {extra[0]!r} (and {len(extra) - 1} more) not in the model "
+                         "configuration")
+
+
+def _read_state_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a state dict")
+    return obj
+
+
+def _model_class(name: str):
+    from diffusers import AutoencoderKL, VQModel
+
+    classes = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
+    if name not in classes:
+        raise ValueError(f"model class {name!r} is not supported; the kit loads AutoencoderKL and VQModel")
+    return classes[name]
+
+
+def _load_folder(folder: Path):
+    if not (folder / "config.json").is_file() and (folder / "vae" / "config.json").is_file():
+        folder = folder / "vae"  # a full pipeline folder
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: not a diffusers model folder")
+    config = json.loads(cfg_path.read_text())
+    cls = _model_class(config.get("_class_name", "AutoencoderKL"))
+    weights = next((folder / f for f in _WEIGHT_FILES if (folder / f).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"{folder} has no {' or '.join(_WEIGHT_FILES)}")
+    model = cls.from_config(config)
+    for key in ("latents_mean", "latents_std", "shift_factor"):  # keep them even where the class ignores them
+        if config.get(key) is not None and getattr(model.config, key, None) is None:
+            model.register_to_config(**{key: config[key]})
+    state = _rename_deprecated(_read_state_file(weights))
+    check_state_dict(model, state, source=str(weights))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_autoencoder(path_or_hub_id: str | os.PathLike, original_config: str | os.PathLike | dict | None = None,
+                     **hub_kwargs):
+    """Load an autoencoder for encoding, decoding or fine-tuning; returns it in eval mode on CPU, float32.
+
+    Accepted:
+      * a diffusers folder (``config.json`` + safetensors/bin; or a pipeline folder with a ``vae/`` subfolder):
+        ``AutoencoderKL`` or ``VQModel`` according to ``_class_name``;
+      * an LDM-format single file (``.ckpt``/``.safetensors``/``.pt``, keys ``encoder.…`` or
+        ``first_stage_model.…``): converted by ``AutoencoderKL.from_single_file`` with ``original_config`` (default:
+        the shipped kl-f8 yaml, :data:`KL_F8_LDM_YAML`; pass your own yaml path/dict for another LDM architecture);
+      * a Hugging Face hub id (``stabilityai/sd-vae-ft-ema``, ``zelaki/eq-vae``) — needs internet; extra keyword
+        arguments (``subfolder="vae"``, ``revision``) go to ``from_pretrained``.
+
+    Raises:
+        FileNotFoundError: a local path that does not exist / lacks files.
+        ValueError: a checkpoint whose tensors do not match the configuration — the message names the first
+            mismatched tensor.
+    """
+    p = Path(path_or_hub_id)
+    if p.is_dir():
+        model = _load_folder(p)
+    elif p.is_file():
+        if p.suffix not in _LDM_SUFFIXES:
+            raise ValueError(f"{p}: unknown checkpoint type {p.suffix!r}; expected a diffusers folder or an LDM "
+                             f"file ({', '.join(_LDM_SUFFIXES)})")
+        model = _load_ldm_file(p, original_config)
+    elif str(path_or_hub_id).count("/") == 1 and not str(path_or_hub_id).startswith((".", "/", "~")):
+        model = _load_hub(str(path_or_hub_id), **hub_kwargs)
+    else:
+        raise FileNotFoundError(f"{path_or_hub_id}: no such file or folder (and not a hub id 'owner/name')")
+    if any(t.dtype != torch.float32 for t in model.parameters()):
+        model = model.float()
+    return model.eval()
+
+
+def _load_hub(repo_id: str, **kwargs):  # pragma: no cover - needs internet
+    from diffusers import AutoencoderKL
+
+    config = AutoencoderKL.load_config(repo_id, **{k: v for k, v in kwargs.items() if k in ("subfolder", "revision")})
+    cls = _model_class(config.get("_class_name", "AutoencoderKL"))
+    return cls.from_pretrained(repo_id, **kwargs)
+
+
+def _ldm_config_dict(original_config) -> dict:
+    import yaml
+
+    if original_config is None:
+        return yaml.safe_load(KL_F8_LDM_YAML)
+    if isinstance(original_config, dict):
+        return original_config
+    path = Path(original_config)
+    if not path.is_file():
+        raise FileNotFoundError(f"original_config {path} not found (a local LDM yaml is required; no downloads)")
+    return yaml.safe_load(path.read_text())
+
+
+def _load_ldm_file(path: Path, original_config=None):
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+
+    checkpoint = _read_state_file(path)
+    ldm_config = _ldm_config_dict(original_config)
+    # shape check first, so that a wrong file names its first mismatched tensor
+    config = create_vae_diffusers_config_from_ldm(ldm_config, checkpoint)
+    converted = convert_ldm_vae_checkpoint(checkpoint, config)
+    if not converted:
+        raise ValueError(f"{path}: no autoencoder tensors found (expected LDM keys like 'encoder.conv_in.weight' "
+                         "or 'first_stage_model.encoder.conv_in.weight')")
+    check_state_dict(AutoencoderKL.from_config(config), converted, source=str(path))
+    return AutoencoderKL.from_single_file(checkpoint, original_config=ldm_config, local_files_only=True)
+
+
+# -------------------------------------------------------------------------------------------------- LDM export
+def ldm_original_config(vae) -> dict:
+    """The LDM yaml (as a dict) describing ``vae``'s architecture, for ``from_single_file(original_config=...)``.
+
+    Raises:
+        ValueError: for models the LDM architecture cannot express (no mid-block attention, unequal block widths
+            that are not multiples of the first, VQ models).
+    """
+    import yaml
+
+    model = _unwrap(vae)
+    if is_vq(model):
+        raise ValueError("LDM export is implemented for KL autoencoders only")
+    cfg = model.config
+    if not cfg.mid_block_add_attention:
+        raise ValueError("the LDM architecture always has mid-block attention; this model has none, so it cannot be "
+                         "exported in LDM layout (use the diffusers folder)")
+    ch = cfg.block_out_channels[0]
+    if any(c % ch for c in cfg.block_out_channels):
+        raise ValueError(f"block_out_channels {cfg.block_out_channels} are not multiples of the first")
+    d = yaml.safe_load(KL_F8_LDM_YAML)
+    dd = d["model"]["params"]["first_stage_config"]["params"]["ddconfig"]
+    dd.update(z_channels=cfg.latent_channels, in_channels=cfg.in_channels, out_ch=cfg.out_channels, ch=ch,
+              ch_mult=[c // ch for c in cfg.block_out_channels], num_res_blocks=cfg.layers_per_block,
+              resolution=cfg.sample_size)
+    d["model"]["params"]["first_stage_config"]["params"]["embed_dim"] = cfg.latent_channels
+    d["model"]["params"]["scale_factor"] = float(cfg.scaling_factor)
+    return d
+
+
+def diffusers_to_ldm_state_dict(vae) -> dict[str, torch.Tensor]:
+    """Rename a diffusers ``AutoencoderKL`` state dict to the LDM (CompVis) layout; attention projections become
+    1×1 convolutions. Inverse of diffusers' ``convert_ldm_vae_checkpoint``."""
+    model = _unwrap(vae)
+    n = len(model.config.block_out_channels)
+    out = {}
+    for k, v in model.state_dict().items():
+        m = k
+        m = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.down.\1.block.\2.", m)
+        m = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", m)
+        m = re.sub(r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
+                   lambda g: f"decoder.up.{n - 1 - int(g.group(1))}.block.{g.group(2)}.", m)
+        m = re.sub(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
+                   lambda g: f"decoder.up.{n - 1 - int(g.group(1))}.upsample.", m)
+        m = re.sub(r"^(encoder|decoder)\.mid_block\.resnets\.(\d+)\.",
+                   lambda g: f"{g.group(1)}.mid.block_{int(g.group(2)) + 1}.", m)
+        m = re.sub(r"^(encoder|decoder)\.mid_block\.attentions\.0\.", r"\1.mid.attn_1.", m)
+        m = m.replace(".conv_shortcut.", ".nin_shortcut.").replace("conv_norm_out.", "norm_out.")
+        if ".mid.attn_1." in m:
+            m = (m.replace(".group_norm.", ".norm.").replace(".to_q.", ".q.").replace(".to_k.", ".k.")
+                 .replace(".to_v.", ".v.").replace(".to_out.0.", ".proj_out."))
+            if v.dim() == 2:
+                v = v[:, :, None, None]
+        out[m] = v.detach().cpu().contiguous()
+    return out
+
+
+def export_ldm_checkpoint(vae, path: str | os.PathLike) -> Path:
+    """Write ``vae`` as an LDM-format checkpoint (atomically): ``.ckpt`` → ``{"state_dict": {...}}`` via torch.save;
+    ``.safetensors`` → flat tensors. Keys as in ``vae-ft-ema-560000-ema-pruned.ckpt`` (``encoder.…``, ``decoder.…``,
+    ``quant_conv.…``, ``post_quant_conv.…``). Load back with :func:`load_autoencoder` (or diffusers'
+    ``from_single_file`` with ``original_config=ldm_original_config(vae)``)."""
+    path = Path(path)
+    ldm_original_config(vae)  # raises for models LDM cannot express
+    state = diffusers_to_ldm_state_dict(vae)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp))
+    else:
+        atomic_torch_save({"state_dict": state}, path)
+    return path

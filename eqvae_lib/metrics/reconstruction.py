@@ -1,0 +1,250 @@
+"""Reconstruction quality of an autoencoder: PSNR, SSIM, LPIPS and rFID (paper Table 12, Table 1 "rFID").
+
+Conventions (fixed, and written into every result):
+  * Images are float tensors ``[B, C, H, W]`` in ``[-1, 1]``. PSNR and SSIM are computed on **uint8** values
+    ``round((x + 1) · 127.5)`` clamped to ``[0, 255]``, per image, then averaged over images — as the official
+    EQ-VAE / LDM evaluation does.
+  * PSNR (dB) = 10·log10(255² / MSE), MSE over all C·H·W values of one image. Identical images (MSE = 0, PSNR = ∞)
+    are counted in ``n_identical`` and left out of the mean (the mean is ∞ only if every image is identical).
+  * SSIM: ``skimage.metrics.structural_similarity`` on the uint8 images, ``data_range=255``, channels as
+    ``channel_axis``, default 7×7 uniform window (shrunk to the largest odd size ≤ the image side for tiny images).
+  * LPIPS: ST-LPIPS (shift-tolerant LPIPS, AlexNet trunk) from ``stlpips-pytorch`` 0.0.2, whose weights ship in the
+    package. The original LPIPS variant cannot be used offline (it needs torchvision's downloadable AlexNet/VGG and
+    its linear weights are not shipped), so values are **not** directly comparable to the paper's LPIPS column.
+    Inputs smaller than 32 px are up-sampled (bilinear) to 32 px for this metric only; grayscale is repeated to RGB.
+  * Reconstructions come from the posterior **sample** (the official evaluation) or **mean**: the encoder callable
+    decides; the ``latent`` label passed in is recorded in the result.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+EncodeFn = Callable[[torch.Tensor], torch.Tensor]
+DecodeFn = Callable[[torch.Tensor], torch.Tensor]
+
+SSIM_IMPL = "skimage.metrics.structural_similarity on uint8, data_range=255, 7x7 uniform window"
+LPIPS_MIN_SIDE = 32
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """``[..]`` float in [-1, 1] → uint8 ``round((x + 1) · 127.5)`` clamped to [0, 255]. uint8 input is returned."""
+    if x.dtype == torch.uint8:
+        return x
+    return ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def num_images(images: torch.Tensor | Dataset) -> int:
+    return len(images)
+
+
+def iter_batches(images: torch.Tensor | Dataset | Iterable, batch_size: int = 64,
+                 device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
+    """Yield float batches ``[B, C, H, W]`` from a tensor ``[N, C, H, W]``, a Dataset whose items are ``x`` or
+    ``(x, label)``, or an iterable of batches (tensors or ``(x, labels)`` tuples), moved to ``device`` if given.
+
+    Raises:
+        ValueError: for a tensor that is not 4-D.
+    """
+    def _move(b):
+        return b.to(device) if device is not None else b
+
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4:
+            raise ValueError(f"images must be a [N, C, H, W] tensor, got shape {tuple(images.shape)}")
+        for i in range(0, len(images), batch_size):
+            yield _move(images[i: i + batch_size])
+    elif isinstance(images, Dataset):
+        for i in range(0, len(images), batch_size):
+            items = [images[j] for j in range(i, min(i + batch_size, len(images)))]
+            xs = [it[0] if isinstance(it, (tuple, list)) else it for it in items]
+            yield _move(torch.stack(xs))
+    else:
+        for b in images:
+            yield _move(b[0] if isinstance(b, (tuple, list)) else b)
+
+
+def psnr_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of each image pair on uint8 values (see module docstring).
+
+    Args:
+        x, y: ``[B, C, H, W]`` in [-1, 1] (float) or uint8, same shape.
+    Returns:
+        float64 ``[B]``; ``inf`` where the uint8 images are identical.
+    """
+    if x.shape != y.shape:
+        raise ValueError(f"shape mismatch: {tuple(x.shape)} vs {tuple(y.shape)}")
+    a, b = to_uint8(x).double(), to_uint8(y).double()
+    mse = (a - b).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(255.0 ** 2 / mse)  # mse = 0 → inf
+
+
+def ssim_per_image(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """SSIM of each image pair (``skimage.metrics.structural_similarity``, uint8, ``data_range=255``).
+
+    Args:
+        x, y: ``[B, C, H, W]`` in [-1, 1] or uint8. Returns float64 ``[B]`` in [-1, 1] (1 = identical).
+    """
+    from skimage.metrics import structural_similarity
+
+    if x.shape != y.shape:
+        raise ValueError(f"shape mismatch: {tuple(x.shape)} vs {tuple(y.shape)}")
+    a = to_uint8(x).cpu().permute(0, 2, 3, 1).numpy()
+    b = to_uint8(y).cpu().permute(0, 2, 3, 1).numpy()
+    side = min(a.shape[1], a.shape[2])
+    win = min(7, side if side % 2 else side - 1)
+    if win < 3:
+        raise ValueError(f"images of {a.shape[1]}x{a.shape[2]} px are too small for SSIM (need at least 3 px)")
+    out = np.empty(len(a))
+    for i in range(len(a)):
+        if a.shape[3] == 1:
+            out[i] = structural_similarity(a[i, ..., 0], b[i, ..., 0], data_range=255, win_size=win)
+        else:
+            out[i] = structural_similarity(a[i], b[i], data_range=255, channel_axis=2, win_size=win)
+    return out
+
+
+class LPIPS:
+    """ST-LPIPS distance (Ghildyal & Liu 2022; ``stlpips-pytorch``), shipped weights, no download.
+
+    Args:
+        net: ``"alex"`` (default) or ``"vgg"`` trunk.
+        device: where the network runs (default: CPU).
+    Call ``lpips(x, y)`` with ``[B, C, H, W]`` images in [-1, 1] (C = 1 or 3) → float ``[B]`` (0 = identical).
+    ``name`` names the network for results.
+    """
+
+    def __init__(self, net: str = "alex", device: torch.device | str | None = None):
+        import contextlib
+        import io
+        import warnings
+
+        from stlpips_pytorch import stlpips
+
+        if net not in ("alex", "vgg"):
+            raise ValueError(f"LPIPS net must be 'alex' or 'vgg', got {net!r}")
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            self.model = stlpips.LPIPS(net=net, variant="shift_tolerant", verbose=False)
+        self.model.eval().requires_grad_(False)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.model.to(self.device)
+        self.net = net
+        self.name = f"ST-LPIPS ({'AlexNet' if net == 'alex' else 'VGG16'}, shift-tolerant, stlpips-pytorch 0.0.2)"
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape != y.shape:
+            raise ValueError(f"shape mismatch: {tuple(x.shape)} vs {tuple(y.shape)}")
+        x, y = x.to(self.device).float(), y.to(self.device).float()
+        if x.shape[1] == 1:
+            x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
+        h, w = x.shape[-2:]
+        if min(h, w) < LPIPS_MIN_SIDE:
+            f = LPIPS_MIN_SIDE / min(h, w)
+            size = (max(LPIPS_MIN_SIDE, round(h * f)), max(LPIPS_MIN_SIDE, round(w * f)))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        return self.model(x, y).flatten().cpu()
+
+
+_LPIPS_CACHE: dict = {}
+
+
+def get_lpips(net: str = "alex", device: torch.device | str | None = None) -> LPIPS:
+    """A shared :class:`LPIPS` instance per (net, device) — building one takes ~0.5 s."""
+    key = (net, str(device or "cpu"))
+    if key not in _LPIPS_CACHE:
+        _LPIPS_CACHE[key] = LPIPS(net, device)
+    return _LPIPS_CACHE[key]
+
+
+def summarize_psnr(values: torch.Tensor | np.ndarray) -> dict:
+    """Mean/std of per-image PSNR with identical images (∞) counted apart: ``{"psnr", "psnr_std", "n_identical"}``."""
+    v = np.asarray(values, dtype=np.float64)
+    finite = v[np.isfinite(v)]
+    n_identical = int(np.sum(np.isposinf(v)))
+    if len(finite) == 0:
+        return {"psnr": math.inf if len(v) else math.nan, "psnr_std": 0.0, "n_identical": n_identical}
+    return {"psnr": float(finite.mean()), "psnr_std": float(finite.std()), "n_identical": n_identical}
+
+
+# --------------------------------------------------------------------------------------------------- the metric
+@torch.no_grad()
+def reconstruction_metrics(images: torch.Tensor | Dataset, encode_fn: EncodeFn, decode_fn: DecodeFn, *,
+                           latent: str = "sample", extractor=None, kid: bool | None = None,
+                           lpips: bool | str = "alex", ssim: bool = True, batch_size: int = 32,
+                           device: torch.device | str | None = None, return_per_image: bool = False,
+                           verbose: bool = False) -> dict:
+    """Reconstruction quality of ``decode_fn(encode_fn(x))`` against ``x`` (paper Table 12; rFID of Tables 1, 5, 6).
+
+    Args:
+        images: ``[N, C, H, W]`` in [-1, 1], or a Dataset of ``(x, label)``.
+        encode_fn: images ``[B, C, H, W]`` → latents ``[B, c, h, w]`` (posterior sample or mean — say which in
+            ``latent``).
+        decode_fn: latents → images ``[B, C, H, W]`` in about [-1, 1].
+        latent: ``"sample"`` (official evaluation) or ``"mean"``; recorded in the result, not enforced.
+        extractor: a :class:`eqvae_lib.metrics.fid.FeatureExtractor` for rFID (and KID), or ``None`` to skip rFID.
+        kid: compute KID beside rFID (``None`` = when N < 10 000).
+        lpips: ``"alex"`` / ``"vgg"`` (ST-LPIPS trunk) or ``False`` to skip.
+        ssim: compute SSIM.
+        batch_size: images per encoder/decoder call.
+        device: move each batch there before ``encode_fn`` (``None`` = leave as is).
+        return_per_image: add ``"per_image": {"psnr": [...], "ssim": [...], "lpips": [...]}``.
+
+    Returns:
+        dict with ``n``, ``latent``, ``psnr`` (dB, mean over images), ``psnr_std``, ``n_identical``, ``ssim``,
+        ``ssim_impl``, ``lpips``, ``lpips_net``, ``rfid`` (or None), ``rfid_metric`` (the extractor's metric name),
+        ``kid_mean``/``kid_std``/``kid_subset_size`` (None when not computed), ``fid_details`` (see
+        :func:`eqvae_lib.metrics.fid.fid_kid`).
+
+    Raises:
+        ValueError: if a reconstruction's shape differs from its input's.
+    """
+    lp = get_lpips(lpips, device) if lpips else None
+    psnrs, ssims, lpipss, f_real, f_fake = [], [], [], [], []
+    for x in iter_batches(images, batch_size, device):
+        x = x.float()
+        x_hat = decode_fn(encode_fn(x)).float()
+        if x_hat.shape != x.shape:
+            raise ValueError(f"reconstruction shape {tuple(x_hat.shape)} differs from input {tuple(x.shape)}")
+        psnrs.append(psnr_per_image(x, x_hat).cpu())
+        if ssim:
+            ssims.append(ssim_per_image(x, x_hat))
+        if lp is not None:
+            lpipss.append(lp(x, x_hat))
+        if extractor is not None:
+            f_real.append(extractor.batch_features(x))
+            f_fake.append(extractor.batch_features(x_hat))
+    if not psnrs:
+        raise ValueError("no images to evaluate")
+    psnr_all = torch.cat(psnrs).numpy()
+    out = {"n": int(len(psnr_all)), "latent": latent, **summarize_psnr(psnr_all),
+           "psnr_impl": "per image on uint8 values (round((x+1)*127.5)), then averaged"}
+    ssim_all = np.concatenate(ssims) if ssims else None
+    lpips_all = torch.cat(lpipss).numpy() if lpipss else None
+    out["ssim"] = float(ssim_all.mean()) if ssim_all is not None else None
+    out["ssim_impl"] = SSIM_IMPL if ssim else None
+    out["lpips"] = float(lpips_all.mean()) if lpips_all is not None else None
+    out["lpips_net"] = lp.name if lp is not None else None
+    out.update({"rfid": None, "rfid_metric": None, "kid_mean": None, "kid_std": None, "kid_subset_size": None,
+                "fid_details": None})
+    if extractor is not None:
+        from .fid import fid_kid
+
+        res = fid_kid(torch.cat(f_fake), torch.cat(f_real), kid=kid)
+        out.update({"rfid": res["fid"], "rfid_metric": extractor.metric_name, "kid_mean": res["kid_mean"],
+                    "kid_std": res["kid_std"], "kid_subset_size": res["kid_subset_size"],
+                    "fid_details": {**res, **extractor.describe()}})
+    if return_per_image:
+        out["per_image"] = {"psnr": psnr_all.tolist(),
+                            "ssim": ssim_all.tolist() if ssim_all is not None else None,
+                            "lpips": lpips_all.tolist() if lpips_all is not None else None}
+    return out

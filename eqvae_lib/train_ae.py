@@ -1,0 +1,643 @@
+"""Training loops of the autoencoders: ``pretrain`` (a base AE from scratch, plateau rule) and ``finetune`` (EQ-VAE,
+or the plain control of Table 6 with the same budget). One function, :func:`train_autoencoder`, does both.
+
+Recipe (SPEC §1, official code): Adam(β = 0.5, 0.9) for the autoencoder and for the PatchGAN, lr = 4.5e-6 × effective
+batch (micro-batch × accumulation × processes; 160 → 7.2e-4), no schedule, no EMA, nothing frozen. Per optimizer step:
+for each micro-batch the AE loss (losses.EQVAELoss.generator_loss) is back-propagated, then the discriminator loss on
+the same (detached) pair; then both optimizers step.
+
+Multi-process (``torchrun --nproc_per_node N``; NCCL on CUDA, gloo on CPU): every process takes a disjoint shard of
+each epoch's permutation; after the backward passes the gradients of the AE and of the discriminator are averaged
+with ``all_reduce`` and the discriminator's BatchNorm buffers are broadcast from rank 0 — the same arithmetic as
+``DistributedDataParallel`` (whose forward hook cannot see ``vae.encode``/``vae.decode`` calls, hence the explicit
+reduction). Each rank draws its own branch / τ / posterior noise (as the official code does per GPU). Only rank 0
+writes files.
+
+Run folder (``run_dir``)::
+
+    checkpoint.pt   latest training state (atomic; after every epoch, optionally every K steps, and at the end):
+                    AE + discriminator weights, both optimizers, the loss RNG and torch's RNG, epoch / position /
+                    step / images seen, branch counts, plateau trace, elapsed time
+    log.jsonl       one line per optimizer step: losses, branch + τ, adaptive weight, discriminator logits
+                    real / fake, lr, images seen; validation lines (``"val": {...}``) and the plateau decision
+    model/          final autoencoder, diffusers format (latent normalisation stored in its config)
+    model.ckpt      LDM-layout export (kl-f8-type models with mid-block attention only)
+    summary.json    config, steps, images seen, epochs, wall time, stop reason, branch counts, plateau rule + trace,
+                    final validation, weights hash, latent normalisation, perceptual network
+
+Resume: when ``checkpoint.pt`` exists (and ``cfg.resume``), training continues from it and — on CPU with
+``deterministic=True`` — ends with weights bit-identical to an uninterrupted run (data order is a function of
+(seed, epoch); position, optimizers, RNG states are restored). Interrupting at any time leaves the previous checkpoint
+intact (atomic rename). ``log.jsonl`` is cut back to the checkpoint's step.
+
+Plateau rule (pretraining): every ``val_every`` steps the L1 (and PSNR) of ``D(mean E(x))`` on a fixed held-out
+batch is measured; training stops when the relative improvement of the best value over the last ``plateau_window``
+measurements, compared with the value just before that window, is below ``plateau_threshold``. Caps: ``max_steps``,
+``max_epochs``, ``max_time_s``. The rule, every measurement and the decision are logged and put in the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from . import autoencoders as ae
+from .config import RUNS_DIR, seed_everything
+from .io import atomic_torch_save, atomic_write_json, atomic_write_text, git_commit
+from .losses import BRANCHES, EQVAELoss, LossConfig
+
+
+@dataclass
+class AETrainConfig:
+    """Every knob of an autoencoder training run (pretrain or finetune)."""
+
+    loss: LossConfig = field(default_factory=LossConfig)
+    batch_size: int = 32                 # micro-batch per process
+    grad_accum: int = 1                  # micro-batches per optimizer step
+    base_lr: float = 4.5e-6              # lr = base_lr × effective batch (official recipe)
+    lr: float | None = None              # set to override the scaled lr
+    betas: tuple[float, float] = (0.5, 0.9)
+    max_steps: int | None = None         # optimizer steps (None = no cap)
+    max_epochs: float | None = 1         # passes over the given training set (None = no cap)
+    max_time_s: float | None = None      # wall-clock cap (training time, accumulated over resumes)
+    seed: int = 0
+    device: str | None = None            # None: cuda if available else cpu
+    bf16: bool = True                    # bf16 autocast (CUDA only; ignored on CPU)
+    deterministic: bool = False          # torch.use_deterministic_algorithms (bit-identical resume on CPU)
+    # plateau rule / validation
+    plateau: bool = False
+    val_every: int = 200                 # steps between validations (0 = never)
+    val_size: int = 256                  # images of the fixed held-out batch
+    plateau_window: int = 5              # validations in the window
+    plateau_threshold: float = 0.01      # relative improvement below which training stops
+    # io
+    log_every: int = 1
+    checkpoint_every_steps: int | None = None
+    resume: bool = True
+    measure_norm: bool | None = None     # None: measure for the kit's own models (config has latents_mean or scale 1)
+    norm_images: int = 2048
+    export_ldm: bool | None = None       # None: when the architecture allows it (mid-block attention)
+    num_workers: int = 0                 # DataLoader workers for Dataset inputs
+    progress: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.loss, dict):
+            self.loss = LossConfig(**self.loss)
+        self.betas = tuple(self.betas)
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError(f"batch_size and grad_accum must be >= 1, got {self.batch_size}, {self.grad_accum}")
+        if self.max_steps is None and self.max_epochs is None and self.max_time_s is None and not self.plateau:
+            raise ValueError("no stopping rule: set max_steps, max_epochs, max_time_s or plateau=True")
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Initialise torch.distributed from torchrun's environment (``WORLD_SIZE`` > 1): NCCL on CUDA, gloo on CPU.
+    Returns ``(rank, world_size)``; ``(0, 1)`` without torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return _dist_info()
+
+
+class _Source:
+    """Training images from a tensor ``[N, C, H, W]``, a pair ``(images, labels)`` or a Dataset of (x, label)."""
+
+    def __init__(self, data):
+        self.images, self.dataset = None, None
+        if isinstance(data, torch.Tensor):
+            self.images = data
+        elif isinstance(data, (tuple, list)) and len(data) in (1, 2) and isinstance(data[0], torch.Tensor):
+            self.images = data[0]
+        else:
+            self.dataset = data
+        if self.images is not None and (self.images.dim() != 4 or not self.images.is_floating_point()):
+            raise ValueError(f"training images must be a float tensor [N, C, H, W] in [-1, 1], got "
+                             f"{self.images.dtype} {tuple(self.images.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.images) if self.images is not None else len(self.dataset)
+
+    def item(self, i: int) -> torch.Tensor:
+        if self.images is not None:
+            return self.images[i]
+        it = self.dataset[i]
+        return it[0] if isinstance(it, (tuple, list)) else it
+
+    def batches(self, indices: list[int], batch_size: int, epoch: int, num_workers: int):
+        if self.images is not None:
+            for s in range(0, len(indices) - batch_size + 1, batch_size):
+                yield self.images[indices[s: s + batch_size]]
+            return
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        if num_workers > 0:
+            from torch.utils.data import DataLoader, Subset
+
+            loader = DataLoader(Subset(self.dataset, indices), batch_size=batch_size, shuffle=False, drop_last=True,
+                                num_workers=num_workers, collate_fn=lambda items: torch.stack(
+                                    [it[0] if isinstance(it, (tuple, list)) else it for it in items]))
+            yield from loader
+            return
+        for s in range(0, len(indices) - batch_size + 1, batch_size):
+            yield torch.stack([self.item(i) for i in indices[s: s + batch_size]])
+
+    def first(self, n: int) -> torch.Tensor:
+        n = min(n, len(self))
+        return self.images[:n] if self.images is not None else torch.stack([self.item(i) for i in range(n)])
+
+
+def _epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
+    """This rank's share of epoch ``epoch``'s permutation (a function of (seed, epoch) only)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=g)
+    per_rank = n // world
+    return order[rank * per_rank: (rank + 1) * per_rank].tolist()
+
+
+@torch.no_grad()
+def validate(vae, images: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
+    """Reconstruction of ``images`` ([-1, 1]) through the posterior MEAN: L1 (mean |x − x̂|), MSE, PSNR in dB
+    (peak-to-peak 2, reconstructions clamped to [-1, 1])."""
+    model = ae._unwrap(vae)
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    l1 = se = 0.0
+    n = 0
+    for s in range(0, len(images), batch_size):
+        x = images[s: s + batch_size].to(dev, torch.float32)
+        r = ae.decode(model, ae.encode(model, x, "mean")).clamp(-1, 1)
+        l1 += float((r - x).abs().sum())
+        se += float(((r - x) ** 2).sum())
+        n += x.numel()
+    model.train(was)
+    mse = se / n
+    return {"l1": l1 / n, "mse": mse, "psnr": 10 * math.log10(4.0 / max(mse, 1e-12))}
+
+
+def plateau_reached(values: list[float], window: int, threshold: float) -> tuple[bool, float | None]:
+    """The plateau rule on a list of validation L1 values (lower is better): with ``ref = values[-window-1]`` and
+    ``best = min(values[-window:])``, stop when ``(ref − best) / ref < threshold``. Returns ``(stop, improvement)``;
+    ``improvement`` is None while fewer than ``window + 1`` values exist."""
+    if len(values) < window + 1:
+        return False, None
+    ref, best = values[-window - 1], min(values[-window:])
+    imp = (ref - best) / max(abs(ref), 1e-12)
+    return imp < threshold, imp
+
+
+def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    o = 0
+    for g in grads:
+        g.copy_(flat[o: o + g.numel()].view_as(g))
+        o += g.numel()
+
+
+def _is_kit_model(vae) -> bool:
+    cfg = ae._unwrap(vae).config
+    return getattr(cfg, "latents_mean", None) is not None or float(getattr(cfg, "scaling_factor", 1.0)) == 1.0
+
+
+def _can_export_ldm(vae) -> bool:
+    try:
+        ae.ldm_original_config(vae)
+        return True
+    except ValueError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike, val=None,
+                      loss_fn: EQVAELoss | None = None) -> Path:
+    """Train ``vae`` (``AutoencoderKL`` or ``VQModel``; modified in place) with ``cfg`` and write the run folder.
+
+    Args:
+        vae: the model to train (random for pretraining, loaded for fine-tuning).
+        train: training images — tensor ``[N, C, H, W]`` in [-1, 1], ``(images, labels)``, or a Dataset of
+            ``(x, label)`` (``ImageFolder``: ``set_epoch`` is called). One epoch = one pass over it.
+        cfg: :class:`AETrainConfig`.
+        run_dir: output folder (resumed from when it holds ``checkpoint.pt`` and ``cfg.resume``).
+        val: held-out images (same forms) for validation / the plateau rule; default: the first ``val_size``
+            training images (then the summary says ``val_source: "train"``).
+        loss_fn: a prepared :class:`EQVAELoss` (default: built from ``cfg.loss``).
+
+    Returns:
+        ``run_dir`` (``summary.json`` there describes the run).
+
+    Raises:
+        ValueError: too few images for one step, a checkpoint from another world size, non-square images.
+        FloatingPointError: a non-finite loss (names the step and branch).
+    """
+    run_dir = Path(run_dir)
+    rank, world = _dist_info()
+    dev = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    seed_everything(cfg.seed)
+    src = _Source(train)
+    micro, accum = cfg.batch_size, cfg.grad_accum
+    per_rank = len(src) // world
+    steps_per_epoch = per_rank // (micro * accum)
+    if steps_per_epoch < 1:
+        raise ValueError(f"{len(src)} training images are too few for one step of {micro}×{accum}×{world} images")
+    eff_batch = micro * accum * world
+    lr = cfg.lr if cfg.lr is not None else cfg.base_lr * eff_batch
+
+    model = ae._unwrap(vae).to(dev).train()
+    in_ch = model.config.in_channels
+    loss_fn = (loss_fn or EQVAELoss(cfg.loss, in_channels=in_ch)).to(dev).train()
+    disc = loss_fn.discriminator
+    ae_params = [p for p in model.parameters() if p.requires_grad]
+    opt_ae = torch.optim.Adam(ae_params, lr=lr, betas=cfg.betas)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=cfg.betas)
+    rng = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
+    use_amp = dev.type == "cuda" and cfg.bf16
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+
+    val_images = _Source(val).first(cfg.val_size) if val is not None else src.first(cfg.val_size)
+    st: dict[str, Any] = {"step": 0, "epoch": 0, "step_in_epoch": 0, "images_seen": 0, "elapsed_s": 0.0,
+                          "branch_counts": {b: 0 for b in BRANCHES}, "val_trace": [], "stop_reason": None}
+    ckpt_path, log_path = run_dir / "checkpoint.pt", run_dir / "log.jsonl"
+    resumed = False
+    if cfg.resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ck["world_size"] != world:
+            raise ValueError(f"{ckpt_path} was written by {ck['world_size']} process(es), this run has {world}; "
+                             "resume with the same number of processes or start a new run folder")
+        model.load_state_dict(ck["vae"])
+        disc.load_state_dict(ck["disc"])
+        opt_ae.load_state_dict(ck["opt_ae"])
+        opt_d.load_state_dict(ck["opt_d"])
+        rng.set_state(ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0])
+        torch.set_rng_state(ck["torch_rng"])
+        st.update(json.loads(ck["state_json"]))
+        st["stop_reason"] = None  # the stopping rules are re-evaluated with this run's config
+        resumed = True
+        if rank == 0 and log_path.is_file():  # cut the log back to the checkpoint
+            keep = [ln for ln in log_path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= st["step"]]
+            atomic_write_text(log_path, "".join(ln + "\n" for ln in keep))
+    if world > 1:
+        for t in list(model.state_dict().values()) + list(disc.state_dict().values()):
+            dist.broadcast(t, 0)
+
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_f = open(log_path, "a")
+    else:
+        log_f = None
+
+    def log(rec: dict) -> None:
+        if log_f is not None:
+            log_f.write(json.dumps(rec) + "\n")
+            log_f.flush()
+
+    def save_checkpoint() -> None:
+        rngs = [rng.get_state()]
+        if world > 1:
+            gathered = [torch.empty_like(rngs[0]) for _ in range(world)]
+            dist.all_gather(gathered, rngs[0])
+            rngs = gathered
+        if rank == 0:
+            atomic_torch_save({"vae": model.state_dict(), "disc": disc.state_dict(), "opt_ae": opt_ae.state_dict(),
+                               "opt_d": opt_d.state_dict(), "rng": rngs, "torch_rng": torch.get_rng_state(),
+                               "world_size": world, "state_json": json.dumps(st)}, ckpt_path)
+
+    if not resumed:
+        log({"step": 0, "event": "start", "lr": lr, "effective_batch": eff_batch, "world_size": world,
+             "steps_per_epoch": steps_per_epoch, "perceptual": cfg.loss.perceptual, "objective": cfg.loss.objective,
+             "plateau_rule": _plateau_rule_text(cfg) if cfg.plateau else None})
+    else:
+        log({"step": st["step"], "event": "resume", "epoch": st["epoch"], "step_in_epoch": st["step_in_epoch"]})
+
+    def should_stop() -> str | None:
+        if cfg.max_steps is not None and st["step"] >= cfg.max_steps:
+            return "max_steps"
+        if cfg.max_epochs is not None and st["step"] >= math.ceil(cfg.max_epochs * steps_per_epoch):
+            return "max_epochs"
+        if cfg.max_time_s is not None and st["elapsed_s"] >= cfg.max_time_s:
+            return "max_time"
+        return st["stop_reason"]
+
+    total = None
+    if cfg.max_steps is not None or cfg.max_epochs is not None:
+        caps = [c for c in (cfg.max_steps, math.ceil(cfg.max_epochs * steps_per_epoch) if cfg.max_epochs else None)
+                if c is not None]
+        total = min(caps)
+    pbar = None
+    if rank == 0 and cfg.progress:
+        from tqdm.auto import tqdm
+
+        pbar = tqdm(total=total, initial=st["step"], desc=f"AE {cfg.loss.objective}", dynamic_ncols=True)
+
+    t_last = time.time()
+    reason = should_stop()
+    while reason is None:
+        epoch = st["epoch"]
+        indices = _epoch_indices(len(src), cfg.seed, epoch, rank, world)
+        skip = st["step_in_epoch"] * micro * accum
+        batches = src.batches(indices[skip:], micro, epoch, cfg.num_workers)
+        while st["step_in_epoch"] < steps_per_epoch and reason is None:
+            opt_ae.zero_grad(set_to_none=True)
+            opt_d.zero_grad(set_to_none=True)
+            rec: dict[str, Any] = {}
+            for _ in range(accum):
+                x = next(batches).to(dev, torch.float32, non_blocking=True)
+                with amp():
+                    loss, logs, pair = loss_fn.generator_loss(model, x, st["step"], generator=rng)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite autoencoder loss {float(loss)} at step {st['step']} "
+                                             f"(branch {logs['branch']}, tau {logs['tau']}); lower the lr")
+                (loss / accum).backward()
+                with amp():
+                    d_loss, d_logs = loss_fn.discriminator_loss(*pair, st["step"])
+                if d_loss.requires_grad:
+                    (d_loss / accum).backward()
+                st["branch_counts"][logs["branch"]] += 1
+                rec = {**logs, **d_logs} if not rec else rec  # log the first micro-batch's details
+            if world > 1:
+                _all_reduce_grads(ae_params, world)
+                _all_reduce_grads(list(disc.parameters()), world)
+            opt_ae.step()
+            opt_d.step()
+            if world > 1:
+                for b in disc.buffers():
+                    dist.broadcast(b, 0)
+            st["step"] += 1
+            st["step_in_epoch"] += 1
+            st["images_seen"] += eff_batch
+            now = time.time()
+            st["elapsed_s"] += now - t_last
+            t_last = now
+            if pbar is not None:
+                pbar.update(1)
+                pbar.set_postfix(loss=f"{rec['loss']:.4g}", br=rec["branch"][:2])
+            if st["step"] % cfg.log_every == 0:
+                log({"step": st["step"], "epoch": epoch, "images_seen": st["images_seen"], "lr": lr, **rec,
+                     "branch_counts": dict(st["branch_counts"]), "elapsed_s": round(st["elapsed_s"], 3)})
+            if cfg.val_every and st["step"] % cfg.val_every == 0:
+                v = validate(model, val_images)
+                st["val_trace"].append({"step": st["step"], **v})
+                stop, imp = plateau_reached([t["l1"] for t in st["val_trace"]], cfg.plateau_window,
+                                            cfg.plateau_threshold)
+                log({"step": st["step"], "val": v, "plateau_improvement": imp, "plateau_stop": bool(stop and
+                                                                                                  cfg.plateau)})
+                if cfg.plateau and stop:
+                    st["stop_reason"] = "plateau"
+                t_last = time.time()  # validation time is not training time
+            if cfg.checkpoint_every_steps and st["step"] % cfg.checkpoint_every_steps == 0:
+                save_checkpoint()
+            reason = should_stop()
+        if st["step_in_epoch"] >= steps_per_epoch:
+            st["epoch"] += 1
+            st["step_in_epoch"] = 0
+            save_checkpoint()  # end of every epoch
+            t_last = time.time()
+            log({"step": st["step"], "event": "epoch_end", "epoch": st["epoch"], "images_seen": st["images_seen"]})
+        reason = should_stop()
+    st["stop_reason"] = reason
+    save_checkpoint()
+    if pbar is not None:
+        pbar.close()
+
+    # ------------------------------------------------------------------------------------ final outputs (rank 0)
+    if rank == 0:
+        final_val = validate(model, val_images)
+        measure = cfg.measure_norm if cfg.measure_norm is not None else _is_kit_model(model)
+        if measure:
+            ae.measure_latent_norm(model, src.first(cfg.norm_images), latent="sample", seed=cfg.seed)
+        shift, scale = ae.latent_norm(model)
+        model_dir = ae.save_autoencoder(model, run_dir / "model")
+        export = cfg.export_ldm if cfg.export_ldm is not None else _can_export_ldm(model)
+        ldm_path = str(ae.export_ldm_checkpoint(model, run_dir / "model.ckpt")) if export else None
+        summary = {
+            "objective": cfg.loss.objective, "perceptual": cfg.loss.perceptual, "config": _cfg_dict(cfg),
+            "steps": st["step"], "epochs_completed": st["epoch"], "images_seen": st["images_seen"],
+            "steps_per_epoch": steps_per_epoch, "effective_batch": eff_batch, "lr": lr, "world_size": world,
+            "train_images": len(src), "wall_time_s": round(st["elapsed_s"], 2), "stop_reason": reason,
+            "branch_counts": st["branch_counts"],
+            "plateau_rule": _plateau_rule_text(cfg) if cfg.plateau else None, "val_trace": st["val_trace"],
+            "val_source": "val" if val is not None else "train", "final_val": final_val,
+            "weights_hash": ae.weights_hash(model), "latent_norm": {"shift": shift.tolist(), "scale": scale.tolist(),
+                                                                    "measured": bool(measure)},
+            "downsample_factor": ae.downsample_factor(model), "model_dir": str(model_dir), "ldm_checkpoint": ldm_path,
+            "git_commit": git_commit(), "device": str(dev),
+        }
+        atomic_write_json(run_dir / "summary.json", summary)
+        log({"step": st["step"], "event": "end", "stop_reason": reason, "final_val": final_val})
+        log_f.close()
+    if world > 1:
+        dist.barrier()
+    return run_dir
+
+
+def _plateau_rule_text(cfg: AETrainConfig) -> str:
+    return (f"every {cfg.val_every} steps: L1 of D(mean E(x)) on {cfg.val_size} held-out images; stop when "
+            f"(v[-{cfg.plateau_window + 1}] - min(last {cfg.plateau_window})) / v[-{cfg.plateau_window + 1}] < "
+            f"{cfg.plateau_threshold}; caps max_steps={cfg.max_steps}, max_epochs={cfg.max_epochs}, "
+            f"max_time_s={cfg.max_time_s}")
+
+
+def _cfg_dict(cfg: AETrainConfig) -> dict:
+    d = asdict(cfg)
+    d["betas"] = list(cfg.betas)
+    return d
+
+
+def load_summary(run_dir: str | os.PathLike) -> dict:
+    """The ``summary.json`` of a finished run."""
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def pretrain(train, cfg: AETrainConfig, run_dir, arch: str = "small-f4", val=None, **arch_overrides) -> Path:
+    """Train a base autoencoder from scratch (``build_autoencoder(arch, **arch_overrides)``) with the plain
+    objective (Eq. 1); set ``cfg.plateau=True`` for the plateau rule. Returns the run folder."""
+    if cfg.loss.objective != "plain":
+        cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, objective="plain"))
+    seed_everything(cfg.seed)
+    vae = ae.build_autoencoder(arch, **arch_overrides)
+    return train_autoencoder(vae, train, cfg, run_dir, val=val)
+
+
+def finetune(vae, train, cfg: AETrainConfig, run_dir, val=None) -> Path:
+    """Fine-tune a loaded autoencoder: EQ-VAE (``cfg.loss.objective="eq"``), the plain control (``"plain"``) or the
+    explicit variant (``"explicit"``). ``vae`` may be a model or a path / hub id for ``load_autoencoder``."""
+    if isinstance(vae, (str, os.PathLike)):
+        vae = ae.load_autoencoder(vae)
+    return train_autoencoder(vae, train, cfg, run_dir, val=val)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def _common_args(p: argparse.ArgumentParser) -> None:
+    lc, tc = LossConfig(), AETrainConfig()
+    p.add_argument("--data", required=True, help="image folder, or fashion-mnist / photo-crops")
+    p.add_argument("--out", help="run folder (default runs/<command>-<time>)")
+    p.add_argument("--size", type=int, help="image side in pixels (default: the model's sample_size)")
+    p.add_argument("--n", type=int, help="use only the first N training images")
+    p.add_argument("--val-size", type=int, default=tc.val_size)
+    p.add_argument("--batch-size", type=int, default=tc.batch_size)
+    p.add_argument("--grad-accum", type=int, default=tc.grad_accum)
+    p.add_argument("--lr", type=float, help=f"learning rate (default {tc.base_lr} x effective batch)")
+    p.add_argument("--steps", type=int, help="max optimizer steps")
+    p.add_argument("--epochs", type=float, help="max epochs")
+    p.add_argument("--time", type=float, help="max training seconds")
+    p.add_argument("--perceptual", default=lc.perceptual, choices=["stlpips-alex", "stlpips-vgg", "lpips-vgg",
+                                                                   "none"])
+    p.add_argument("--disc-weight", type=float, default=lc.disc_weight)
+    p.add_argument("--disc-ndf", type=int, default=lc.disc_ndf)
+    p.add_argument("--kl-weight", type=float, default=lc.kl_weight)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--val-every", type=int, default=tc.val_every)
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every K steps")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--workers", type=int, default=0)
+
+
+def _load_data(args, channels: int, size: int):
+    from .data import ImageFolder, get_dataset
+
+    if Path(args.data).is_dir():
+        train = ImageFolder(args.data, size=size, crop="random", seed=args.seed)
+        if args.n:
+            from torch.utils.data import Subset
+
+            train = Subset(train, range(min(args.n, len(train))))
+        val = ImageFolder(args.data, size=size, crop="center", seed=args.seed)
+        from torch.utils.data import Subset
+
+        return train, Subset(val, range(min(args.val_size, len(val))))
+    if args.data not in ("fashion-mnist", "photo-crops"):
+        raise ValueError(f"--data {args.data!r} is neither a folder nor one of fashion-mnist, photo-crops")
+    kw = {"channels": channels} if args.data == "fashion-mnist" else {}
+    if args.data == "photo-crops" and channels != 3:
+        raise ValueError(f"photo-crops are RGB but the autoencoder has {channels} input channel(s)")
+    train = get_dataset(args.data, "train", size=size, n=args.n, seed=args.seed, **kw)
+    val = get_dataset(args.data, "test", size=size, n=args.val_size, seed=args.seed, **kw)
+    return train.tensors(), val.tensors()
+
+
+def _train_cfg(args, loss: LossConfig, **extra) -> AETrainConfig:
+    return AETrainConfig(loss=loss, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                         max_steps=args.steps, max_epochs=args.epochs, max_time_s=args.time, seed=args.seed,
+                         device=args.device, val_every=args.val_every, val_size=args.val_size,
+                         checkpoint_every_steps=args.checkpoint_every, resume=not args.no_resume,
+                         progress=not args.no_progress, num_workers=args.workers, **extra)
+
+
+def _run_cli(fn, argv) -> int:
+    try:
+        return fn(argv)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def cli_finetune(argv: list[str]) -> int:
+    """``python -m eqvae_lib finetune --vae PATH_OR_HUB_ID --data DIR|fashion-mnist|photo-crops [...]``: fine-tune
+    a user's autoencoder with EQ-VAE (or ``--objective plain``), write the run folder with the model in diffusers
+    format and, for kl-f8-type models, an LDM ``model.ckpt``. Returns 0, or 2 on bad input (message on stderr)."""
+    def run(argv):
+        lc = LossConfig()
+        p = argparse.ArgumentParser(prog="python -m eqvae_lib finetune", description=cli_finetune.__doc__)
+        p.add_argument("--vae", required=True, help="diffusers folder, LDM .ckpt/.safetensors, or hub id")
+        p.add_argument("--objective", default="eq", choices=["eq", "plain", "explicit"])
+        p.add_argument("--p-alpha", type=float, default=lc.p_alpha, help="P(prior preservation), paper's meaning")
+        p.add_argument("--p-prior-s", type=float, default=lc.p_prior_s)
+        p.add_argument("--family", default=lc.family, choices=["rotation", "scale", "rotation+scale",
+                                                                "rotation+anisotropic"])
+        p.add_argument("--scale-grid", default=lc.scale_grid, choices=["discrete", "continuous"])
+        p.add_argument("--interpolation", default=lc.interpolation, choices=["bilinear", "bicubic"])
+        p.add_argument("--min-latent-side", type=int, default=lc.min_latent_side)
+        p.add_argument("--disc-start", type=int, default=0)
+        _common_args(p)
+        args = p.parse_args(argv)
+        if args.steps is None and args.epochs is None and args.time is None:
+            args.epochs = 1
+        vae = ae.load_autoencoder(args.vae)
+        size = args.size or int(vae.config.sample_size)
+        train, val = _load_data(args, vae.config.in_channels, size)
+        loss = LossConfig(objective=args.objective, perceptual=args.perceptual, p_alpha=args.p_alpha,
+                          p_prior_s=args.p_prior_s, family=args.family, scale_grid=args.scale_grid,
+                          interpolation=args.interpolation, min_latent_side=args.min_latent_side,
+                          disc_start=args.disc_start, disc_weight=args.disc_weight, disc_ndf=args.disc_ndf,
+                          kl_weight=args.kl_weight)
+        cfg = _train_cfg(args, loss)
+        init_distributed()
+        out = Path(args.out) if args.out else RUNS_DIR / f"finetune-{args.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = finetune(vae, train, cfg, out, val=val)
+        if _dist_info()[0] == 0:
+            s = load_summary(run_dir)
+            print(f"done: {s['steps']} steps, final val PSNR {s['final_val']['psnr']:.2f} dB; model in "
+                  f"{s['model_dir']}" + (f", LDM checkpoint {s['ldm_checkpoint']}" if s["ldm_checkpoint"] else ""))
+        return 0
+
+    return _run_cli(run, argv)
+
+
+def cli_pretrain(argv: list[str]) -> int:
+    """``python -m eqvae_lib pretrain --arch small-f4 --data fashion-mnist [...]``: train a base autoencoder from
+    scratch with the plain LDM loss and the plateau rule. Returns 0, or 2 on bad input (message on stderr)."""
+    def run(argv):
+        tc = AETrainConfig()
+        p = argparse.ArgumentParser(prog="python -m eqvae_lib pretrain", description=cli_pretrain.__doc__)
+        p.add_argument("--arch", default="small-f4", choices=list(ae.CONFIGS))
+        p.add_argument("--in-channels", type=int, help="1 or 3 (default: the arch's; 3 for photo-crops)")
+        p.add_argument("--latent-channels", type=int, default=4)
+        p.add_argument("--disc-start", type=int, default=2000, help="step at which the GAN term starts")
+        p.add_argument("--no-plateau", action="store_true", help="disable the plateau rule")
+        p.add_argument("--plateau-window", type=int, default=tc.plateau_window)
+        p.add_argument("--plateau-threshold", type=float, default=tc.plateau_threshold)
+        _common_args(p)
+        args = p.parse_args(argv)
+        if args.steps is None and args.epochs is None and args.time is None and args.no_plateau:
+            args.epochs = 1
+        in_ch = args.in_channels or (3 if args.data == "photo-crops" or Path(args.data).is_dir()
+                                     else ae.CONFIGS[args.arch]["in_channels"])
+        size = args.size or int(ae.CONFIGS[args.arch]["sample_size"])
+        train, val = _load_data(args, in_ch, size)
+        loss = LossConfig(objective="plain", perceptual=args.perceptual, disc_start=args.disc_start,
+                          disc_weight=args.disc_weight, disc_ndf=args.disc_ndf, kl_weight=args.kl_weight)
+        cfg = _train_cfg(args, loss, plateau=not args.no_plateau, plateau_window=args.plateau_window,
+                         plateau_threshold=args.plateau_threshold)
+        init_distributed()
+        out = Path(args.out) if args.out else RUNS_DIR / f"pretrain-{args.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = pretrain(train, cfg, out, arch=args.arch, val=val, in_channels=in_ch,
+                           latent_channels=args.latent_channels)
+        if _dist_info()[0] == 0:
+            s = load_summary(run_dir)
+            print(f"done: {s['steps']} steps ({s['stop_reason']}), final val PSNR {s['final_val']['psnr']:.2f} dB; "
+                  f"model in {s['model_dir']}")
+        return 0
+
+    return _run_cli(run, argv)

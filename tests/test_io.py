@@ -1,0 +1,65 @@
+"""Atomic writes, hashes and result records."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from eqvae_lib import io
+from eqvae_lib.records import RunRecord, load_record, load_records, to_markdown, write_report
+
+
+def test_atomic_write_leaves_old_file_on_error(tmp_path):
+    path = tmp_path / "a.json"
+    io.atomic_write_json(path, {"x": 1})
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(path) as tmp:
+            tmp.write_text("half written")
+            raise RuntimeError("interrupted")
+    assert json.loads(path.read_text()) == {"x": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temporary file left behind
+
+
+def test_json_non_finite_values_round_trip_through_records(tmp_path):
+    rec = RunRecord("c1", "t", "smoke", params={"a": 1})
+    rec.add("psnr", math.inf, "dB", subject="ae")
+    rec.add("x", math.nan)
+    rec.set_verdict("informational", "ok")
+    back = load_record(rec.save(tmp_path))
+    assert back.get("psnr", "ae") == math.inf and math.isnan(back.get("x"))
+    assert back.wall_time_s is not None and back.wall_time_s >= 0
+    with pytest.raises(ValueError, match="verdict"):
+        rec.set_verdict("great", "")
+
+
+def test_state_dict_hash_depends_on_values_and_handles_0d_and_batchnorm():
+    a, b = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    assert io.state_dict_hash(a) == io.state_dict_hash(b)  # includes the 0-d num_batches_tracked
+    with torch.no_grad():
+        b.weight[0] += 1e-3
+    assert io.state_dict_hash(a) != io.state_dict_hash(b)
+    assert io.sha256_tensor(torch.tensor(1.0)) != io.sha256_tensor(torch.tensor(2.0))
+    assert io.sha256_tensor(torch.zeros(2, 3)) != io.sha256_tensor(torch.zeros(3, 2))  # shape matters
+
+
+def test_report_lists_not_reproduced_claims(tmp_path):
+    for claim, verdict in (("a", "reproduced"), ("b", "not reproduced at this scale")):
+        r = RunRecord(claim, f"claim {claim}", "smoke")
+        r.add("m", 1.5, "dB", subject="eq", paper=2.0, source="Table 1")
+        r.set_verdict(verdict, f"because {claim}")
+        r.save(tmp_path)
+    assert [r.claim for r in load_records("smoke", tmp_path)] == ["a", "b"]
+    report = write_report("smoke", tmp_path / "fig", root=tmp_path).read_text()
+    section = report.split("## Not (fully) reproduced at this scale")[1].split("##")[0]
+    assert "**b**" in section and "**a**" not in section
+    assert (tmp_path / "fig" / "results.csv").read_text().count("\n") == 3  # header + 2 metrics
+    with pytest.raises(FileNotFoundError, match="make reproduce"):
+        write_report("cpu", tmp_path / "fig", root=tmp_path)
+
+
+def test_markdown_table_escapes_pipes():
+    import pandas as pd
+
+    md = to_markdown(pd.DataFrame({"a": ["x|y"], "b": [1.23456]}))
+    assert "x\\|y" in md and "1.235" in md

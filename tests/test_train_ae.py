@@ -1,0 +1,156 @@
+"""Training loop (eqvae_lib.train_ae): resume equality, 2-process gloo, plateau rule, the kl-f8 paper path, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eqvae_lib import autoencoders as ae
+from eqvae_lib.losses import LossConfig
+from eqvae_lib.train_ae import AETrainConfig, cli_finetune, plateau_reached, train_autoencoder
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _tiny():
+    torch.manual_seed(0)
+    return ae.build_autoencoder("small-f4", block_out_channels=(16, 16, 16))
+
+
+def _data(n=48, side=16):
+    return torch.rand(n, 1, side, side, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def _cfg(**kw):
+    base = dict(loss=LossConfig(perceptual="none", disc_ndf=8, min_latent_side=2), batch_size=8, max_epochs=2,
+                deterministic=True, progress=False, val_every=2, val_size=8, norm_images=16)
+    base.update(kw)
+    return AETrainConfig(**base)
+
+
+def _summary(d):
+    return json.loads((Path(d) / "summary.json").read_text())
+
+
+def test_resume_is_bit_identical(tmp_path):
+    x = _data(32)  # 4 steps per epoch
+    train_autoencoder(_tiny(), x, _cfg(), tmp_path / "full")
+    # interrupted twice: mid-epoch (stop at step 3), then at step 6 (epoch 1.5), then run to the end
+    train_autoencoder(_tiny(), x, _cfg(max_steps=3, checkpoint_every_steps=1), tmp_path / "cut")
+    train_autoencoder(_tiny(), x, _cfg(max_epochs=1.5), tmp_path / "cut")
+    train_autoencoder(_tiny(), x, _cfg(), tmp_path / "cut")
+    a, b = _summary(tmp_path / "full"), _summary(tmp_path / "cut")
+    assert a["steps"] == b["steps"] == 8 and a["images_seen"] == b["images_seen"] == 64
+    assert a["weights_hash"] == b["weights_hash"]
+    assert a["branch_counts"] == b["branch_counts"] and sum(a["branch_counts"].values()) == 8
+    ca = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    cb = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(ca["disc"][k], cb["disc"][k]) for k in ca["disc"])  # discriminator too
+    # the log was cut back at each resume: one line per step
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "cut" / "log.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert steps == list(range(1, 9))
+    rec = json.loads((tmp_path / "full" / "log.jsonl").read_text().splitlines()[1])
+    for key in ("loss", "branch", "tau", "d_weight", "logits_real", "logits_fake", "images_seen"):
+        assert key in rec
+    # the final model is saved in diffusers format with its measured normalisation
+    m = ae.load_autoencoder(tmp_path / "full" / "model")
+    assert ae.weights_hash(m) == a["weights_hash"] and m.config.latents_mean is not None
+    assert a["latent_norm"]["measured"] and b["stop_reason"] == "max_epochs"
+
+
+def test_grad_accumulation_counts_and_lr_scaling(tmp_path):
+    train_autoencoder(_tiny(), _data(), _cfg(batch_size=4, grad_accum=3, max_epochs=1), tmp_path / "r")
+    s = _summary(tmp_path / "r")
+    assert s["effective_batch"] == 12 and s["steps"] == 4 and s["images_seen"] == 48
+    assert s["lr"] == pytest.approx(4.5e-6 * 12) and sum(s["branch_counts"].values()) == 12
+
+
+def test_plateau_rule(tmp_path):
+    assert plateau_reached([1.0, 0.9], 2, 0.01) == (False, None)
+    stop, imp = plateau_reached([1.0, 0.995, 0.999], 2, 0.01)
+    assert stop and imp == pytest.approx(0.005)
+    assert plateau_reached([1.0, 0.5, 0.999], 2, 0.01) == (False, 0.5)
+    # a huge threshold stops at the first decision point: (window + 1) validations
+    train_autoencoder(_tiny(), _data(), _cfg(plateau=True, plateau_window=2, plateau_threshold=10.0,
+                                             max_epochs=None, max_steps=100), tmp_path / "p")
+    s = _summary(tmp_path / "p")
+    assert s["stop_reason"] == "plateau" and s["steps"] == 6 and len(s["val_trace"]) == 3
+    assert "stop when" in s["plateau_rule"]
+
+
+def test_two_gloo_processes_end_with_identical_weights(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, math, os, torch
+        from eqvae_lib import autoencoders as ae
+        from eqvae_lib.losses import LossConfig
+        from eqvae_lib.train_ae import AETrainConfig, init_distributed, train_autoencoder
+        rank, world = init_distributed()
+        torch.manual_seed(0)
+        vae = ae.build_autoencoder("small-f4", block_out_channels=(16, 16, 16))
+        x = torch.rand(64, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        cfg = AETrainConfig(loss=LossConfig(perceptual="none", disc_ndf=8, min_latent_side=2), batch_size=8,
+                            max_epochs=1, progress=False, val_every=0, norm_images=16)
+        train_autoencoder(vae, x, cfg, {str(tmp_path / 'run')!r})
+        out = {{"hash": ae.weights_hash(vae), "world": world}}
+        json.dump(out, open({str(tmp_path)!r} + f"/rank{{rank}}.json", "w"))
+    """))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script)], env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    h0, h1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert h0["world"] == h1["world"] == 2 and h0["hash"] == h1["hash"]
+    s = _summary(tmp_path / "run")
+    assert s["world_size"] == 2 and s["steps"] == 4 and s["images_seen"] == 64
+    losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+              if '"loss"' in l]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    # the saved model equals both ranks' weights (the ranks' training differed only by data and noise)
+    assert ae.weights_hash(ae.load_autoencoder(tmp_path / "run" / "model")) == h0["hash"]
+
+
+def test_kl_f8_paper_path_on_an_image_folder(tmp_path):
+    """Random-weight SD-VAE architecture: saved, reloaded, EQ fine-tuned a few steps on 64-px images of an
+    ImageFolder, exported in diffusers and LDM layout; the LDM file loads back to the same weights."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        (tmp_path / "imgs" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"c{i % 2}" / f"{i}.png")
+    torch.manual_seed(0)
+    ae.save_autoencoder(ae.build_autoencoder("kl-f8"), tmp_path / "base")
+    rc = cli_finetune(["--vae", str(tmp_path / "base"), "--data", str(tmp_path / "imgs"), "--size", "64",
+                       "--batch-size", "2", "--steps", "2", "--perceptual", "none", "--disc-ndf", "16",
+                       "--val-size", "2", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert rc == 0
+    s = _summary(tmp_path / "run")
+    assert s["steps"] == 2 and s["objective"] == "eq" and s["perceptual"] == "none"
+    assert not s["latent_norm"]["measured"] and s["latent_norm"]["scale"] == pytest.approx([0.18215] * 4)  # SD-VAE keeps 0.18215
+    tuned = ae.load_autoencoder(tmp_path / "run" / "model")
+    assert ae.weights_hash(tuned) == s["weights_hash"] != ae.weights_hash(ae.load_autoencoder(tmp_path / "base"))
+    assert ae.weights_hash(ae.load_autoencoder(tmp_path / "run" / "model.ckpt")) == s["weights_hash"]
+
+
+def test_cli_bad_input_exits_2(tmp_path, capsys):
+    assert cli_finetune(["--vae", str(tmp_path / "missing"), "--data", "fashion-mnist"]) == 2
+    assert "missing" in capsys.readouterr().err
+    ae.save_autoencoder(_tiny(), tmp_path / "m")
+    assert cli_finetune(["--vae", str(tmp_path / "m"), "--data", "cifar"]) == 2
+    assert "cifar" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli_finetune(["--vae", str(tmp_path / "m"), "--data", "fashion-mnist", "--objective", "magic"])
+    assert e.value.code == 2
+
+
+def test_config_needs_a_stopping_rule():
+    with pytest.raises(ValueError, match="stopping rule"):
+        AETrainConfig(max_epochs=None)
