@@ -11,6 +11,7 @@ also across profiles and notebooks. Training runs resume from their last checkpo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import shutil
 from dataclasses import dataclass
@@ -39,13 +40,16 @@ def cache_dir(kind: str, params: dict[str, Any]) -> Path:
 # ------------------------------------------------------------------------------------------------------- data
 @dataclass
 class Data:
-    """The profile's images as tensors ``[N, C, H, W]`` in [-1, 1] with labels ``[N]`` (int64; for photo crops the
-    source photo — not a class), plus their identities (hashes of the tensors) for records and cache keys."""
+    """The profile's images: ``train_x`` / ``test_x`` are tensors ``[N, C, H, W]`` in [-1, 1] (the offline datasets,
+    held in memory) or Datasets of ``(x, label)`` (image folders, streamed from disk); ``train_y`` / ``test_y`` are
+    int64 labels ``[N]`` (for photo crops the source photo — not a class; ``None`` for image folders). ``train_id`` /
+    ``test_id`` identify the data (hash of the tensor, or of the file list and crop settings) for records and cache
+    keys."""
 
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+    train_x: Any
+    train_y: torch.Tensor | None
+    test_x: Any
+    test_y: torch.Tensor | None
     name: str
     image_size: int
     num_classes: int | None
@@ -54,33 +58,46 @@ class Data:
 
     @property
     def channels(self) -> int:
-        return self.train_x.shape[1]
+        return int(self.train_x.shape[1]) if isinstance(self.train_x, torch.Tensor) else int(self.train_x[0][0].shape[0])
+
+    @staticmethod
+    def subset(xs, n: int | None):
+        """The first ``n`` images: a tensor slice, or a ``Subset`` of a Dataset."""
+        n = len(xs) if n is None else min(int(n), len(xs))
+        return xs[:n] if isinstance(xs, torch.Tensor) else torch.utils.data.Subset(xs, range(n))
+
+    @staticmethod
+    def batch(xs, n: int) -> torch.Tensor:
+        """The first ``n`` images as one tensor ``[n, C, H, W]`` (loads them from disk for a Dataset)."""
+        n = min(int(n), len(xs))
+        return xs[:n] if isinstance(xs, torch.Tensor) else torch.stack([xs[i][0] for i in range(n)])
 
 
 def load_data(P: dict) -> Data:
     """Load the profile's dataset (``dataset``, ``image_size``, ``channels``, ``n_train``, ``n_test``, ``seed``).
 
-    ``imagefolder`` (``paper`` profile) needs ``data_root_train`` and ``data_root_test``; its images are loaded into
-    memory up to ``n_train`` / ``n_test`` (the paper profile's training streams from disk in ``train_ae``).
+    ``imagefolder`` (``paper`` profile) needs ``data_root_train`` and ``data_root_test`` and streams from disk
+    (training split: LDM random crops; test split: ADM centre crops).
     """
+    from .data import ImageFolder
+
     name, size = P["dataset"], int(P["image_size"])
     kw = dict(size=size, seed=int(P.get("seed", 0)))
     if name == "fashion-mnist":
         kw["channels"] = int(P.get("channels", 1))
-    tensors = {}
+    out = {}
     for split, n_key, root_key in (("train", "n_train", "data_root_train"), ("test", "n_test", "data_root_test")):
         n = P.get(n_key)
         ds = get_dataset(name, split, n=n, root=P.get(root_key), **kw)
-        if hasattr(ds, "tensors"):
-            x, y = ds.tensors()
+        if isinstance(ds, ImageFolder):
+            files = [str(f) for f in ds.files[: n or len(ds)]]
+            out[split] = (Data.subset(ds, n), None, hash_obj({"files": files, "size": size, "crop": ds.crop}))
         else:
-            idx = range(min(len(ds), n or len(ds)))
-            x = torch.stack([ds[i][0] for i in idx])
-            y = torch.tensor([ds[i][1] for i in idx])
-        tensors[split] = (x, y)
+            x, y = ds.tensors()
+            out[split] = (x, y, sha256_tensor(x)[:16])
     num_classes = 10 if name == "fashion-mnist" else None
-    return Data(*tensors["train"], *tensors["test"], name=name, image_size=size, num_classes=num_classes,
-                train_id=sha256_tensor(tensors["train"][0])[:16], test_id=sha256_tensor(tensors["test"][0])[:16])
+    return Data(out["train"][0], out["train"][1], out["test"][0], out["test"][1], name=name, image_size=size,
+                num_classes=num_classes, train_id=out["train"][2], test_id=out["test"][2])
 
 
 def dataset_label(P: dict) -> str:
@@ -168,8 +185,10 @@ def finetuned_autoencoders(P: dict, objective: str, data: Data | None = None, ba
                                 seed=P["seed"], val_every=0, val_size=P.get("val_size", 256), export_ldm=False,
                                 measure_norm=True, checkpoint_every_steps=P.get("checkpoint_every_steps", 500),
                                 progress=P.get("progress", True))
-            vae = ae.load_autoencoder(base_info["run_dir"] / "model") if base_info["run_dir"] else base_vae
-            finetune(vae, data.train_x[:n_sub], cfg, run_dir, val=data.test_x)
+            # a fresh copy: training changes the model in place, and the base must stay the base
+            vae = (ae.load_autoencoder(base_info["run_dir"] / "model") if base_info["run_dir"]
+                   else copy.deepcopy(base_vae))
+            finetune(vae, Data.subset(data.train_x, n_sub), cfg, run_dir, val=data.test_x)
             tmp = run_dir / f".epoch_{epoch}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(run_dir / "model", tmp)
@@ -241,7 +260,7 @@ def autoencoder_metrics(P: dict, data: Data, vae, extractor=None, which: tuple[s
     from .metrics import reconstruction as rec
 
     n = min(int(P["eval_n"]), len(data.test_x))
-    x = data.test_x[:n]
+    x = Data.subset(data.test_x, n)
     scales = tuple(P.get("eval_scales", (0.25, 0.5, 0.75)))
     key = dict(ae=ae.weights_hash(vae), test=data.test_id, n=n, scales=scales, mode=P.get("interpolation", "bilinear"),
                latent=P.get("recon_latent", "sample"), extractor=getattr(extractor, "weights_hash", None),
@@ -264,7 +283,7 @@ def autoencoder_metrics(P: dict, data: Data, vae, extractor=None, which: tuple[s
                                                        latent=latent, extractor=extractor)
         elif part == "intrinsic_dim":
             m = min(int(P["id_n"]), len(data.test_x))
-            z = idm.latent_points(data.test_x[:m], encoder(vae))
+            z = idm.latent_points(Data.subset(data.test_x, m), encoder(vae))
             results[part] = idm.intrinsic_dimension(z, n=m, seed=P["seed"], n_bootstrap=int(P["id_bootstrap"]))
         else:
             raise ValueError(f"unknown metric part {part!r}")
@@ -282,7 +301,9 @@ def latent_cache(P: dict, data: Data, vae):
     shift, scale = ae.latent_norm(vae)
     mode = P.get("latent_mode", "official")
     key = dict(ae=ae.weights_hash(vae), data=data.train_id, mode=mode, seed=P["seed"])
-    labels = data.train_y if data.num_classes else torch.full_like(data.train_y, -1)
+    labels = None
+    if isinstance(data.train_x, torch.Tensor):
+        labels = data.train_y if data.num_classes else torch.full_like(data.train_y, -1)
     return build_latent_cache(vae, data.train_x, cache_dir("latents", key), shift=shift, scale=scale, mode=mode,
                               labels=labels, data_id=f"{data.name}/train/{data.train_id}", seed=P["seed"],
                               progress=P.get("progress", True))
@@ -320,7 +341,7 @@ def generative_curve(P: dict, data: Data, vae, seed: int, method: str = "dit", e
 
     extractor = extractor or feature_extractor(P, data)
     n_fid = int(P["gen_fid_n"])
-    reference = reference or fidm.reference_statistics(data.test_x[:n_fid], extractor)
+    reference = reference or reference_stats(P, data, extractor, n_fid)
     cache = latent_cache(P, data, vae)
     cfg = _gen_config(P, method, seed)
     sampler = P.get(f"{method}_sampler", "ddim" if method == "dit" else "heun")
@@ -501,3 +522,132 @@ def ablation_variants(P: dict) -> dict[str, tuple[str, dict, Any, str]]:
     }
     keep = P.get("ablations")
     return {k: val for k, val in v.items() if keep is None or k in keep}
+
+
+def reference_stats(P: dict, data: Data, extractor, n: int | None = None):
+    """FID reference statistics of the first ``n`` (default ``gen_fid_n``) test images for ``extractor``, cached
+    under a key of the data, the extractor's weights and n (:func:`eqvae_lib.metrics.fid.reference_statistics`)."""
+    from .metrics import fid as fidm
+
+    return fidm.reference_statistics(Data.subset(data.test_x, n or int(P["gen_fid_n"])), extractor,
+                                     verbose=P.get("progress", True))
+
+
+# ---------------------------------------------------------------------------------------------- discrete path
+def base_vq(P: dict, data: Data):
+    """The base VQ autoencoder (stand-in for the paper's VQ-GAN): ``vq_arch`` with ``vq_codebook_size`` codes,
+    pretrained with the plain objective (VQ loss in place of KL) and dead-code restarts until the validation plateau
+    (same rule and caps as the KL base, ``vq_pretrain_*`` overriding ``pretrain_*``). Returns ``(vq, info)``."""
+    from .train_ae import AETrainConfig, load_summary
+    from .vq import pretrain_vq
+
+    g = lambda k: P.get(f"vq_{k}", P[k])  # noqa: E731
+    params = dict(dataset=P["dataset"], image_size=P["image_size"], train_id=data.train_id, test_id=data.test_id,
+                  arch=P["vq_arch"], codebook_size=P["vq_codebook_size"], perceptual=P["perceptual"],
+                  disc_start=g("pretrain_disc_start"), batch=g("pretrain_batch"), lr=g("pretrain_lr"),
+                  max_minutes=g("pretrain_max_minutes"), val_every=g("pretrain_val_every"),
+                  window=g("pretrain_plateau_window"), threshold=g("pretrain_plateau_threshold"), seed=P["seed"])
+    run_dir = cache_dir("vq-base", params)
+    if not (run_dir / "summary.json").exists():
+        cfg = AETrainConfig(loss=loss_config(P, "plain", disc_start=g("pretrain_disc_start")),
+                            batch_size=g("pretrain_batch"), lr=g("pretrain_lr"), max_epochs=g("pretrain_max_epochs"),
+                            max_time_s=60 * g("pretrain_max_minutes"), plateau=True,
+                            val_every=g("pretrain_val_every"), val_size=P.get("val_size", 256),
+                            plateau_window=g("pretrain_plateau_window"),
+                            plateau_threshold=g("pretrain_plateau_threshold"), seed=P["seed"], export_ldm=False,
+                            checkpoint_every_steps=P.get("checkpoint_every_steps", 500),
+                            progress=P.get("progress", True))
+        pretrain_vq(data.train_x, cfg, run_dir, arch=P["vq_arch"], val=data.test_x, in_channels=data.channels,
+                    codebook_size=P["vq_codebook_size"], sample_size=P["image_size"])
+    vq = ae.load_autoencoder(run_dir / "model").eval()
+    return vq, {"run_dir": run_dir, "summary": load_summary(run_dir), "hash": ae.weights_hash(vq)}
+
+
+def finetuned_vq(P: dict, data: Data, objective: str, base) -> tuple[Any, dict]:
+    """EQ-VAE (τ on the continuous latent before quantisation) or plain fine-tuning of the base VQ autoencoder for
+    ``vq_finetune_epochs`` epochs over the first ``finetune_subset`` training images (same budget for both)."""
+    from .train_ae import AETrainConfig, load_summary
+    from .vq import finetune_vq
+
+    vq0, info0 = base
+    loss = loss_config(P, objective, disc_start=0)
+    n_sub = min(int(P["finetune_subset"]), len(data.train_x))
+    epochs = int(P.get("vq_finetune_epochs", P["finetune_epochs"]))
+    params = dict(base=info0["hash"], loss=dataclasses.asdict(loss), subset=n_sub, train_id=data.train_id,
+                  batch=P["finetune_batch"], lr=P.get("finetune_lr"), epochs=epochs, seed=P["seed"])
+    run_dir = cache_dir(f"vq-{objective}", params)
+    if not (run_dir / "summary.json").exists():
+        cfg = AETrainConfig(loss=loss, batch_size=P["finetune_batch"], lr=P.get("finetune_lr"), max_epochs=epochs,
+                            seed=P["seed"], val_every=0, val_size=P.get("val_size", 256), export_ldm=False,
+                            checkpoint_every_steps=P.get("checkpoint_every_steps", 500),
+                            progress=P.get("progress", True))
+        finetune_vq(ae.load_autoencoder(info0["run_dir"] / "model"), Data.subset(data.train_x, n_sub), cfg,
+                    run_dir, val=data.test_x)
+    vq = ae.load_autoencoder(run_dir / "model").eval()
+    return vq, {"run_dir": run_dir, "summary": load_summary(run_dir), "hash": ae.weights_hash(vq)}
+
+
+def maskgit_curve(P: dict, data: Data, vq, seed: int, extractor=None, reference=None) -> dict:
+    """Train a MaskGIT (``maskgit_model``) on ``vq``'s tokens of the training images for ``maskgit_epochs`` epochs and
+    measure gFID/KID (``gen_fid_n`` samples, ``maskgit_decode_steps`` parallel-decoding steps) after every epoch in
+    ``maskgit_eval_epochs``. Cached by the tokenizer's weights hash, the settings and the seed.
+
+    Returns ``{"epochs": [...], "fid": [...], "kid": [...], "run_dir", "metric"}``.
+    """
+    import json
+
+    from .maskgit import (MaskGITTrainConfig, build_maskgit, build_token_cache, decode_to_images, load_token_cache,
+                          sample, train_maskgit)
+    from .metrics import fid as fidm
+
+    extractor = extractor or feature_extractor(P, data)
+    reference = reference or reference_stats(P, data, extractor)
+    vq_hash = ae.weights_hash(vq)
+    tok_path = cache_dir("tokens", dict(vq=vq_hash, data=data.train_id)) / "tokens.safetensors"
+    labels = data.train_y if data.num_classes else None
+    cache = (load_token_cache(tok_path, vq=vq) if tok_path.exists() else
+             build_token_cache(vq, data.train_x, labels=labels, path=tok_path))
+    n = len(cache.tokens)
+    steps_per_epoch = max(1, n // int(P["maskgit_batch"]))
+    eval_steps = tuple(int(e * steps_per_epoch) for e in P["maskgit_eval_epochs"])
+    cfg = MaskGITTrainConfig(steps=int(P["maskgit_epochs"] * steps_per_epoch), batch_size=int(P["maskgit_batch"]),
+                             lr=float(P["maskgit_lr"]), ema_decay=P.get("maskgit_ema"), checkpoint_steps=eval_steps,
+                             eval_steps=eval_steps, seed=seed)
+    key = dict(vq=vq_hash, tokens=tok_path.parent.name, cfg=dataclasses.asdict(cfg), model=P["maskgit_model"],
+               n_fid=int(P["gen_fid_n"]), decode_steps=P["maskgit_decode_steps"], extractor=extractor.weights_hash,
+               ref=reference.key)
+    run_dir = cache_dir("maskgit", key)
+    done = run_dir / "curve.json"
+    if not done.exists():
+        grid = tuple(cache.tokens.shape[1:])
+        torch.manual_seed(seed)
+        model = build_maskgit(P["maskgit_model"], codebook_size=cache.codebook_size, grid=grid,
+                              num_classes=data.num_classes or 0, tokenizer_hash=vq_hash)
+        ckpts = sorted(run_dir.glob("step_*.pt"))
+        done_evals = {}
+        if ckpts:  # resume: keep the evaluations already logged
+            for line in (run_dir / "log.jsonl").read_text().splitlines():
+                r = json.loads(line)
+                if r.get("kind") == "eval" and r["step"] <= int(ckpts[-1].stem.split("_")[1]):
+                    done_evals[r["step"]] = r
+
+        def eval_fn(step: int, m) -> dict:
+            g = torch.Generator().manual_seed(30_000 + seed)
+            y = (torch.randint(0, data.num_classes, (int(P["gen_fid_n"]),), generator=g) if data.num_classes
+                 else None)
+            toks = sample(m, n=int(P["gen_fid_n"]), labels=y, steps=int(P["maskgit_decode_steps"]), generator=g)
+            r = fidm.compute_fid(decode_to_images(vq, toks, vq_hash), reference, extractor, kid=True, verbose=False)
+            return {"fid": r["fid"], "kid": r["kid_mean"], "metric": r["metric"]}
+
+        train_maskgit(model, cache.tokens, cache.labels if data.num_classes else None, cfg, out_dir=run_dir,
+                      eval_fn=eval_fn, resume=ckpts[-1] if ckpts else None, progress=P.get("progress", True))
+        evals = {**done_evals}
+        for line in (run_dir / "log.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if r.get("kind") == "eval":
+                evals[r["step"]] = r
+        curve = {"epochs": [evals[s]["step"] / steps_per_epoch for s in sorted(evals)],
+                 "fid": [evals[s]["fid"] for s in sorted(evals)], "kid": [evals[s]["kid"] for s in sorted(evals)],
+                 "metric": extractor.metric_name, "run_dir": str(run_dir)}
+        atomic_write_json(done, curve)
+    return json.loads(done.read_text())

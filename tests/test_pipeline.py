@@ -1,0 +1,78 @@
+"""The notebooks' get-or-build layer: cache keys, curve arithmetic, design rule, parameters."""
+
+import pandas as pd
+import pytest
+import torch
+
+from eqvae_lib import pipeline
+from eqvae_lib.config import load_profile, notebook_params
+
+
+def test_steps_to_reach_interpolates_and_reports_not_reached():
+    steps, fid = [100, 200, 300], [50.0, 30.0, 20.0]
+    assert pipeline.steps_to_reach(steps, fid, 40.0) == 150  # halfway between 50 (100) and 30 (200)
+    assert pipeline.steps_to_reach(steps, fid, 60.0) == 100  # already below at the first checkpoint
+    assert pipeline.steps_to_reach(steps, fid, 20.0) == 300
+    assert pipeline.steps_to_reach(steps, fid, 10.0) is None
+
+
+def test_curve_stats_over_seeds():
+    a = {"steps": [1, 2], "fid": [10.0, 4.0]}
+    b = {"steps": [1, 2], "fid": [14.0, 2.0]}
+    st = pipeline.curve_stats([a, b])
+    assert st == {"steps": [1, 2], "mean": [12.0, 3.0], "lo": [10.0, 2.0], "hi": [14.0, 4.0]}
+    with pytest.raises(ValueError, match="different steps"):
+        pipeline.curve_stats([a, {"steps": [1, 3], "fid": [1.0, 1.0]}])
+
+
+def test_expected_branch_fractions_follow_eq7():
+    f = pipeline.expected_branch_fractions({"p_alpha": 0.5, "p_prior_s": 0.25})
+    assert f == {"plain": 0.375, "lowres": 0.125, "eq": 0.5}  # SPEC: 50 / 37.5 / 12.5 %
+    f = pipeline.expected_branch_fractions({"p_alpha": 0.3, "p_prior_s": 0.5})
+    assert sum(f.values()) == pytest.approx(1.0) and f["eq"] == pytest.approx(0.7)
+
+
+def test_cache_dir_is_keyed_by_parameters(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "CACHE", tmp_path)
+    a = pipeline.cache_dir("x", {"lr": 1e-4, "seed": 0})
+    assert a == pipeline.cache_dir("x", {"seed": 0, "lr": 1e-4})  # key order does not matter
+    assert a != pipeline.cache_dir("x", {"lr": 2e-4, "seed": 0})
+    assert (a / "params.json").is_file()
+
+
+def test_notebook_params_take_overrides_from_the_namespace(monkeypatch):
+    monkeypatch.setenv("EQVAE_PROFILE", "smoke")
+    P = notebook_params(None, {"gen_steps": 7, "unrelated": 1})
+    assert P["profile"] == "smoke" and P["gen_steps"] == 7 and "unrelated" not in P
+    assert notebook_params("cpu", {})["n_train"] == 60000
+    full = load_profile("cpu-full")  # inherits cpu and overrides it
+    assert full["finetune_epochs"] == 5 and full["n_train"] == 60000 and full["profile"] == "cpu-full"
+
+
+def test_every_profile_has_the_keys_the_notebooks_read():
+    smoke = set(load_profile("smoke"))
+    for name in ("cpu", "cpu-full", "paper"):
+        missing = smoke - set(load_profile(name))
+        assert not missing, f"profile {name} lacks {sorted(missing)}"
+
+
+def test_design_rule_prefers_the_largest_grid_that_fits():
+    df = pd.DataFrame([
+        dict(config="a 32px", latent="4x8x8", latent_side=8, n_scales_floor4=4, img_per_s=160, pretrain_min_projected=15),
+        dict(config="b 64px", latent="4x16x16", latent_side=16, n_scales_floor4=12, img_per_s=50, pretrain_min_projected=50),
+        dict(config="c 16px", latent="4x4x4", latent_side=4, n_scales_floor4=0, img_per_s=400, pretrain_min_projected=6),
+    ])
+    P = {"dataset": "a", "image_size": 32, "ae_arch": "", "pretrain_max_minutes": 20, "pilot_pretrain_images": 1}
+    choice = pipeline.design_choice(df, P)
+    assert choice["chosen"] == "a 32px"  # b does not fit 20 min, c has no admissible scale
+    P["pretrain_max_minutes"] = 60
+    assert pipeline.design_choice(df, P)["chosen"] == "b 64px"
+
+
+def test_data_subset_and_batch_for_tensors_and_datasets():
+    x = torch.arange(5.0).view(5, 1, 1, 1)
+    assert torch.equal(pipeline.Data.subset(x, 3), x[:3])
+    ds = torch.utils.data.TensorDataset(x, torch.zeros(5))
+    sub = pipeline.Data.subset(ds, 2)
+    assert len(sub) == 2
+    assert torch.equal(pipeline.Data.batch(ds, 4), x[:4])
