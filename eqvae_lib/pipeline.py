@@ -183,7 +183,7 @@ def finetuned_autoencoders(P: dict, objective: str, data: Data | None = None, ba
         if not (epoch_dir / "config.json").exists():
             cfg = AETrainConfig(loss=loss, batch_size=P["finetune_batch"], lr=P.get("finetune_lr"), max_epochs=epoch,
                                 seed=P["seed"], val_every=0, val_size=P.get("val_size", 256), export_ldm=False,
-                                measure_norm=True, checkpoint_every_steps=P.get("checkpoint_every_steps", 500),
+                                measure_norm=None, checkpoint_every_steps=P.get("checkpoint_every_steps", 500),
                                 progress=P.get("progress", True))
             # a fresh copy: training changes the model in place, and the base must stay the base
             vae = (ae.load_autoencoder(base_info["run_dir"] / "model") if base_info["run_dir"]
@@ -651,3 +651,23 @@ def maskgit_curve(P: dict, data: Data, vq, seed: int, extractor=None, reference=
                  "metric": extractor.metric_name, "run_dir": str(run_dir)}
         atomic_write_json(done, curve)
     return json.loads(done.read_text())
+
+
+def matched_rfid_autoencoder(P: dict, data: Data, extractor, base=None) -> dict:
+    """EQ-VAE fine-tuned further, one epoch at a time and at most ``matched_rfid_max_extra_epochs`` epochs beyond
+    ``finetune_epochs``, until its rFID is no worse than the plain control's: the "matched reconstruction"
+    comparison that removes decoder quality as a confound (FEASIBILITY.md point 8).
+
+    Returns ``{"vae", "info", "rfid", "target_rfid", "extra_epochs", "matched"}``.
+    """
+    base = base or base_autoencoder(P, data)
+    plain = finetuned_autoencoders(P, "plain", data, base)[-1][0]
+    target = autoencoder_metrics(P, data, plain, extractor, which=("reconstruction",))["reconstruction"]["rfid"]
+    n0, cap = int(P["finetune_epochs"]), int(P.get("matched_rfid_max_extra_epochs", 0))
+    for extra in range(cap + 1):
+        vae, info = finetuned_autoencoders(P, "eq", data, base, epochs=n0 + extra)[-1]
+        r = autoencoder_metrics(P, data, vae, extractor, which=("reconstruction",))["reconstruction"]["rfid"]
+        if r <= target:
+            break
+    return {"vae": vae, "info": info, "rfid": r, "target_rfid": target, "extra_epochs": extra,
+            "matched": r <= target}

@@ -32,7 +32,8 @@ intact (atomic rename). ``log.jsonl`` is cut back to the checkpoint's step.
 
 Plateau rule (pretraining): every ``val_every`` steps the L1 (and PSNR) of ``D(mean E(x))`` on a fixed held-out
 batch is measured; training stops when the relative improvement of the best value over the last ``plateau_window``
-measurements, compared with the value just before that window, is below ``plateau_threshold``. Caps: ``max_steps``,
+measurements, compared with the value just before that window, is below ``plateau_threshold``. Only measurements
+after the GAN switches on (``loss.disc_start``) count: the adversarial term raises L1 at first. Caps: ``max_steps``,
 ``max_epochs``, ``max_time_s``. The rule, every measurement and the decision are logged and put in the summary.
 """
 
@@ -407,8 +408,10 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
             if cfg.val_every and st["step"] % cfg.val_every == 0:
                 v = validate(model, val_images)
                 st["val_trace"].append({"step": st["step"], **v})
-                stop, imp = plateau_reached([t["l1"] for t in st["val_trace"]], cfg.plateau_window,
-                                            cfg.plateau_threshold)
+                # only measurements taken with the GAN on count: switching it on trades L1 for sharpness
+                gan_on = cfg.loss.disc_start if cfg.loss.disc_weight > 0 else 0
+                stop, imp = plateau_reached([t["l1"] for t in st["val_trace"] if t["step"] > gan_on],
+                                            cfg.plateau_window, cfg.plateau_threshold)
                 log({"step": st["step"], "val": v, "plateau_improvement": imp, "plateau_stop": bool(stop and
                                                                                                   cfg.plateau)})
                 if cfg.plateau and stop:
@@ -461,7 +464,8 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
 
 
 def _plateau_rule_text(cfg: AETrainConfig) -> str:
-    return (f"every {cfg.val_every} steps: L1 of D(mean E(x)) on {cfg.val_size} held-out images; stop when "
+    return (f"every {cfg.val_every} steps: L1 of D(mean E(x)) on {cfg.val_size} held-out images (only those after "
+            f"the GAN starts at step {cfg.loss.disc_start} count); stop when "
             f"(v[-{cfg.plateau_window + 1}] - min(last {cfg.plateau_window})) / v[-{cfg.plateau_window + 1}] < "
             f"{cfg.plateau_threshold}; caps max_steps={cfg.max_steps}, max_epochs={cfg.max_epochs}, "
             f"max_time_s={cfg.max_time_s}")

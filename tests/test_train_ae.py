@@ -83,6 +83,12 @@ def test_plateau_rule(tmp_path):
     s = _summary(tmp_path / "p")
     assert s["stop_reason"] == "plateau" and s["steps"] == 6 and len(s["val_trace"]) == 3
     assert "stop when" in s["plateau_rule"]
+    # validations before the GAN starts (step 4 here) do not count: the first decision comes 2 validations later
+    cfg = _cfg(plateau=True, plateau_window=2, plateau_threshold=10.0, max_epochs=None, max_steps=100)
+    cfg.loss.disc_start = 4
+    train_autoencoder(_tiny(), _data(), cfg, tmp_path / "q")
+    s = _summary(tmp_path / "q")
+    assert s["stop_reason"] == "plateau" and s["steps"] == 10 and len(s["val_trace"]) == 5
 
 
 def test_two_gloo_processes_end_with_identical_weights(tmp_path):
