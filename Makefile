@@ -26,20 +26,23 @@ PYTEST_ARGS ?=
 
 export EQVAE_PROFILE := $(PROFILE)
 export PYTHONUNBUFFERED := 1
+export TQDM_MININTERVAL ?= 15
 
 .PHONY: help venv data reproduce test unit-test nb-test lab clean bench strip
 help:
-	@echo "make reproduce [PROFILE=smoke|cpu|cpu-full|paper] [PARAMS='-p name value ...']"
-	@echo "make test      unit tests + notebooks under the smoke profile"
-	@echo "make lab       JupyterLab with the kit's kernel"
+	@echo "make reproduce [PROFILE=smoke|cpu|cpu-full|paper] [PARAMS='-p name value ...'] [FORCE=1]"
+	@echo "make test      unit tests + notebooks under the smoke profile (= make unit-test nb-test)"
+	@echo "make venv      create .venv from requirements.lock (every target does this when needed)"
 	@echo "make data      fetch Fashion-MNIST (Debian package as root, else download into data/)"
+	@echo "make lab       JupyterLab with the kit's kernel"
 	@echo "make bench     benchmarks in bench/ (one at a time)"
-	@echo "make clean     remove generated outputs (runs/, figures of non-reference profiles); never data/"
+	@echo "make strip     strip outputs from notebooks/ before committing"
+	@echo "make clean     remove generated outputs (runs/, figures of smoke/cpu-full/paper); never data/"
 
 # ---------------------------------------------------------------------------------------------------- set-up
 venv: $(STAMP)
 $(STAMP): requirements.lock pyproject.toml
-	@echo "== creating $(VENV) from requirements.lock (first time: ~2-3 min, ~6.7 GB)"
+	@echo "== creating $(VENV) from requirements.lock (first time: ~2 min, ~6.7 GB)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
@@ -53,8 +56,16 @@ data: $(STAMP)
 reproduce: $(STAMP) data $(EXECUTED)
 	@echo "== $(PROFILE): executed notebooks in $(NB_OUT), records in $(RUNS)/$(PROFILE)/records, figures in figures/$(PROFILE)"
 
-# One executed notebook per source notebook; re-run only when its source, the profile or the library changed.
-$(NB_OUT)/%.ipynb: notebooks/%.ipynb profiles/$(PROFILE).yaml $(LIB) $(STAMP)
+# One executed notebook per source notebook; re-run only when its source, the profile (or the cpu profile it
+# inherits) or the library changed, or when PARAMS / FORCE=1 is given (overrides always re-run every notebook).
+FORCE_DEP := $(if $(strip $(PARAMS)$(FORCE)),FORCE_RUN)
+.PHONY: FORCE_RUN
+FORCE_RUN:
+
+# The report is rebuilt whenever any other notebook of the profile ran.
+$(NB_OUT)/99_report.ipynb: $(filter-out $(NB_OUT)/99_report.ipynb,$(EXECUTED))
+
+$(NB_OUT)/%.ipynb: notebooks/%.ipynb profiles/$(PROFILE).yaml profiles/cpu.yaml $(LIB) $(STAMP) $(FORCE_DEP)
 	@mkdir -p $(NB_OUT)
 	@echo "== running $< (profile $(PROFILE)) at $$(date +%H:%M:%S)"
 	@start=$$(date +%s); \

@@ -1,4 +1,5 @@
-"""Command line: ``python -m eqvae_lib COMMAND ...`` (also installed as ``eqvae``).
+"""Command line of the EQ-VAE kit: python -m eqvae_lib COMMAND [options]  (also installed as `eqvae`).
+Run `python -m eqvae_lib COMMAND --help` for a command's options.
 
 Commands:
   pretrain   train a base autoencoder from scratch (the small stand-in for SD-VAE)
@@ -17,7 +18,7 @@ COMMANDS = {
     "pretrain": ("eqvae_lib.train_ae", "cli_pretrain"),
     "finetune": ("eqvae_lib.train_ae", "cli_finetune"),
     "audit": ("eqvae_lib.metrics.audit", "cli_audit"),
-    "report": ("eqvae_lib.report", "cli_report"),
+    "report": ("eqvae_lib.records", "cli_report"),
     "fetch-data": ("eqvae_lib.data", "_main"),
 }
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, func = COMMANDS[cmd]
     if cmd == "fetch-data":
-        rest = ["fetch"]
+        rest = ["fetch", *rest]
     return int(getattr(importlib.import_module(module), func)(rest) or 0)
 
 

@@ -4,7 +4,8 @@ Paths
 -----
 ``REPO_ROOT``  the checkout (parent of this package).
 ``DATA_DIR``   datasets and caches (git-ignored); override with the environment variable ``EQVAE_DATA``.
-``RUNS_DIR``   checkpoints, latent caches, executed notebooks, result records (git-ignored); ``EQVAE_RUNS``.
+``RUNS_DIR``   executed notebooks and result records (git-ignored); ``EQVAE_RUNS``. Trained models, latent caches and
+               metric results are caches under ``DATA_DIR / "cache"`` (see ``pipeline``).
 ``FIGURES_DIR`` generated figures and tables (committed for the reference ``cpu`` run); ``EQVAE_FIGURES``.
 
 Profiles
@@ -91,8 +92,13 @@ def notebook_params(profile: str | None, namespace: dict[str, Any]) -> dict[str,
     Returns:
         a new dict; ``"profile"`` holds the profile name.
     """
+    import yaml
+
     P = load_profile(profile)
     for key in list(P):
         if key != "profile" and key in namespace:
-            P[key] = namespace[key]
+            value = namespace[key]
+            if isinstance(value, str) and isinstance(P[key], (list, dict)):
+                value = yaml.safe_load(value)  # papermill -p passes lists as strings: "-p gen_seeds '[0, 1]'"
+            P[key] = value
     return P

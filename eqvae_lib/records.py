@@ -225,3 +225,24 @@ def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
     path = folder / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def cli_report(argv: list[str]) -> int:
+    """``python -m eqvae_lib report [--profile cpu]``: rebuild ``figures/<profile>/report.md`` and ``results.*`` from
+    the profile's result records. Returns 0, or 2 when the profile has no records."""
+    import argparse
+    import sys
+
+    from .config import FIGURES_DIR, PROFILES
+
+    p = argparse.ArgumentParser(prog="python -m eqvae_lib report", description="Rebuild the report of a profile "
+                                "from its result records (runs/<profile>/records/*.json).")
+    p.add_argument("--profile", default="cpu", choices=PROFILES)
+    args = p.parse_args(argv)
+    try:
+        path = write_report(args.profile, FIGURES_DIR / args.profile)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0

@@ -507,25 +507,25 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (default runs/<command>-<time>)")
     p.add_argument("--size", type=int, help="image side in pixels (default: the model's sample_size)")
     p.add_argument("--n", type=int, help="use only the first N training images")
-    p.add_argument("--val-size", type=int, default=tc.val_size)
-    p.add_argument("--batch-size", type=int, default=tc.batch_size)
-    p.add_argument("--grad-accum", type=int, default=tc.grad_accum)
+    p.add_argument("--val-size", type=int, default=tc.val_size, help="held-out images for validation")
+    p.add_argument("--batch-size", type=int, default=tc.batch_size, help="images per micro-batch and process")
+    p.add_argument("--grad-accum", type=int, default=tc.grad_accum, help="micro-batches per optimizer step")
     p.add_argument("--lr", type=float, help=f"learning rate (default {tc.base_lr} x effective batch)")
     p.add_argument("--steps", type=int, help="max optimizer steps")
     p.add_argument("--epochs", type=float, help="max epochs")
     p.add_argument("--time", type=float, help="max training seconds")
     p.add_argument("--perceptual", default=lc.perceptual, choices=["stlpips-alex", "stlpips-vgg", "lpips-vgg",
                                                                    "none"])
-    p.add_argument("--disc-weight", type=float, default=lc.disc_weight)
-    p.add_argument("--disc-ndf", type=int, default=lc.disc_ndf)
-    p.add_argument("--kl-weight", type=float, default=lc.kl_weight)
+    p.add_argument("--disc-weight", type=float, default=lc.disc_weight, help="GAN weight (0 = no GAN)")
+    p.add_argument("--disc-ndf", type=int, default=lc.disc_ndf, help="PatchGAN width")
+    p.add_argument("--kl-weight", type=float, default=lc.kl_weight, help="KL weight (λ_reg)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
-    p.add_argument("--val-every", type=int, default=tc.val_every)
+    p.add_argument("--device", help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--val-every", type=int, default=tc.val_every, help="steps between validations (0 = never)")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every K steps")
-    p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for image folders")
 
 
 def _load_data(args, channels: int, size: int):
@@ -573,7 +573,7 @@ def cli_finetune(argv: list[str]) -> int:
     format and, for kl-f8-type models, an LDM ``model.ckpt``. Returns 0, or 2 on bad input (message on stderr)."""
     def run(argv):
         lc = LossConfig()
-        p = argparse.ArgumentParser(prog="python -m eqvae_lib finetune", description=cli_finetune.__doc__)
+        p = argparse.ArgumentParser(prog="python -m eqvae_lib finetune", description="Fine-tune an autoencoder with EQ-VAE (paper Eq. 7) or the plain control; writes the run folder with the model in diffusers format (and an LDM .ckpt for kl-f8). Resumes from --out when it holds a checkpoint.")
         p.add_argument("--vae", required=True, help="diffusers folder, LDM .ckpt/.safetensors, or hub id")
         p.add_argument("--objective", default="eq", choices=["eq", "plain", "explicit"])
         p.add_argument("--p-alpha", type=float, default=lc.p_alpha, help="P(prior preservation), paper's meaning")
@@ -583,7 +583,7 @@ def cli_finetune(argv: list[str]) -> int:
         p.add_argument("--scale-grid", default=lc.scale_grid, choices=["discrete", "continuous"])
         p.add_argument("--interpolation", default=lc.interpolation, choices=["bilinear", "bicubic"])
         p.add_argument("--min-latent-side", type=int, default=lc.min_latent_side)
-        p.add_argument("--disc-start", type=int, default=0)
+        p.add_argument("--disc-start", type=int, default=0, help="step at which the GAN term starts (fine-tuning: 0)")
         _common_args(p)
         args = p.parse_args(argv)
         if args.steps is None and args.epochs is None and args.time is None:
@@ -614,7 +614,7 @@ def cli_pretrain(argv: list[str]) -> int:
     scratch with the plain LDM loss and the plateau rule. Returns 0, or 2 on bad input (message on stderr)."""
     def run(argv):
         tc = AETrainConfig()
-        p = argparse.ArgumentParser(prog="python -m eqvae_lib pretrain", description=cli_pretrain.__doc__)
+        p = argparse.ArgumentParser(prog="python -m eqvae_lib pretrain", description="Train a base autoencoder from scratch with the plain LDM objective until the validation L1 plateaus (the kit's stand-in for SD-VAE).")
         p.add_argument("--arch", default="small-f4", choices=list(ae.CONFIGS))
         p.add_argument("--in-channels", type=int, help="1 or 3 (default: the arch's; 3 for photo-crops)")
         p.add_argument("--latent-channels", type=int, default=4)

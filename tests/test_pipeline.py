@@ -67,6 +67,16 @@ def test_design_rule_prefers_the_largest_grid_that_fits():
     assert choice["chosen"] == "a 32px"  # b does not fit 20 min, c has no admissible scale
     P["pretrain_max_minutes"] = 60
     assert pipeline.design_choice(df, P)["chosen"] == "b 64px"
+    # labelled data first: a slightly faster unlabelled candidate of the same grid loses
+    df2 = pd.DataFrame([
+        dict(config="photo-crops 32px small-f4", latent="4x8x8", latent_side=8, n_scales_floor4=4, img_per_s=170,
+             pretrain_min_projected=14),
+        dict(config="fashion-mnist 32px small-f4", latent="4x8x8", latent_side=8, n_scales_floor4=4, img_per_s=165,
+             pretrain_min_projected=15)])
+    P = {"dataset": "fashion-mnist", "image_size": 32, "ae_arch": "small-f4", "pretrain_max_minutes": 20,
+         "pilot_pretrain_images": 1}
+    choice = pipeline.design_choice(df2, P)
+    assert choice["chosen"] == "fashion-mnist 32px small-f4" and choice["matches_profile"]
 
 
 def test_data_subset_and_batch_for_tensors_and_datasets():
@@ -76,3 +86,8 @@ def test_data_subset_and_batch_for_tensors_and_datasets():
     sub = pipeline.Data.subset(ds, 2)
     assert len(sub) == 2
     assert torch.equal(pipeline.Data.batch(ds, 4), x[:4])
+
+
+def test_list_overrides_given_as_strings_are_parsed(monkeypatch):
+    P = notebook_params("smoke", {"gen_seeds": "[0, 1, 2]", "gen_steps": 9})
+    assert P["gen_seeds"] == [0, 1, 2] and P["gen_steps"] == 9

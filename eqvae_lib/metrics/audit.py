@@ -13,7 +13,8 @@ on stderr.
 
 Example::
 
-    python -m eqvae_lib audit --vae runs/cpu/ae/eq --images fashion-mnist --n 500 --compare runs/cpu/ae/base
+    python -m eqvae_lib audit --vae data/cache/ae-eq/<hash>/epoch_3 --images fashion-mnist --n 500 \
+        --compare data/cache/ae-base/<hash>/model
     python -m eqvae_lib audit --vae stabilityai/sd-vae-ft-ema --images /data/imagenet/val --n 1000 --fid inception
 """
 
