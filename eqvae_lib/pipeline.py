@@ -309,7 +309,7 @@ def latent_cache(P: dict, data: Data, vae):
                               progress=P.get("progress", True))
 
 
-def _gen_config(P: dict, method: str, seed: int):
+def _gen_config(P: dict, method: str, seed: int, labelled: bool):
     from .train_gen import TrainGenConfig
 
     steps = int(P["gen_steps"])
@@ -317,11 +317,7 @@ def _gen_config(P: dict, method: str, seed: int):
                           steps=steps, batch_size=int(P["gen_batch"]), lr=float(P.get("gen_lr", 1e-4)),
                           ema_decay=float(P["gen_ema"]), ckpt_steps=[int(s) for s in P["gen_eval_steps"]],
                           log_every=int(P.get("gen_log_every", 100)), seed=seed,
-                          num_classes=None if data_labelled(P) else 0, progress=P.get("progress", True))
-
-
-def data_labelled(P: dict) -> bool:
-    return P["dataset"] == "fashion-mnist"
+                          num_classes=None if labelled else 0, progress=P.get("progress", True))
 
 
 def generative_curve(P: dict, data: Data, vae, seed: int, method: str = "dit", extractor=None,
@@ -343,7 +339,7 @@ def generative_curve(P: dict, data: Data, vae, seed: int, method: str = "dit", e
     n_fid = int(P["gen_fid_n"])
     reference = reference or reference_stats(P, data, extractor, n_fid)
     cache = latent_cache(P, data, vae)
-    cfg = _gen_config(P, method, seed)
+    cfg = _gen_config(P, method, seed, labelled=bool(data.num_classes))
     sampler = P.get(f"{method}_sampler", "ddim" if method == "dit" else "heun")
     sample_steps = int(P.get(f"{method}_sample_steps", 50))
     key = dict(ae=ae.weights_hash(vae), cache=str(cache.folder.name), cfg=dataclasses.asdict(cfg), n_fid=n_fid,
