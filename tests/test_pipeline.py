@@ -45,8 +45,8 @@ def test_notebook_params_take_overrides_from_the_namespace(monkeypatch):
     P = notebook_params(None, {"gen_steps": 7, "unrelated": 1})
     assert P["profile"] == "smoke" and P["gen_steps"] == 7 and "unrelated" not in P
     assert notebook_params("cpu", {})["n_train"] == 60000
-    full = load_profile("cpu-full")  # inherits cpu and overrides it
-    assert full["finetune_epochs"] == 5 and full["n_train"] == 60000 and full["profile"] == "cpu-full"
+    full, cpu_sit = load_profile("cpu-full"), load_profile("cpu")["sit"]  # cpu-full inherits cpu, overrides sit
+    assert full["sit"] is True and cpu_sit is False and full["n_train"] == 60000 and full["profile"] == "cpu-full"
 
 
 def test_every_profile_has_the_keys_the_notebooks_read():
