@@ -110,14 +110,21 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def init_distributed() -> tuple[int, int]:
-    """Initialise torch.distributed from torchrun's environment (``WORLD_SIZE`` > 1): NCCL on CUDA, gloo on CPU.
-    Returns ``(rank, world_size)``; ``(0, 1)`` without torchrun."""
+def _wants_cuda(device: str | torch.device | None) -> bool:
+    """True when training will run on CUDA: ``device`` names it, or is None and a GPU is visible."""
+    return torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+
+
+def init_distributed(device: str | torch.device | None = None) -> tuple[int, int]:
+    """Initialise torch.distributed from torchrun's environment (``WORLD_SIZE`` > 1): NCCL with one GPU per process
+    (``LOCAL_RANK``) when training on CUDA, gloo when training on the CPU (``device="cpu"``, or no GPU), also on a
+    machine with fewer GPUs than processes. ``device`` is what ``AETrainConfig.device`` will be (None = CUDA when
+    available). Returns ``(rank, world_size)``; ``(0, 1)`` without torchrun."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
+        cuda = _wants_cuda(device)
+        if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
     return _dist_info()
 
 
@@ -597,7 +604,7 @@ def cli_finetune(argv: list[str]) -> int:
                           disc_start=args.disc_start, disc_weight=args.disc_weight, disc_ndf=args.disc_ndf,
                           kl_weight=args.kl_weight)
         cfg = _train_cfg(args, loss)
-        init_distributed()
+        init_distributed(cfg.device)
         out = Path(args.out) if args.out else RUNS_DIR / f"finetune-{args.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = finetune(vae, train, cfg, out, val=val)
         if _dist_info()[0] == 0:
@@ -634,7 +641,7 @@ def cli_pretrain(argv: list[str]) -> int:
                           disc_weight=args.disc_weight, disc_ndf=args.disc_ndf, kl_weight=args.kl_weight)
         cfg = _train_cfg(args, loss, plateau=not args.no_plateau, plateau_window=args.plateau_window,
                          plateau_threshold=args.plateau_threshold)
-        init_distributed()
+        init_distributed(cfg.device)
         out = Path(args.out) if args.out else RUNS_DIR / f"pretrain-{args.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = pretrain(train, cfg, out, arch=args.arch, val=val, in_channels=in_ch,
                            latent_channels=args.latent_channels)

@@ -179,17 +179,19 @@ class _Batches:
         return self._perm[k * self.batch: (k + 1) * self.batch]
 
 
-def _init_distributed() -> tuple[int, int, int, bool]:
+def _init_distributed(device: str | torch.device | None = None) -> tuple[int, int, int, bool]:
     """(rank, world, local_rank, initialised_here). Initialises torch.distributed from torchrun's environment
-    (WORLD_SIZE > 1) with NCCL on CUDA, gloo on CPU; reuses an existing process group."""
+    (WORLD_SIZE > 1) with NCCL when training on CUDA (``device`` None with a GPU visible, or a CUDA device), gloo when
+    training on the CPU (also on a GPU machine); reuses an existing process group."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), False
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
+        cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+        if cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo")
         return dist.get_rank(), dist.get_world_size(), local_rank, True
     return 0, 1, 0, False
 
@@ -253,7 +255,7 @@ def train_gen(cfg: TrainGenConfig, cache: LatentCache | str | Path, run_dir: str
             range for a class-conditional model, or a checkpoint in ``run_dir`` from an incompatible model/cache.
     """
     from tqdm.auto import tqdm
-    rank, world, local_rank, owns_group = _init_distributed()
+    rank, world, local_rank, owns_group = _init_distributed(device)
     try:
         if not isinstance(cache, LatentCache):
             cache = load_latent_cache(cache)

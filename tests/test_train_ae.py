@@ -98,12 +98,12 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
         from eqvae_lib import autoencoders as ae
         from eqvae_lib.losses import LossConfig
         from eqvae_lib.train_ae import AETrainConfig, init_distributed, train_autoencoder
-        rank, world = init_distributed()
+        rank, world = init_distributed("cpu")  # gloo on the CPU, also on a machine with one GPU
         torch.manual_seed(0)
         vae = ae.build_autoencoder("small-f4", block_out_channels=(16, 16, 16))
         x = torch.rand(64, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
         cfg = AETrainConfig(loss=LossConfig(perceptual="none", disc_ndf=8, min_latent_side=2), batch_size=8,
-                            max_epochs=1, progress=False, val_every=0, norm_images=16)
+                            max_epochs=1, progress=False, val_every=0, norm_images=16, device="cpu")
         train_autoencoder(vae, x, cfg, {str(tmp_path / 'run')!r})
         out = {{"hash": ae.weights_hash(vae), "world": world}}
         json.dump(out, open({str(tmp_path)!r} + f"/rank{{rank}}.json", "w"))

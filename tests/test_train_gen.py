@@ -35,7 +35,7 @@ def _losses(log_path):
 
 
 def _equal_states(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)  # GPU runs train on CUDA
 
 
 @pytest.mark.parametrize("method,repa", [("dit", False), ("sit", True)])
