@@ -108,7 +108,8 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
         out = {{"hash": ae.weights_hash(vae), "world": world}}
         json.dump(out, open({str(tmp_path)!r} + f"/rank{{rank}}.json", "w"))
     """))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         str(script)], env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]

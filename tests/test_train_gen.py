@@ -72,7 +72,7 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     cache = _cache()
     save_latent_cache(cache, tmp_path / "cache")
     cfg = _cfg(steps=4, ckpt_steps=[])
-    single = train_gen(cfg, cache, tmp_path / "single")
+    single = train_gen(cfg, cache, tmp_path / "single", device="cpu")  # launch_spawn runs gloo on the CPU
     launch_spawn(2, cfg, tmp_path / "cache", tmp_path / "ddp")
     ddp = torch.load(checkpoint_path(tmp_path / "ddp", 4), weights_only=True)
     assert ddp["world_size"] == 2
