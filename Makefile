@@ -37,7 +37,7 @@ help:
 	@echo "make lab       JupyterLab with the kit's kernel"
 	@echo "make bench     benchmarks in bench/ (one at a time)"
 	@echo "make strip     strip outputs from notebooks/ before committing"
-	@echo "make clean     remove generated outputs (runs/, figures of smoke/cpu-full/paper); never data/"
+	@echo "make clean     remove generated outputs (runs/, figures of smoke/paper); never data/ or the committed figures"
 
 # ---------------------------------------------------------------------------------------------------- set-up
 venv: $(STAMP)
@@ -93,5 +93,5 @@ strip: $(STAMP)
 	$(VENV)/bin/nbstripout notebooks/*.ipynb
 
 clean:
-	rm -rf $(RUNS) figures/smoke figures/cpu-full figures/paper .pytest_cache
+	rm -rf $(RUNS) figures/smoke figures/paper .pytest_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -48,11 +48,13 @@ def test_report_lists_not_reproduced_claims(tmp_path):
         r = RunRecord(claim, f"claim {claim}", "smoke")
         r.add("m", 1.5, "dB", subject="eq", paper=2.0, source="Table 1")
         r.set_verdict(verdict, f"because {claim}")
+        r.scale = "Scale: tiny test" if claim == "a" else "8 px toy"  # plotting.scale_note's form, or a bare text
         r.save(tmp_path)
     assert [r.claim for r in load_records("smoke", tmp_path)] == ["a", "b"]
     report = write_report("smoke", tmp_path / "fig", root=tmp_path).read_text()
     section = report.split("## Not (fully) reproduced at this scale")[1].split("##")[0]
     assert "**b**" in section and "**a**" not in section
+    assert "Scale: tiny test  " in report and "Scale: 8 px toy  " in report and "Scale: Scale" not in report
     assert (tmp_path / "fig" / "results.csv").read_text().count("\n") == 3  # header + 2 metrics
     with pytest.raises(FileNotFoundError, match="make reproduce"):
         write_report("cpu", tmp_path / "fig", root=tmp_path)
