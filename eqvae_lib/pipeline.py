@@ -368,14 +368,19 @@ def generative_curve(P: dict, data: Data, vae, seed: int, method: str = "dit", e
 
 def steps_to_reach(steps: list[int], values: list[float], target: float) -> int | None:
     """First evaluated step at which ``values`` (e.g. a gFID curve) is ≤ ``target``, linearly interpolated between
-    checkpoints; ``None`` when the curve never gets there within the budget."""
+    checkpoints; ``None`` when the curve never gets there within the budget. Integer steps give an integer step;
+    fractional units (e.g. epochs ``[1.0, 2.0, 3.0]``) give a float rounded to 0.01."""
+    integral = all(float(s).is_integer() and not isinstance(s, float) for s in steps)
     prev = None
     for s, v in zip(steps, values):
         if v <= target:
             if prev is None:
                 return s
             s0, v0 = prev
-            return int(round(s0 + (s - s0) * (v0 - target) / (v0 - v))) if v0 != v else s
+            if v0 == v:
+                return s
+            at = s0 + (s - s0) * (v0 - target) / (v0 - v)
+            return int(round(at)) if integral else round(float(at), 2)
         prev = (s, v)
     return None
 

@@ -14,6 +14,8 @@ def test_steps_to_reach_interpolates_and_reports_not_reached():
     assert pipeline.steps_to_reach(steps, fid, 60.0) == 100  # already below at the first checkpoint
     assert pipeline.steps_to_reach(steps, fid, 20.0) == 300
     assert pipeline.steps_to_reach(steps, fid, 10.0) is None
+    # epochs (floats) are not rounded to whole epochs: 17.28 -> 11.56 between epochs 2 and 3 reaches 15.24 at 2.36
+    assert pipeline.steps_to_reach([1.0, 2.0, 3.0], [60.0, 17.28, 11.56], 15.24) == pytest.approx(2.36)
 
 
 def test_curve_stats_over_seeds():
