@@ -366,11 +366,11 @@ def generative_curve(P: dict, data: Data, vae, seed: int, method: str = "dit", e
             "latents_per_s": speeds[len(speeds) // 2] if speeds else None}
 
 
-def steps_to_reach(steps: list[int], values: list[float], target: float) -> int | None:
+def steps_to_reach(steps: list[int] | list[float], values: list[float], target: float) -> int | float | None:
     """First evaluated step at which ``values`` (e.g. a gFID curve) is ≤ ``target``, linearly interpolated between
     checkpoints; ``None`` when the curve never gets there within the budget. Integer steps give an integer step;
     fractional units (e.g. epochs ``[1.0, 2.0, 3.0]``) give a float rounded to 0.01."""
-    integral = all(float(s).is_integer() and not isinstance(s, float) for s in steps)
+    integral = not any(isinstance(s, float) for s in steps)
     prev = None
     for s, v in zip(steps, values):
         if v <= target:

@@ -214,7 +214,8 @@ def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
         lines.append("- nothing")
     for r in records:
         sub = df[df.claim == r.claim].drop(columns=["claim"])
-        lines += ["", f"## {r.claim}: {r.title}", "", (r.scale if (r.scale or "").startswith("Scale:") else f"Scale: {r.scale or 'n/a'}") + "  ", f"Verdict: **{r.verdict}** — "
+        scale = r.scale if (r.scale or "").startswith("Scale:") else f"Scale: {r.scale or 'n/a'}"  # scale_note's form
+        lines += ["", f"## {r.claim}: {r.title}", "", scale + "  ", f"Verdict: **{r.verdict}** — "
                   f"{r.verdict_text}  ", f"Provenance: commit `{r.git_commit}`, wall time "
                   f"{(r.wall_time_s or 0) / 60:.1f} min, seeds {r.seeds}, inputs "
                   + ", ".join(f"{k}={v}" for k, v in r.inputs.items()), "", to_markdown(sub)]
