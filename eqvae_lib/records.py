@@ -201,8 +201,12 @@ def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
     lines = [f"# EQ-VAE reproduction report — profile `{profile}`", "",
              "Built only from the result records of this profile's notebooks. Our numbers come from small-scale runs "
              "(see each claim's scale); the paper's are ImageNet/OpenImages 256 px with SD-VAE and Inception "
-             "features. Compare directions and ratios, not absolute values.", "",
-             "## Verdicts", "", "| claim | verdict | summary |", "|---|---|---|"]
+             "features. Compare directions and ratios, not absolute values.", ""]
+    if profile == "smoke":
+        lines += ["**Smoke profile: the numbers and verdicts below are meaningless** (512 images, a few steps per "
+                  "model). They exist to test the pipeline end to end. For results, run `make reproduce` (profile "
+                  "`cpu`).", ""]
+    lines += ["## Verdicts", "", "| claim | verdict | summary |", "|---|---|---|"]
     lines += [f"| {r.claim} | {r.verdict} | {r.verdict_text.replace('|', '/')} |" for r in records]
     missing = [r for r in records if r.verdict in ("not reproduced at this scale", "not run at this scale",
                                                    "partly reproduced")]

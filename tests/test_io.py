@@ -55,6 +55,7 @@ def test_report_lists_not_reproduced_claims(tmp_path):
     section = report.split("## Not (fully) reproduced at this scale")[1].split("##")[0]
     assert "**b**" in section and "**a**" not in section
     assert "Scale: tiny test  " in report and "Scale: 8 px toy  " in report and "Scale: Scale" not in report
+    assert "verdicts below are meaningless" in report  # a smoke report says so
     assert (tmp_path / "fig" / "results.csv").read_text().count("\n") == 3  # header + 2 metrics
     with pytest.raises(FileNotFoundError, match="make reproduce"):
         write_report("cpu", tmp_path / "fig", root=tmp_path)
