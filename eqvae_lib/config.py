@@ -77,10 +77,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def device() -> "torch.device":  # noqa: F821
-    """``cuda`` when a GPU is visible, else ``cpu``."""
+def device(requested: "str | torch.device | None" = None) -> "torch.device":  # noqa: F821
+    """The device to run on: ``requested`` when given (e.g. ``"cpu"``, ``"cuda:1"``), else ``cuda`` when a GPU is
+    visible, else ``cpu``."""
     import torch
 
+    if requested is not None:
+        return torch.device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

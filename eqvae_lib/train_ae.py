@@ -55,7 +55,7 @@ import torch
 import torch.distributed as dist
 
 from . import autoencoders as ae
-from .config import RUNS_DIR, seed_everything
+from .config import RUNS_DIR, seed_everything, device as default_device
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text, git_commit
 from .losses import BRANCHES, EQVAELoss, LossConfig
 
@@ -110,18 +110,13 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def _wants_cuda(device: str | torch.device | None) -> bool:
-    """True when training will run on CUDA: ``device`` names it, or is None and a GPU is visible."""
-    return torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
-
-
 def init_distributed(device: str | torch.device | None = None) -> tuple[int, int]:
     """Initialise torch.distributed from torchrun's environment (``WORLD_SIZE`` > 1): NCCL with one GPU per process
     (``LOCAL_RANK``) when training on CUDA, gloo when training on the CPU (``device="cpu"``, or no GPU), also on a
     machine with fewer GPUs than processes. ``device`` is what ``AETrainConfig.device`` will be (None = CUDA when
     available). Returns ``(rank, world_size)``; ``(0, 1)`` without torchrun."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        cuda = _wants_cuda(device)
+        cuda = default_device(device).type == "cuda"
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if cuda else "gloo")

@@ -35,6 +35,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from .config import device as default_device
 from .dit import DiT, GaussianDiffusion, create_diffusion, dit_model, sample_dit
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text, git_commit
 from .latents import LatentCache, LatentNorm, decode_latents, load_latent_cache
@@ -188,7 +189,7 @@ def _init_distributed(device: str | torch.device | None = None) -> tuple[int, in
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+        cuda = default_device(device).type == "cuda"
         if cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if cuda else "gloo")
