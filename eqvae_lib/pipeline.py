@@ -548,8 +548,9 @@ def base_vq(P: dict, data: Data):
     params = dict(dataset=P["dataset"], image_size=P["image_size"], train_id=data.train_id, test_id=data.test_id,
                   arch=P["vq_arch"], codebook_size=P["vq_codebook_size"], perceptual=P["perceptual"],
                   disc_start=g("pretrain_disc_start"), batch=g("pretrain_batch"), lr=g("pretrain_lr"),
-                  max_minutes=g("pretrain_max_minutes"), val_every=g("pretrain_val_every"),
-                  window=g("pretrain_plateau_window"), threshold=g("pretrain_plateau_threshold"), seed=P["seed"])
+                  max_minutes=g("pretrain_max_minutes"), max_epochs=g("pretrain_max_epochs"),
+                  val_every=g("pretrain_val_every"), window=g("pretrain_plateau_window"),
+                  threshold=g("pretrain_plateau_threshold"), seed=P["seed"])
     run_dir = cache_dir("vq-base", params)
     if not (run_dir / "summary.json").exists():
         cfg = AETrainConfig(loss=loss_config(P, "plain", disc_start=g("pretrain_disc_start")),
