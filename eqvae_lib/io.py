@@ -124,12 +124,16 @@ def hash_obj(obj: Any, length: int = 16) -> str:
 
 
 def git_commit() -> str:
-    """The checkout's commit (with ``-dirty`` when the tree has uncommitted changes), or ``"unknown"``."""
+    """The checkout's commit (with ``-dirty`` when tracked files have uncommitted changes), or ``"unknown"``.
+
+    Changes under ``figures/`` do not count: the notebooks write there themselves (the committed reference figures),
+    so a run would otherwise mark its own later records dirty."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                                 check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)figures"], cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -66,3 +66,29 @@ def test_markdown_table_escapes_pipes():
 
     md = to_markdown(pd.DataFrame({"a": ["x|y"], "b": [1.23456]}))
     assert "x\\|y" in md and "1.235" in md
+
+
+def test_git_commit_marks_code_changes_dirty_but_not_figure_outputs(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "report.md").write_text("old\n")
+    (tmp_path / "lib.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    head = git("rev-parse", "HEAD")
+    monkeypatch.setattr(io, "REPO_ROOT", tmp_path)
+    assert io.git_commit() == head
+    (tmp_path / "figures" / "report.md").write_text("new\n")  # a notebook rewrote a committed figure
+    assert io.git_commit() == head
+    (tmp_path / "lib.py").write_text("x = 2\n")  # the code changed
+    assert io.git_commit() == head + "-dirty"
