@@ -2,6 +2,8 @@
 
 import json
 import math
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -69,9 +71,6 @@ def test_markdown_table_escapes_pipes():
 
 
 def test_git_commit_marks_code_changes_dirty_but_not_figure_outputs(tmp_path, monkeypatch):
-    import shutil
-    import subprocess
-
     if shutil.which("git") is None:
         pytest.skip("git not installed")
 
