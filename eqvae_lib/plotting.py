@@ -46,12 +46,14 @@ def save_figure(fig, name: str, caption: str, profile: str) -> Path:
     return folder / f"{name}.png"
 
 
-def scale_note(dataset: str, image_size: int, ae: str, profile: str, extra: str = "") -> str:
+def scale_note(dataset: str, image_size: int, ae: str, profile: str, extra: str = "",
+               paper_ae: str = "SD-VAE") -> str:
     """Caption suffix naming the scale: e.g. "Scale: Fashion-MNIST 64 px, kit-trained small-f4 AE, profile cpu
-    (not the paper's ImageNet 256 px / SD-VAE)."""
+    (not the paper's ImageNet 256 px / SD-VAE)." ``paper_ae`` names the paper's autoencoder for this claim
+    (``"VQ-GAN"`` for the discrete path)."""
     s = f"Scale: {dataset} {image_size} px, {ae}, profile {profile}"
     if profile != "paper":
-        s += " (not the paper's ImageNet 256 px / SD-VAE)"
+        s += f" (not the paper's ImageNet 256 px / {paper_ae})"
     return s + (f"; {extra}" if extra else "") + "."
 
 

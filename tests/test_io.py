@@ -91,3 +91,12 @@ def test_git_commit_marks_code_changes_dirty_but_not_figure_outputs(tmp_path, mo
     assert io.git_commit() == head
     (tmp_path / "lib.py").write_text("x = 2\n")  # the code changed
     assert io.git_commit() == head + "-dirty"
+
+
+def test_scale_note_names_the_papers_autoencoder_and_only_off_the_paper_profile():
+    from eqvae_lib.plotting import scale_note
+
+    assert scale_note("Fashion-MNIST", 32, "vq-f4 VQ", "cpu-full", paper_ae="VQ-GAN") == (
+        "Scale: Fashion-MNIST 32 px, vq-f4 VQ, profile cpu-full (not the paper's ImageNet 256 px / VQ-GAN).")
+    assert "SD-VAE" in scale_note("Fashion-MNIST", 32, "small-f4 AE", "cpu")
+    assert "not the paper's" not in scale_note("ImageNet", 256, "SD-VAE", "paper", paper_ae="VQ-GAN")
