@@ -69,8 +69,8 @@ $(NB_OUT)/%.ipynb: notebooks/%.ipynb profiles/$(PROFILE).yaml profiles/cpu.yaml 
 	@mkdir -p $(NB_OUT)
 	@echo "== running $< (profile $(PROFILE)) at $$(date +%H:%M:%S)"
 	@start=$$(date +%s); \
-	$(PY) -m papermill $< $@.tmp -p profile $(PROFILE) $(PARAMS) \
-	    --cwd notebooks --log-output --progress-bar --kernel python3 && mv $@.tmp $@; \
+	$(PY) -m papermill $< $(@:.ipynb=.tmp.ipynb) -p profile $(PROFILE) $(PARAMS) \
+	    --cwd notebooks --log-output --progress-bar --kernel python3 && mv $(@:.ipynb=.tmp.ipynb) $@; \
 	echo "== finished $< in $$(( $$(date +%s) - start )) s"
 
 # ---------------------------------------------------------------------------------------------------- tests
