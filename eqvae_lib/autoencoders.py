@@ -33,21 +33,45 @@ Files
   ``vae-ft-ema-560000-ema-pruned.ckpt``): :func:`load_autoencoder` converts it through
   ``AutoencoderKL.from_single_file`` with a LOCAL ``original_config`` (:data:`KL_F8_LDM_YAML`, shipped here) so it never
   touches the network; :func:`export_ldm_checkpoint` writes one (round trip tested).
+
+What a weight file cannot carry travels with it
+-----------------------------------------------
+An LDM file holds only tensors; the latent normalisation (``scaling_factor``, ``shift_factor``, the kit's per-channel
+``latents_mean``/``latents_std``), ``sample_size`` and the channel counts are config. :func:`export_ldm_checkpoint`
+stores the model's full diffusers config as JSON inside the file (``.safetensors``: the header metadata key
+``eqvae_config``; ``.ckpt``: the string entry ``"eqvae_config"`` beside ``"state_dict"``, which LDM loaders ignore), and
+:func:`load_autoencoder` rebuilds the model from it, so a file the kit wrote round-trips exactly (every normalisation
+flavour: SD-v1 0.18215, SDXL 0.13025, SD3 shift + scale, the kit's per-channel mean/std). A foreign file without it
+(e.g. the released ``vae-ft-ema-560000-ema-pruned.ckpt``) loads with the LDM config's defaults, which are named in a
+one-line :class:`AssumedDefaultsWarning`; ``config_overrides={"scaling_factor": ..., "shift_factor": ...,
+"latents_mean": [...], "latents_std": [...], "sample_size": ...}`` (CLI: ``--scaling-factor``, ``--shift-factor``,
+``--original-config``) supplies the true values.
+
+Refusals
+--------
+A file that is not a checkpoint, or a pickle holding Python objects (which ``torch.load(weights_only=True)`` refuses to
+execute), raises :class:`CheckpointError` with one line saying which and what to do that is safe (convert it to
+``.safetensors`` with its author's code). A path-like argument that does not exist is reported as a missing local path
+before any attempt on the Hugging Face hub.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
+import sys
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
-from .io import atomic_path, atomic_torch_save, state_dict_hash
+from .io import apply_umask, atomic_path, atomic_torch_save, state_dict_hash
 
 #: Named configurations: diffusers ``AutoencoderKL`` config dicts. ``build_autoencoder(name, **overrides)``.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -97,6 +121,18 @@ model:
 """
 
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+#: Key of the JSON diffusers config inside the kit's LDM exports (safetensors metadata / ``.ckpt`` dict entry).
+CONFIG_KEY = "eqvae_config"
+#: Config fields :func:`load_autoencoder`'s ``config_overrides`` may set (what an LDM file cannot carry).
+OVERRIDABLE = ("scaling_factor", "shift_factor", "latents_mean", "latents_std", "sample_size")
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be loaded as a checkpoint: the one-line message says what the file is and what to do."""
+
+
+class AssumedDefaultsWarning(UserWarning):
+    """A foreign checkpoint lacked config the kit relies on; the one-line message names the defaults assumed."""
 _LDM_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
 
 
@@ -265,6 +301,66 @@ def denormalize(vae_or_norm, z_n: torch.Tensor) -> torch.Tensor:
     return z_n / scale.to(z_n).view(1, -1, 1, 1) + shift.to(z_n).view(1, -1, 1, 1)
 
 
+#: The kit's default latent for Δ, decoder-side metrics and TwoNN (see :func:`latent_description`).
+DEFAULT_LATENT_SPACE = "raw"
+
+
+def latent_description(vae, latent: str = "mean", space: str = DEFAULT_LATENT_SPACE) -> dict:
+    """What a metric's latents are, for its record: the autoencoder, which latent, and whether normalised.
+
+    Convention (documented default ``space="raw"``): Δ = ‖τ∘E(x) − E(τ∘x)‖² / ‖E(τ∘x)‖² is unchanged by one global
+    scale factor but changed by a shift or a per-channel scale. The paper's Δ_R/Δ_S for SD-VAE (0.18215) and SDXL-VAE
+    (0.13025) involve only a global scale, so raw and normalised latents give the same numbers; the official code
+    measures the encoder output E(x) itself, i.e. raw latents, which the kit therefore uses by default. For
+    autoencoders with a shift (SD3-VAE) or per-channel mean/std (the kit's own models) the two differ (~1.5× in the
+    issue's example), so every record says which it used and the (shift, scale) in force.
+
+    Args:
+        latent: ``"mean"`` (posterior mean) or ``"sample"`` (one posterior sample); VQ models: the deterministic
+            pre-quantisation latent.
+        space: ``"raw"`` (E(x)) or ``"normalised"`` ((E(x) − shift)·scale, :func:`latent_norm`).
+
+    Returns:
+        ``{"latent_space", "posterior", "normalisation": {"shift": [c], "scale": [c], "from_config": {...}},
+        "weights_hash", "latent_channels", "downsample_factor"}`` (JSON-ready).
+
+    Raises:
+        ValueError: for another ``latent`` or ``space``.
+    """
+    if latent not in ("mean", "sample"):
+        raise ValueError(f"latent must be 'mean' or 'sample', got {latent!r}")
+    if space not in ("raw", "normalised"):
+        raise ValueError(f"space must be 'raw' or 'normalised', got {space!r}")
+    model = _unwrap(vae)
+    shift, scale = latent_norm(model)
+    cfg = model.config
+    return {"latent_space": space,
+            "posterior": "deterministic pre-quantisation latent (VQ)" if is_vq(model) else f"posterior {latent}",
+            "normalisation": {"shift": [round(float(v), 7) for v in shift], "scale": [round(float(v), 7) for v in scale],
+                              "applied": space == "normalised",
+                              "from_config": {k: getattr(cfg, k, None) for k in ("scaling_factor", "shift_factor",
+                                                                                 "latents_mean", "latents_std")}},
+            "weights_hash": weights_hash(model), "latent_channels": latent_channels(model),
+            "downsample_factor": downsample_factor(model)}
+
+
+def make_encoder(vae, latent: str = "mean", space: str = DEFAULT_LATENT_SPACE,
+                 generator: torch.Generator | None = None, device=None):
+    """An ``encode_fn`` for :mod:`eqvae_lib.metrics`: images ``[B, C, H, W]`` in [-1, 1] → latents ``[B, c, h, w]``
+    (raw, or normalised with ``space="normalised"``), without gradients. It carries ``.inputs`` =
+    :func:`latent_description`, which the metric functions copy into their results."""
+    desc = latent_description(vae, latent, space)
+    norm = latent_norm(vae) if space == "normalised" else None
+
+    @torch.no_grad()
+    def encode_fn(x: torch.Tensor) -> torch.Tensor:
+        z = encode(vae, x if device is None else x.to(device), latent=latent, generator=generator)
+        return normalize(norm, z) if norm is not None else z
+
+    encode_fn.inputs = desc
+    return encode_fn
+
+
 def _iter_batches(images, batch_size: int) -> Iterable[torch.Tensor]:
     if isinstance(images, torch.Tensor):
         for i in range(0, len(images), batch_size):
@@ -325,7 +421,8 @@ def save_autoencoder(model, folder: str | os.PathLike) -> Path:
     """Save in diffusers format (``config.json`` + ``diffusion_pytorch_model.safetensors``) into ``folder``.
 
     Atomic at the folder level: written to a temporary sibling folder, then swapped in, so an interrupted save leaves
-    either the old folder or the new one. Returns the folder.
+    either the old folder or the new one. The folder and its files get the modes the user's umask gives ordinary new
+    folders/files (``eqvae_lib.io.apply_umask``; ``mkdtemp`` alone would leave them private). Returns the folder.
     """
     model = _unwrap(model)
     folder = Path(folder)
@@ -333,6 +430,7 @@ def save_autoencoder(model, folder: str | os.PathLike) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
+        apply_umask(tmp)
         old = None
         if folder.exists():
             old = folder.parent / f".{folder.name}.old-{os.getpid()}"
@@ -377,17 +475,69 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
                          "configuration")
 
 
-def _read_state_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+_SAFE_ADVICE = ("convert it to .safetensors with its author's code (e.g. safetensors.torch.save_file(state_dict, "
+                "'vae.safetensors') where that code is trusted) and pass that file")
 
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: not a state dict")
-    return obj
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """``(state_dict, kit config or None)`` of a ``.safetensors`` or PyTorch file, never executing pickled code.
+
+    Raises:
+        CheckpointError: one line: the file is not a checkpoint (not safetensors / zip / pickle, or damaged), or it
+            holds pickled Python objects that ``weights_only`` loading refuses, with the safe way forward.
+    """
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    cfg_text = None
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                state = {k: f.get_tensor(k) for k in f.keys()}
+                cfg_text = (f.metadata() or {}).get(CONFIG_KEY)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for any bad header
+            raise CheckpointError(f"{path}: not a safetensors checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                                  "pass a diffusers folder or an LDM .ckpt/.safetensors file") from None
+    else:
+        is_zip = zipfile.is_zipfile(path)
+        is_pickle = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+        if not (is_zip or is_pickle):
+            raise CheckpointError(f"{path}: not a checkpoint (neither a PyTorch zip/pickle file nor safetensors); "
+                                  "pass a diffusers folder, an LDM .ckpt/.safetensors file or a hub id")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. torch's note on pickle protocols: the refusal below says it all
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            msg = str(e)
+            if "global" in msg.lower() or "unsupported operand" in msg.lower():
+                raise CheckpointError(f"{path}: holds pickled Python objects that the kit will not execute (it loads "
+                                      f"tensors only); {_SAFE_ADVICE}") from None
+            raise CheckpointError(f"{path}: damaged or not a PyTorch checkpoint (its pickle stream cannot be read "
+                                  "as tensors); re-export it, or " + _SAFE_ADVICE) from None
+        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+            raise CheckpointError(f"{path}: damaged or not a PyTorch checkpoint ({type(e).__name__}: "
+                                  f"{(str(e).splitlines() or [''])[0][:120]}); re-export it, or {_SAFE_ADVICE}") from None
+        if isinstance(obj, dict) and isinstance(obj.get(CONFIG_KEY), str):
+            cfg_text = obj[CONFIG_KEY]
+        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise CheckpointError(f"{path}: not a state dict (a PyTorch file without a dict of tensors); pass an "
+                                  "autoencoder checkpoint")
+        state = obj
+    cfg = None
+    if cfg_text is not None:
+        try:
+            cfg = json.loads(cfg_text)
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{path}: its {CONFIG_KEY!r} entry is not valid JSON (damaged file)") from None
+    return state, cfg
+
+
+def _read_state_file(path: Path) -> dict[str, torch.Tensor]:
+    return _read_checkpoint(path)[0]
 
 
 def _model_class(name: str):
@@ -399,6 +549,39 @@ def _model_class(name: str):
     return classes[name]
 
 
+def _model_from_config(config: dict):
+    """An uninitialised model of the config's ``_class_name`` carrying every normalisation field of the config."""
+    cls = _model_class(config.get("_class_name", "AutoencoderKL"))
+    model = cls.from_config(config)
+    for key in ("latents_mean", "latents_std", "shift_factor"):  # keep them even where the class ignores them
+        if config.get(key) is not None and getattr(model.config, key, None) is None:
+            model.register_to_config(**{key: config[key]})
+    return model
+
+
+def _apply_overrides(model, overrides: dict | None, source: str) -> None:
+    if not overrides:
+        return
+    bad = sorted(set(overrides) - set(OVERRIDABLE))
+    if bad:
+        raise ValueError(f"config_overrides: unknown key(s) {bad}; allowed: {', '.join(OVERRIDABLE)}")
+    vals = {k: v for k, v in overrides.items() if v is not None}
+    c = latent_channels(model)
+    for k in ("latents_mean", "latents_std"):
+        if k in vals:
+            vals[k] = [float(v) for v in vals[k]]
+            if len(vals[k]) != c:
+                raise ValueError(f"{source}: {k} has {len(vals[k])} entries, the model has {c} latent channels")
+    if ("latents_mean" in vals) != ("latents_std" in vals):
+        raise ValueError("latents_mean and latents_std must be given together")
+    for k in ("scaling_factor", "shift_factor"):
+        if k in vals:
+            vals[k] = float(vals[k])
+    if "sample_size" in vals:
+        vals["sample_size"] = int(vals["sample_size"])
+    model.register_to_config(**vals)
+
+
 def _load_folder(folder: Path):
     if not (folder / "config.json").is_file() and (folder / "vae" / "config.json").is_file():
         folder = folder / "vae"  # a full pipeline folder
@@ -406,14 +589,10 @@ def _load_folder(folder: Path):
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{folder} has no config.json: not a diffusers model folder")
     config = json.loads(cfg_path.read_text())
-    cls = _model_class(config.get("_class_name", "AutoencoderKL"))
     weights = next((folder / f for f in _WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise FileNotFoundError(f"{folder} has no {' or '.join(_WEIGHT_FILES)}")
-    model = cls.from_config(config)
-    for key in ("latents_mean", "latents_std", "shift_factor"):  # keep them even where the class ignores them
-        if config.get(key) is not None and getattr(model.config, key, None) is None:
-            model.register_to_config(**{key: config[key]})
+    model = _model_from_config(config)
     state = _rename_deprecated(_read_state_file(weights))
     check_state_dict(model, state, source=str(weights))
     model.load_state_dict(state, strict=True)
@@ -421,46 +600,122 @@ def _load_folder(folder: Path):
 
 
 def load_autoencoder(path_or_hub_id: str | os.PathLike, original_config: str | os.PathLike | dict | None = None,
-                     **hub_kwargs):
+                     config_overrides: dict | None = None, **hub_kwargs):
     """Load an autoencoder for encoding, decoding or fine-tuning; returns it in eval mode on CPU, float32.
 
     Accepted:
       * a diffusers folder (``config.json`` + safetensors/bin; or a pipeline folder with a ``vae/`` subfolder):
         ``AutoencoderKL`` or ``VQModel`` according to ``_class_name``;
       * an LDM-format single file (``.ckpt``/``.safetensors``/``.pt``, keys ``encoder.…`` or
-        ``first_stage_model.…``): converted by ``AutoencoderKL.from_single_file`` with ``original_config`` (default:
-        the shipped kl-f8 yaml, :data:`KL_F8_LDM_YAML`; pass your own yaml path/dict for another LDM architecture);
-      * a Hugging Face hub id (``stabilityai/sd-vae-ft-ema``, ``zelaki/eq-vae``) — needs internet; extra keyword
-        arguments (``subfolder="vae"``, ``revision``) go to ``from_pretrained``.
+        ``first_stage_model.…``). A file written by :func:`export_ldm_checkpoint` carries its diffusers config and
+        is rebuilt from it exactly. A foreign file is converted by ``AutoencoderKL.from_single_file`` with
+        ``original_config`` (default: the shipped kl-f8 yaml, :data:`KL_F8_LDM_YAML`; pass your own yaml path/dict
+        for another LDM architecture); its ``scale_factor`` becomes ``scaling_factor``, its ``resolution`` the
+        ``sample_size``, no shift, no per-channel mean/std — named in a one-line :class:`AssumedDefaultsWarning`
+        unless you pass ``original_config`` or ``config_overrides``;
+      * a Hugging Face hub id (``stabilityai/sd-vae-ft-ema``, ``zelaki/eq-vae``): from the local hub cache, else
+        downloaded (needs internet); extra keyword arguments (``subfolder="vae"``, ``revision``) go to
+        ``from_pretrained``. A path-like argument (``./x``, ``/x``, ``~/x``, ``a/b/c``, a file suffix, or one whose
+        first component exists here) that does not exist is reported as a missing local path, with no network use.
+
+    Args:
+        config_overrides: config fields the file cannot carry, applied last: any of :data:`OVERRIDABLE`
+            (``scaling_factor``, ``shift_factor``, ``latents_mean``/``latents_std`` (c floats each),
+            ``sample_size``). Use it for a foreign checkpoint whose normalisation is not SD-v1's (SDXL: 0.13025;
+            SD3: shift 0.0609, scale 1.5305).
 
     Raises:
-        FileNotFoundError: a local path that does not exist / lacks files.
+        FileNotFoundError: a local path that does not exist / lacks files (one line).
+        CheckpointError (a ``ValueError``): a file that is not a checkpoint, or holds pickled objects (one line).
         ValueError: a checkpoint whose tensors do not match the configuration — the message names the first
-            mismatched tensor.
+            mismatched tensor; bad ``config_overrides``.
     """
-    p = Path(path_or_hub_id)
+    s = str(path_or_hub_id)
+    p = Path(s).expanduser()
     if p.is_dir():
         model = _load_folder(p)
     elif p.is_file():
         if p.suffix not in _LDM_SUFFIXES:
             raise ValueError(f"{p}: unknown checkpoint type {p.suffix!r}; expected a diffusers folder or an LDM "
                              f"file ({', '.join(_LDM_SUFFIXES)})")
-        model = _load_ldm_file(p, original_config)
-    elif str(path_or_hub_id).count("/") == 1 and not str(path_or_hub_id).startswith((".", "/", "~")):
-        model = _load_hub(str(path_or_hub_id), **hub_kwargs)
+        model = _load_ldm_file(p, original_config, assume_warning=not config_overrides)
+    elif _is_hub_id(s):
+        model = _load_hub(s, **hub_kwargs)
     else:
-        raise FileNotFoundError(f"{path_or_hub_id}: no such file or folder (and not a hub id 'owner/name')")
+        raise FileNotFoundError(f"{s}: no such file or folder (a local path; looked in {Path.cwd()}); it is not a Hugging "
+                                "Face hub id 'owner/name' either")
+    _apply_overrides(model, config_overrides, s)
     if any(t.dtype != torch.float32 for t in model.parameters()):
         model = model.float()
     return model.eval()
 
 
-def _load_hub(repo_id: str, **kwargs):  # pragma: no cover - needs internet
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _is_hub_id(s: str) -> bool:
+    """True when ``s`` (which does not exist locally) can only be meant as a hub id: ``owner/name`` syntax, no file
+    suffix of a checkpoint, and its first component is not an existing local folder/file."""
+    if not _HUB_ID.match(s) or s.endswith(_LDM_SUFFIXES) or ".." in s:
+        return False
+    return not Path(s.split("/")[0]).exists()
+
+
+def _load_hub(repo_id: str, **kwargs):
+    """From the local hub cache without network; otherwise one notice line, then a download attempt whose failure is
+    one line that first says the local path does not exist."""
     from diffusers import AutoencoderKL
 
-    config = AutoencoderKL.load_config(repo_id, **{k: v for k, v in kwargs.items() if k in ("subfolder", "revision")})
-    cls = _model_class(config.get("_class_name", "AutoencoderKL"))
-    return cls.from_pretrained(repo_id, **kwargs)
+    cfg_kw = {k: v for k, v in kwargs.items() if k in ("subfolder", "revision")}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # huggingface_hub's deprecation notes
+            config = AutoencoderKL.load_config(repo_id, local_files_only=True, **cfg_kw)
+            return _model_class(config.get("_class_name", "AutoencoderKL")).from_pretrained(
+                repo_id, local_files_only=True, **kwargs)
+    except Exception:  # noqa: BLE001 - not in the cache: fall through to the download
+        pass
+    missing = f"{repo_id}: no such file or folder (a local path; looked in {Path.cwd()})"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise FileNotFoundError(f"{missing}; as a Hugging Face hub id it is not in the local cache and HF_HUB_OFFLINE "
+                                "is set")
+    reachable, host = _hub_reachable()
+    if not reachable:
+        raise FileNotFoundError(f"{missing}; as a Hugging Face hub id it is not in the local cache, and the hub "
+                                f"({host}) cannot be reached from here")
+    print(f"{missing}; trying it as a Hugging Face hub id", file=sys.stderr)
+    try:  # pragma: no cover - needs internet
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = AutoencoderKL.load_config(repo_id, **cfg_kw)
+            return _model_class(config.get("_class_name", "AutoencoderKL")).from_pretrained(repo_id, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise FileNotFoundError(f"{missing}, and the Hugging Face hub did not provide it ({type(e).__name__}: "
+                                f"{first})") from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    """Whether a TCP connection to the hub endpoint opens within ``timeout`` s (one try; skipped — assumed
+    reachable — when an HTTP(S) proxy is configured, since the proxy decides)."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    except Exception:  # noqa: BLE001
+        endpoint = "https://huggingface.co"
+    u = urlparse(endpoint)
+    host = u.hostname or "huggingface.co"
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return True, host
+    try:
+        socket.create_connection((host, u.port or (443 if u.scheme == "https" else 80)), timeout=timeout).close()
+        return True, host
+    except OSError:
+        return False, host
 
 
 def _ldm_config_dict(original_config) -> dict:
@@ -476,11 +731,17 @@ def _ldm_config_dict(original_config) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def _load_ldm_file(path: Path, original_config=None):
+def _load_ldm_file(path: Path, original_config=None, assume_warning: bool = True):
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
 
-    checkpoint = _read_state_file(path)
+    checkpoint, kit_config = _read_checkpoint(path)
+    if kit_config is not None and original_config is None:  # written by export_ldm_checkpoint: exact round trip
+        model = _model_from_config(kit_config)
+        converted = convert_ldm_vae_checkpoint(checkpoint, dict(model.config))
+        check_state_dict(model, converted, source=str(path))
+        model.load_state_dict(converted, strict=True)
+        return model
     ldm_config = _ldm_config_dict(original_config)
     # shape check first, so that a wrong file names its first mismatched tensor
     config = create_vae_diffusers_config_from_ldm(ldm_config, checkpoint)
@@ -489,7 +750,18 @@ def _load_ldm_file(path: Path, original_config=None):
         raise ValueError(f"{path}: no autoencoder tensors found (expected LDM keys like 'encoder.conv_in.weight' "
                          "or 'first_stage_model.encoder.conv_in.weight')")
     check_state_dict(AutoencoderKL.from_config(config), converted, source=str(path))
-    return AutoencoderKL.from_single_file(checkpoint, original_config=ldm_config, local_files_only=True)
+    model = AutoencoderKL.from_single_file(checkpoint, original_config=ldm_config, local_files_only=True)
+    params = ldm_config["model"]["params"]
+    resolution = params.get("first_stage_config", {}).get("params", {}).get("ddconfig", {}).get("resolution")
+    if resolution:
+        model.register_to_config(sample_size=int(resolution))
+    if assume_warning and original_config is None:
+        warnings.warn(f"{path} carries no latent normalisation or sample size; assuming SD-v1 kl-f8 defaults "
+                      f"scaling_factor={model.config.scaling_factor}, shift_factor=None, no per-channel "
+                      f"latents_mean/std, sample_size={model.config.sample_size} — pass config_overrides / "
+                      "--scaling-factor --shift-factor (SDXL 0.13025; SD3 1.5305 and 0.0609) or original_config if "
+                      "these are wrong", AssumedDefaultsWarning, stacklevel=3)
+    return model
 
 
 # -------------------------------------------------------------------------------------------------- LDM export
@@ -552,16 +824,19 @@ def diffusers_to_ldm_state_dict(vae) -> dict[str, torch.Tensor]:
 def export_ldm_checkpoint(vae, path: str | os.PathLike) -> Path:
     """Write ``vae`` as an LDM-format checkpoint (atomically): ``.ckpt`` → ``{"state_dict": {...}}`` via torch.save;
     ``.safetensors`` → flat tensors. Keys as in ``vae-ft-ema-560000-ema-pruned.ckpt`` (``encoder.…``, ``decoder.…``,
-    ``quant_conv.…``, ``post_quant_conv.…``). Load back with :func:`load_autoencoder` (or diffusers'
-    ``from_single_file`` with ``original_config=ldm_original_config(vae)``)."""
+    ``quant_conv.…``, ``post_quant_conv.…``). The model's whole diffusers config (normalisation, ``sample_size``,
+    channel counts) travels inside the file as JSON under :data:`CONFIG_KEY` (safetensors metadata, or a string
+    entry of the ``.ckpt`` dict), so :func:`load_autoencoder` rebuilds the same model and config. Load it elsewhere
+    with diffusers' ``from_single_file`` and ``original_config=ldm_original_config(vae)``."""
     path = Path(path)
     ldm_original_config(vae)  # raises for models LDM cannot express
     state = diffusers_to_ldm_state_dict(vae)
+    cfg_text = _unwrap(vae).to_json_string()
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
         with atomic_path(path) as tmp:
-            save_file(state, str(tmp))
+            save_file(state, str(tmp), metadata={"format": "pt", CONFIG_KEY: cfg_text})
     else:
-        atomic_torch_save({"state_dict": state}, path)
+        atomic_torch_save({"state_dict": state, CONFIG_KEY: cfg_text}, path)
     return path

@@ -294,6 +294,78 @@ class PhotoCrops(Dataset):
 # ---------------------------------------------------------------------------------------------------- ImageFolder
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".JPEG")
 
+#: What :func:`to_rgb8` does to each PIL mode (the conversion recorded per file). Modes not listed are refused.
+IMAGE_MODE_CONVERSIONS = {
+    "RGB": None,
+    "RGBX": "RGBX: padding byte dropped",
+    "L": "8-bit grey repeated to RGB",
+    "1": "1-bit black/white to 0/255 grey, repeated to RGB",
+    "P": "palette expanded to RGB",
+    "PA": "palette expanded to RGB, alpha dropped (colour kept, as ADM/DiT's convert('RGB'))",
+    "RGBA": "alpha dropped (colour kept, as ADM/DiT's convert('RGB'))",
+    "RGBa": "premultiplied alpha un-multiplied, then alpha dropped",
+    "LA": "grey repeated to RGB, alpha dropped",
+    "CMYK": "CMYK to RGB by PIL's formula (no ICC colour management)",
+    "YCbCr": "YCbCr to RGB (PIL)",
+    "I;16": "16-bit grey scaled by 255/65535 to 8 bit, repeated to RGB",
+    "I;16L": "16-bit grey scaled by 255/65535 to 8 bit, repeated to RGB",
+    "I;16B": "16-bit grey scaled by 255/65535 to 8 bit, repeated to RGB",
+    "I;16N": "16-bit grey scaled by 255/65535 to 8 bit, repeated to RGB",
+    "I": "32-bit integer grey read as 16-bit (values must lie in 0..65535), scaled by 255/65535, repeated to RGB",
+    "F": "32-bit float grey read as [0, 1] (values must lie in it), scaled by 255, repeated to RGB",
+}
+
+
+class ImageDecodeError(RuntimeError):
+    """An image file that fails to decode when read (``ImageFolder(verify="header")``); the message names it."""
+
+
+class UnsupportedImageError(ValueError):
+    """An image whose mode or value range the kit cannot map to 8-bit RGB; the message names the file and mode."""
+
+
+def to_rgb8(im, path: str | os.PathLike = "<image>"):
+    """Convert a PIL image of any supported mode to 8-bit ``RGB`` with the right value range.
+
+    Every mode's rule is in :data:`IMAGE_MODE_CONVERSIONS` (16-bit grey ``I;16``/``I;16B``/``I;16L``: ``v/257``
+    rounded, so a 16-bit ramp ``257·k`` gives the 8-bit ramp ``k``; ``I`` as 16-bit; ``F`` as [0, 1]; alpha dropped;
+    grey repeated to RGB). 16-bit RGB PNGs are already reduced to 8-bit ``RGB`` by PIL when opened.
+
+    Returns:
+        ``(rgb_image, note)``: a PIL ``RGB`` image of the same size and the conversion applied (None for RGB).
+
+    Raises:
+        UnsupportedImageError: another mode (e.g. ``I;16S``, ``LAB``, ``HSV``), or ``I``/``F`` values outside the
+            range above — naming the file and the mode.
+    """
+    from PIL import Image
+
+    mode = im.mode
+    if mode not in IMAGE_MODE_CONVERSIONS:
+        raise UnsupportedImageError(f"{path}: image mode {mode!r} is not supported (supported: "
+                                    f"{', '.join(IMAGE_MODE_CONVERSIONS)}); convert it to 8-bit RGB or 16-bit grey")
+    note = IMAGE_MODE_CONVERSIONS[mode]
+    if mode == "RGB":
+        return im.convert("RGB"), None  # a loaded copy (the file may be closed after this)
+    if mode.startswith("I") or mode == "F":
+        a = np.asarray(im)
+        a = a.astype(np.float64)
+        if mode == "F":
+            lo, hi, top = 0.0, 1.0, 1.0
+        else:
+            lo, hi, top = 0.0, 65535.0, 65535.0
+        if a.size and (not np.isfinite(a).all() or a.min() < lo or a.max() > hi):
+            raise UnsupportedImageError(f"{path}: image mode {mode!r} with values in [{np.nanmin(a):g}, "
+                                        f"{np.nanmax(a):g}] outside the {lo:g}..{hi:g} the kit assumes for this mode; "
+                                        "rescale it to 16-bit (0..65535) or 8-bit before use")
+        g = np.rint(a * (255.0 / top)).astype(np.uint8)
+        return Image.fromarray(g, mode="L").convert("RGB"), note
+    if mode in ("PA", "RGBA", "RGBa", "LA") or (mode == "P" and "transparency" in im.info):
+        if mode == "P":
+            note = "palette with transparency expanded to RGB, alpha dropped (colour kept, as ADM/DiT's convert('RGB'))"
+        return im.convert("RGBA").convert("RGB"), note
+    return im.convert("RGB"), note
+
 
 class ImageFolder(Dataset):
     """A folder of images (recursively), e.g. ImageNet or OpenImages, for the ``paper`` profile.
@@ -313,10 +385,16 @@ class ImageFolder(Dataset):
     names each path; ``self.skipped`` lists them. With ``verify="header"`` a file that only fails at decode time raises
     a ``RuntimeError`` naming its path from ``__getitem__``.
 
+    Conversions: every image becomes 8-bit RGB by :func:`to_rgb8` (grey repeated to RGB, alpha dropped, 16-bit grey
+    scaled by 255/65535, palette expanded, CMYK by PIL's formula — :data:`IMAGE_MODE_CONVERSIONS`), then resized and
+    cropped (``crop``). ``self.conversions`` counts the files per conversion applied; :meth:`describe` says all of it
+    in one dict for records. A mode the kit cannot map (or ``I``/``F`` values outside their range) is refused.
+
     Items: ``(x, label)``; ``x`` float32 ``[3, size, size]`` in ``[-1, 1]``.
 
     Raises:
         DatasetNotFoundError: if ``root`` does not exist or holds no readable image.
+        UnsupportedImageError (a ``ValueError``): an image of an unsupported mode / value range, naming the file.
     """
 
     def __init__(self, root: str | os.PathLike, size: int = 256, crop: str = "center", hflip: float = 0.0,
@@ -337,16 +415,26 @@ class ImageFolder(Dataset):
         self.files: list[Path] = []
         self.labels: list[int] = []
         self.skipped: list[Path] = []
+        self.conversions: dict[str, int] = {}
         for p in files:
             try:
                 with Image.open(p) as im:
+                    mode = im.mode
                     if verify == "full":
                         im.load()
+                        note = to_rgb8(im, p)[1]  # refuses unsupported modes / value ranges, naming the file
                     else:
                         im.verify()
+                        if mode not in IMAGE_MODE_CONVERSIONS:
+                            to_rgb8(im, p)
+                        note = IMAGE_MODE_CONVERSIONS[mode]
+            except UnsupportedImageError:
+                raise
             except Exception:  # noqa: BLE001 - PIL raises many types for bad files
                 self.skipped.append(p)
                 continue
+            if note:
+                self.conversions[note] = self.conversions.get(note, 0) + 1
             parts = p.relative_to(self.root).parts
             self.files.append(p)
             self.labels.append(class_index[parts[0]] if len(parts) > 1 else 0)
@@ -362,6 +450,15 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def describe(self) -> dict:
+        """What this dataset does to the files, for records: root, number of images/skipped files, crop, size,
+        flips and the per-mode conversions with their file counts."""
+        crop = ("ADM centre crop (BOX halving, bicubic resize of the short side, centre crop)" if self.crop == "center"
+                else "LDM random crop (square of U(0.5, 1)·short side, bicubic resize)")
+        return {"root": str(self.root), "n_images": len(self.files), "n_skipped": len(self.skipped),
+                "size": self.size, "resize_crop": crop, "hflip": self.hflip, "conversions": dict(self.conversions),
+                "value_range": "[-1, 1] from 8-bit RGB (x/127.5 - 1)"}
+
     def set_epoch(self, epoch: int) -> None:
         """Change the random crops/flips (deterministic per ``(seed, epoch, index)``)."""
         self._epoch = epoch
@@ -372,9 +469,11 @@ class ImageFolder(Dataset):
         path = self.files[i]
         try:
             with Image.open(path) as im:
-                img = im.convert("RGB")
+                img = to_rgb8(im, path)[0]
+        except UnsupportedImageError:
+            raise
         except Exception as e:  # noqa: BLE001
-            raise RuntimeError(f"cannot decode image {path}: {e}") from e
+            raise ImageDecodeError(f"cannot decode image {path}: {e}") from e
         rng = np.random.default_rng((self.seed, self._epoch, i))
         img = center_crop_adm(img, self.size) if self.crop == "center" else random_crop_ldm(img, self.size, rng)
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 127.5 - 1.0

@@ -3,6 +3,11 @@
 Every checkpoint, cache and result the kit writes goes through these functions, so an interrupted run (Ctrl-C, kill)
 never leaves a half-written file behind: data is written to a temporary file in the same folder, flushed, fsync'ed,
 and renamed over the target (``os.replace`` is atomic on POSIX).
+
+Permissions: the temporary files and folders that Python's ``tempfile`` creates are private (0600 / 0700); before the
+rename they get the mode the user's umask gives an ordinary new file (``0666 & ~umask``) or folder
+(``0777 & ~umask``), so with umask 0022 colleagues can read records, figures and models, and with 0077 they cannot
+(:func:`umask_mode`, :func:`apply_umask`).
 """
 
 from __future__ import annotations
@@ -22,11 +27,47 @@ import torch
 from .config import REPO_ROOT
 
 
+def current_umask() -> int:
+    """The process's umask (read from ``/proc/self/status`` where available; otherwise set and restored)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def umask_mode(folder: bool = False) -> int:
+    """Mode an ordinary new file (``0666 & ~umask``) or folder (``0777 & ~umask``) gets under the current umask."""
+    return (0o777 if folder else 0o666) & ~current_umask()
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (and, for a folder, everything under it) the modes the umask gives ordinary new files/folders.
+    Used on the private temporary files/folders of the atomic writers before they are renamed into place."""
+    path = Path(path)
+    fmode, dmode = umask_mode(False), umask_mode(True)
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), dmode)
+            for f in files:
+                os.chmod(os.path.join(root, f), fmode)
+        os.chmod(path, dmode)
+    else:
+        os.chmod(path, fmode)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``, on error removed.
 
-    Use for libraries that insist on writing a file themselves (e.g. ``safetensors.torch.save_file``).
+    Use for libraries that insist on writing a file themselves (e.g. ``safetensors.torch.save_file``). The file
+    gets the mode of an ordinary new file under the user's umask (:func:`umask_mode`), not ``mkstemp``'s 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +78,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode(False))
         os.replace(tmp, path)
     finally:
         if tmp.exists():

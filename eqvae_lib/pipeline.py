@@ -217,6 +217,7 @@ def encoder(vae, latent: str = "mean", seed: int = 0):
     def encode_fn(x: torch.Tensor) -> torch.Tensor:
         return ae.encode(vae, x, latent=latent, generator=g)
 
+    encode_fn.inputs = ae.latent_description(vae, latent)  # recorded by the metrics (raw latents, issue #16)
     return encode_fn
 
 
@@ -283,8 +284,10 @@ def autoencoder_metrics(P: dict, data: Data, vae, extractor=None, which: tuple[s
                                                        latent=latent, extractor=extractor)
         elif part == "intrinsic_dim":
             m = min(int(P["id_n"]), len(data.test_x))
-            z = idm.latent_points(Data.subset(data.test_x, m), encoder(vae))
-            results[part] = idm.intrinsic_dimension(z, n=m, seed=P["seed"], n_bootstrap=int(P["id_bootstrap"]))
+            enc = encoder(vae)
+            z = idm.latent_points(Data.subset(data.test_x, m), enc)
+            results[part] = idm.intrinsic_dimension(z, n=m, seed=P["seed"], n_bootstrap=int(P["id_bootstrap"]),
+                                                    inputs=enc.inputs)
         else:
             raise ValueError(f"unknown metric part {part!r}")
         write(path, {**results, "_key": key})

@@ -561,12 +561,27 @@ def _train_cfg(args, loss: LossConfig, **extra) -> AETrainConfig:
                          progress=not args.no_progress, num_workers=args.workers, **extra)
 
 
-def _run_cli(fn, argv) -> int:
-    try:
-        return fn(argv)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def _run_cli(fn, argv, prog: str = "eqvae") -> int:
+    """Bad input → one line on stderr and exit code 2 (``eqvae_lib.cli_util.run_guarded``)."""
+    from .cli_util import run_guarded
+
+    return run_guarded(prog, fn, argv)
+
+
+def _record_inputs(run_dir: Path, args, vae, train) -> None:
+    """``inputs.json`` of a CLI run: the autoencoder argument, its loaded normalisation, the data and every
+    conversion applied to the images (issue #16: no silent conversion)."""
+    from .cli_util import CONVERSIONS_HELP
+    from .data import ImageFolder
+
+    base = getattr(train, "dataset", train)
+    data = base.describe() if isinstance(base, ImageFolder) else {"dataset": args.data, "size": args.size}
+    shift, scale = ae.latent_norm(vae)
+    atomic_write_json(Path(run_dir) / "inputs.json", {
+        "vae": getattr(args, "vae", None), "data": data, "conversions_rule": CONVERSIONS_HELP,
+        "loaded_latent_norm": {"shift": shift.tolist(), "scale": scale.tolist()},
+        "checkpoint_options": {k: getattr(args, k, None) for k in ("scaling_factor", "shift_factor",
+                                                                    "original_config")}})
 
 
 def cli_finetune(argv: list[str]) -> int:
@@ -575,7 +590,9 @@ def cli_finetune(argv: list[str]) -> int:
     format and, for kl-f8-type models, an LDM ``model.ckpt``. Returns 0, or 2 on bad input (message on stderr)."""
     def run(argv):
         lc = LossConfig()
-        p = argparse.ArgumentParser(prog="python -m eqvae_lib finetune", description="Fine-tune an autoencoder with EQ-VAE (paper Eq. 7) or the plain control; writes the run folder with the model in diffusers format (and an LDM .ckpt for kl-f8). Resumes from --out when it holds a checkpoint.")
+        from .cli_util import CONVERSIONS_HELP, add_checkpoint_options, checkpoint_kwargs
+
+        p = argparse.ArgumentParser(prog="python -m eqvae_lib finetune", description="Fine-tune an autoencoder with EQ-VAE (paper Eq. 7) or the plain control; writes the run folder with the model in diffusers format (and an LDM .ckpt for kl-f8, which carries the model's normalisation and config). Resumes from --out when it holds a checkpoint.", epilog=CONVERSIONS_HELP + " Exit code 2 with one line on bad input.")
         p.add_argument("--vae", required=True, help="diffusers folder, LDM .ckpt/.safetensors, or hub id")
         p.add_argument("--objective", default="eq", choices=["eq", "plain", "explicit"])
         p.add_argument("--p-alpha", type=float, default=lc.p_alpha, help="P(prior preservation), paper's meaning")
@@ -587,10 +604,11 @@ def cli_finetune(argv: list[str]) -> int:
         p.add_argument("--min-latent-side", type=int, default=lc.min_latent_side)
         p.add_argument("--disc-start", type=int, default=0, help="step at which the GAN term starts (fine-tuning: 0)")
         _common_args(p)
+        add_checkpoint_options(p)
         args = p.parse_args(argv)
         if args.steps is None and args.epochs is None and args.time is None:
             args.epochs = 1
-        vae = ae.load_autoencoder(args.vae)
+        vae = ae.load_autoencoder(args.vae, **checkpoint_kwargs(args))
         size = args.size or int(vae.config.sample_size)
         train, val = _load_data(args, vae.config.in_channels, size)
         loss = LossConfig(objective=args.objective, perceptual=args.perceptual, p_alpha=args.p_alpha,
@@ -603,12 +621,13 @@ def cli_finetune(argv: list[str]) -> int:
         out = Path(args.out) if args.out else RUNS_DIR / f"finetune-{args.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = finetune(vae, train, cfg, out, val=val)
         if _dist_info()[0] == 0:
+            _record_inputs(run_dir, args, vae, train)
             s = load_summary(run_dir)
             print(f"done: {s['steps']} steps, final val PSNR {s['final_val']['psnr']:.2f} dB; model in "
                   f"{s['model_dir']}" + (f", LDM checkpoint {s['ldm_checkpoint']}" if s["ldm_checkpoint"] else ""))
         return 0
 
-    return _run_cli(run, argv)
+    return _run_cli(run, argv, "finetune")
 
 
 def cli_pretrain(argv: list[str]) -> int:
@@ -616,7 +635,9 @@ def cli_pretrain(argv: list[str]) -> int:
     scratch with the plain LDM loss and the plateau rule. Returns 0, or 2 on bad input (message on stderr)."""
     def run(argv):
         tc = AETrainConfig()
-        p = argparse.ArgumentParser(prog="python -m eqvae_lib pretrain", description="Train a base autoencoder from scratch with the plain LDM objective until the validation L1 plateaus (the kit's stand-in for SD-VAE).")
+        from .cli_util import CONVERSIONS_HELP
+
+        p = argparse.ArgumentParser(prog="python -m eqvae_lib pretrain", description="Train a base autoencoder from scratch with the plain LDM objective until the validation L1 plateaus (the kit's stand-in for SD-VAE).", epilog=CONVERSIONS_HELP + " Exit code 2 with one line on bad input.")
         p.add_argument("--arch", default="small-f4", choices=list(ae.CONFIGS))
         p.add_argument("--in-channels", type=int, help="1 or 3 (default: the arch's; 3 for photo-crops)")
         p.add_argument("--latent-channels", type=int, default=4)
@@ -646,4 +667,4 @@ def cli_pretrain(argv: list[str]) -> int:
                   f"model in {s['model_dir']}")
         return 0
 
-    return _run_cli(run, argv)
+    return _run_cli(run, argv, "pretrain")

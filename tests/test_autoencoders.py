@@ -128,6 +128,11 @@ def test_ldm_file_of_wrong_architecture_names_first_tensor(tmp_path):
     small = ae.build_autoencoder("small-f4", in_channels=3, block_out_channels=(32, 64, 64),
                                  mid_block_add_attention=True)
     path = ae.export_ldm_checkpoint(small, tmp_path / "small.ckpt")
+    assert ae.weights_hash(ae.load_autoencoder(path)) == ae.weights_hash(small)  # the kit's file carries its config
+    foreign = torch.load(path, weights_only=True)
+    del foreign[ae.CONFIG_KEY]  # a foreign LDM file: tensors only
+    torch.save(foreign, tmp_path / "foreign.ckpt")
+    path = tmp_path / "foreign.ckpt"
     with pytest.raises(ValueError, match="encoder.conv_in.weight"):
         ae.load_autoencoder(path)  # default original_config is kl-f8
     back = ae.load_autoencoder(path, original_config=ae.ldm_original_config(small))

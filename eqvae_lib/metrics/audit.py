@@ -8,8 +8,13 @@ For one autoencoder (or two, side by side, with ``--compare``) it measures, on t
   * the intrinsic dimension of the flattened latents (TwoNN with bootstrap interval, MLE cross-check);
 prints a table, and saves ``audit.json`` and ``audit.png`` in ``--out``.
 
-Exit codes: 0 success; 2 bad input (not a model, no images, wrong channel count, incompatible sizes) with a message
-on stderr.
+Exit codes: 0 success; 2 bad input (missing path, not a model / a pickle the kit will not execute, no images, an image
+mode it cannot convert, wrong channel count, incompatible sizes) with a one-line message on stderr.
+
+Latents: Δ, the decoder-side metrics and TwoNN use RAW latents E(x) by default (``--latent-space normalised`` for
+(E(x) − shift)·scale); see ``eqvae_lib.autoencoders.latent_description`` for why this is what the paper's numbers
+correspond to. Every metric in ``audit.json`` carries ``"inputs"`` (latent space and normalisation, posterior mean or
+sample, autoencoder hash, images) and rFID says what it was compared with (paired: the same images).
 
 Example::
 
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli_util import BAD_INPUT, CONVERSIONS_HELP, add_checkpoint_options, checkpoint_kwargs, one_line, run_guarded
 from ..config import RUNS_DIR, device as default_device
 from ..io import atomic_path, atomic_write_json, git_commit
 from .equivariance import decoder_equivariance, equivariance_error, transformed_decodings
@@ -44,7 +50,8 @@ class AuditInputError(ValueError):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eqvae_lib audit",
                                 description="Equivariance / reconstruction / latent-ID audit of an autoencoder "
-                                            "(EQ-VAE, arXiv 2502.09509: App. C.3, Fig. 3, Table 12, Table 5).")
+                                            "(EQ-VAE, arXiv 2502.09509: App. C.3, Fig. 3, Table 12, Table 5).",
+                                epilog=CONVERSIONS_HELP + " Exit code 2 with one line on bad input.")
     p.add_argument("--vae", required=True, help="diffusers folder, LDM checkpoint file, or hub id (needs internet)")
     p.add_argument("--images", required=True,
                    help=f"an image folder (ADM centre crop) or a dataset name: {', '.join(DATASET_NAMES)} "
@@ -54,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="image side in px (default: the model's sample_size)")
     p.add_argument("--latent", choices=("mean", "sample"), default="mean",
                    help="latent for Δ, decoder-side equivariance and ID (default mean)")
+    p.add_argument("--latent-space", choices=("raw", "normalised"), default="raw",
+                   help="latents for Δ, decoder-side metrics and ID: raw E(x) (default; the paper's convention) or "
+                        "normalised (E(x) - shift)·scale with the model's stored normalisation")
     p.add_argument("--recon-latent", choices=("mean", "sample"), default="sample",
                    help="latent for reconstruction metrics (default sample, as the official evaluation)")
     p.add_argument("--fid", choices=("none", "classifier", "inception"), default="none",
@@ -66,19 +76,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default runs/audit/<model name>)")
+    add_checkpoint_options(p)
     return p
 
 
-def _load_vae(path: str, role: str):
+def _load_vae(path: str, role: str, **kwargs):
     from ..autoencoders import load_autoencoder
 
     try:
-        return load_autoencoder(path)
-    except Exception as e:  # noqa: BLE001 - any failure to load means bad input here
-        raise AuditInputError(f"{role} {path!r} could not be loaded as an autoencoder: {e}") from e
+        return load_autoencoder(path, **kwargs)
+    except BAD_INPUT as e:
+        raise AuditInputError(f"{role}: {one_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - any other failure to load (e.g. diffusers' own errors) is bad input too
+        raise AuditInputError(f"{role} {path!r} could not be loaded as an autoencoder ({type(e).__name__}: "
+                              f"{one_line(e)[:300]})") from None
 
 
-def _load_images(spec: str, n: int, size: int, channels: int, seed: int) -> tuple[torch.Tensor, str]:
+def _load_images(spec: str, n: int, size: int, channels: int, seed: int) -> tuple[torch.Tensor, str, dict]:
     from ..data import DatasetNotFoundError, ImageFolder, get_dataset
 
     if n < 3:
@@ -88,14 +102,23 @@ def _load_images(spec: str, n: int, size: int, channels: int, seed: int) -> tupl
             ds = get_dataset(spec, "test", size=size, n=n, channels=channels if spec == "fashion-mnist" else None,
                              seed=seed)
             desc = f"{spec} test split, {size} px"
+            info = {"dataset": spec, "split": "test", "size": size,
+                    "conversions": ({"28x28 grey padded to 32 (value -1), resized, repeated to 3 channels":
+                                     min(n, len(ds))} if spec == "fashion-mnist" and channels == 3 else
+                                    {"28x28 grey padded to 32 (value -1), resized": min(n, len(ds))}
+                                    if spec == "fashion-mnist" else {"random crops of bundled photos, resized":
+                                                                     min(n, len(ds))})}
         elif Path(spec).is_dir():
             ds = ImageFolder(spec, size=size, crop="center")
             desc = f"image folder {spec} (ADM centre crop), {size} px"
+            info = ds.describe()
         else:
             raise AuditInputError(f"--images {spec!r} is neither an existing folder nor one of "
                                   f"{', '.join(DATASET_NAMES)}")
-    except (DatasetNotFoundError, FileNotFoundError) as e:
-        raise AuditInputError(f"--images {spec!r}: {e}") from e
+    except (DatasetNotFoundError, FileNotFoundError, ValueError) as e:
+        if isinstance(e, AuditInputError):
+            raise
+        raise AuditInputError(f"--images {spec!r}: {one_line(e)}") from None
     if len(ds) == 0:
         raise AuditInputError(f"--images {spec!r} holds no images")
     m = min(n, len(ds))
@@ -103,7 +126,8 @@ def _load_images(spec: str, n: int, size: int, channels: int, seed: int) -> tupl
     if x.shape[1] != channels:
         raise AuditInputError(f"--images {spec!r} gives {x.shape[1]}-channel images but the autoencoder expects "
                               f"{channels} channel(s)")
-    return x, desc + f", n={m}"
+    info["n_used"] = m
+    return x, desc + f", n={m}", info
 
 
 def _check_sizes(vae, size: int, scales: list[float]) -> None:
@@ -123,37 +147,54 @@ def _check_sizes(vae, size: int, scales: list[float]) -> None:
 def audit_autoencoder(vae, images: torch.Tensor, *, name: str = "ae", latent: str = "mean",
                       recon_latent: str = "sample", extractor=None, scales=(0.25, 0.5, 0.75), mode: str = "bilinear",
                       id_n: int | None = None, lpips: bool = True, batch_size: int = 32, seed: int = 0,
-                      device=None) -> dict:
+                      device=None, latent_space: str = "raw", image_set: str | dict | None = None) -> dict:
     """All audit metrics of one autoencoder on ``images`` ``[N, C, H, W]`` in [-1, 1].
 
-    Returns ``{"name", "weights_hash", "downsample_factor", "latent_channels", "equivariance"
+    ``latent_space``: ``"raw"`` (default, E(x)) or ``"normalised"`` for Δ, decoder-side metrics and ID (the
+    reconstruction is unaffected: normalisation is undone before decoding). ``image_set``: description recorded in
+    every metric's ``"inputs"``.
+
+    Returns ``{"name", "weights_hash", "downsample_factor", "latent_channels", "latent_norm", "equivariance"
     (:func:`equivariance_error`), "decoder_equivariance" (:func:`decoder_equivariance`), "reconstruction"
-    (:func:`reconstruction_metrics`), "intrinsic_dimension" (:func:`intrinsic_dimension`), "seconds"}``.
+    (:func:`reconstruction_metrics`), "intrinsic_dimension" (:func:`intrinsic_dimension`), "seconds"}``; each
+    metric dict has ``"inputs"``.
     """
-    from ..autoencoders import decode, downsample_factor, encode, latent_channels, weights_hash
+    from ..autoencoders import (decode, denormalize, downsample_factor, latent_channels, latent_norm, make_encoder,
+                                weights_hash)
 
     t0 = time.time()
     device = torch.device(device) if device is not None else default_device()
     vae = vae.to(device).eval()
     gen = torch.Generator(device=device).manual_seed(seed)
 
-    def enc(kind):
-        return lambda x: encode(vae, x.to(device), latent=kind, generator=gen if kind == "sample" else None)
+    norm = latent_norm(vae)
+
+    def enc(kind, space):
+        return make_encoder(vae, kind, space, generator=gen if kind == "sample" else None, device=device)
 
     def dec(z):
         return decode(vae, z)
 
+    def dec_space(space):
+        return dec if space == "raw" else (lambda z: decode(vae, denormalize(norm, z)))
+
+    where = {"image_set": image_set} if image_set else None
     with torch.no_grad():
-        eq = equivariance_error(images, enc(latent), scales=scales, mode=mode, latent=latent, batch_size=batch_size)
-        deq = decoder_equivariance(images, enc(latent), dec, scales=scales, mode=mode, latent=latent,
-                                   extractor=extractor, batch_size=batch_size)
-        rec = reconstruction_metrics(images, enc(recon_latent), dec, latent=recon_latent, extractor=extractor,
-                                     lpips="alex" if lpips else False, batch_size=batch_size)
-        pts = latent_points(images, enc(latent), batch_size=batch_size)
-    idim = intrinsic_dimension(pts, n=min(id_n or len(pts), len(pts)), seed=seed)
+        eq = equivariance_error(images, enc(latent, latent_space), scales=scales, mode=mode, latent=latent,
+                                batch_size=batch_size, inputs=where)
+        deq = decoder_equivariance(images, enc(latent, latent_space), dec_space(latent_space), scales=scales,
+                                   mode=mode, latent=latent, extractor=extractor, batch_size=batch_size, inputs=where)
+        rec = reconstruction_metrics(images, enc(recon_latent, "raw"), dec, latent=recon_latent, extractor=extractor,
+                                     lpips="alex" if lpips else False, batch_size=batch_size, inputs=where)
+        id_enc = enc(latent, latent_space)
+        pts = latent_points(images, id_enc, batch_size=batch_size)
+    idim = intrinsic_dimension(pts, n=min(id_n or len(pts), len(pts)), seed=seed,
+                               inputs={**id_enc.inputs, **(where or {}), "n_images": len(pts)})
     idim["latent"] = latent
     return {"name": name, "weights_hash": weights_hash(vae), "downsample_factor": downsample_factor(vae),
-            "latent_channels": latent_channels(vae), "equivariance": eq, "decoder_equivariance": deq,
+            "latent_channels": latent_channels(vae),
+            "latent_norm": {"shift": norm[0].tolist(), "scale": norm[1].tolist()},
+            "equivariance": eq, "decoder_equivariance": deq,
             "reconstruction": rec, "intrinsic_dimension": idim, "seconds": time.time() - t0}
 
 
@@ -280,9 +321,10 @@ def run_audit(args: argparse.Namespace) -> dict:
     """Run the audit for parsed arguments; returns the saved JSON dict. Raises :class:`AuditInputError`."""
     t0 = time.time()
     scales = [float(s) for s in args.scales.split(",") if s.strip()]
-    vaes = [(args.vae, _load_vae(args.vae, "--vae"))]
+    kw = checkpoint_kwargs(args)
+    vaes = [(args.vae, _load_vae(args.vae, "--vae", **kw))]
     if args.compare:
-        vaes.append((args.compare, _load_vae(args.compare, "--compare")))
+        vaes.append((args.compare, _load_vae(args.compare, "--compare", **kw)))
     cfg0 = vaes[0][1].config
     channels = int(cfg0.in_channels)
     size = args.size or int(getattr(cfg0, "sample_size", 256) or 256)
@@ -293,7 +335,7 @@ def run_audit(args: argparse.Namespace) -> dict:
             raise AuditInputError(f"{path} expects {vae.config.in_channels}-channel images, {vaes[0][0]} expects "
                                   f"{channels}: the two cannot be audited on the same images")
         _check_sizes(vae, size, scales)
-    images, desc = _load_images(args.images, args.n, size, channels, args.seed)
+    images, desc, image_info = _load_images(args.images, args.n, size, channels, args.seed)
     extractor = None
     if args.fid != "none":
         from .fid import get_extractor
@@ -311,14 +353,17 @@ def run_audit(args: argparse.Namespace) -> dict:
         print(f"auditing {path} on {desc} ...", file=sys.stderr)
         r = audit_autoencoder(vae, images, name=name, latent=args.latent, recon_latent=args.recon_latent,
                               extractor=extractor, scales=scales, mode=args.mode, id_n=args.id_n,
-                              lpips=not args.no_lpips, batch_size=args.batch_size, seed=args.seed, device=device)
+                              lpips=not args.no_lpips, batch_size=args.batch_size, seed=args.seed, device=device,
+                              latent_space=args.latent_space, image_set=desc)
         r["path"] = str(path)
         results.append(r)
         examples.append(_examples(vae, images, args.latent, args.mode, device))
     out_dir = Path(args.out) if args.out else RUNS_DIR / "audit" / "-vs-".join(n.replace(" ", "_") for n in names)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"command": "audit", "argv": sys.argv, "images": desc, "image_size": size, "channels": channels,
-              "settings": {"latent": args.latent, "recon_latent": args.recon_latent, "scales": scales,
+              "image_inputs": image_info,
+              "settings": {"latent": args.latent, "latent_space": args.latent_space,
+                           "recon_latent": args.recon_latent, "scales": scales,
                            "mode": args.mode, "fid": args.fid, "seed": args.seed, "n": len(images),
                            "id_n": args.id_n or len(images)},
               "feature_extractor": extractor.describe() if extractor is not None else None,
@@ -342,9 +387,4 @@ def cli_audit(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or usage error (2)
         return int(e.code or 0)
-    try:
-        run_audit(args)
-    except AuditInputError as e:
-        print(f"audit: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_guarded("audit", lambda _: run_audit(args) and 0, argv)

@@ -6,7 +6,11 @@
   Δ_R = mean of Δ(τ) over T_R = {90°, 180°, 270°} and Δ_S = mean over T_S = {0.25, 0.5, 0.75} (isotropic scales).
   The encoder callable decides which latent is used (posterior **mean** by default in the kit's audit: a sample adds
   encoder noise to both terms); the label is recorded in the result. Raw latents: Δ is invariant to a per-model
-  scale factor but not to a shift, so pass raw (unshifted) latents, as the paper does for SD-VAE.
+  scale factor but not to a shift or a per-channel scale, so the kit passes raw (unshifted) latents by default, which
+  is what the paper's numbers correspond to (``eqvae_lib.autoencoders.latent_description`` explains the choice).
+  Every result carries ``"inputs"``: the latent space (raw / normalised with its shift and scale), posterior mean or
+  sample, the autoencoder's weights hash and the images (from ``encode_fn.inputs`` of
+  ``eqvae_lib.autoencoders.make_encoder``, plus the ``inputs`` argument).
 * Decoder-side equivariance (Fig. 3): the target τ∘x against the decoded transformed latent D(τ∘E(x)), measured
   with PSNR (always) and rFID (when a feature extractor is given), per scale s and averaged over the rotations.
 
@@ -24,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..transforms import Transform, evaluation_transforms
-from .reconstruction import DecodeFn, EncodeFn, iter_batches, psnr_per_image, summarize_psnr
+from .reconstruction import DecodeFn, EncodeFn, describe_inputs, iter_batches, psnr_per_image, summarize_psnr
 
 DEFAULT_SCALES = (0.25, 0.5, 0.75)
 
@@ -50,7 +54,7 @@ def _check_same(a: torch.Tensor, b: torch.Tensor, t: Transform, what: str) -> No
 def equivariance_error(images: torch.Tensor | Dataset, encode_fn: EncodeFn, *,
                        kinds: Sequence[str] = ("rotation", "scale"), scales: Sequence[float] = DEFAULT_SCALES,
                        mode: str = "bilinear", latent: str = "mean", batch_size: int = 64,
-                       device: torch.device | str | None = None) -> dict:
+                       device: torch.device | str | None = None, inputs: dict | None = None) -> dict:
     """Latent equivariance error Δ of App. C.3 (Table 1's Δ_R, Δ_S).
 
     Args:
@@ -65,7 +69,8 @@ def equivariance_error(images: torch.Tensor | Dataset, encode_fn: EncodeFn, *,
     Returns:
         ``{"delta": mean over all τ, "delta_R": mean over rotations (or None), "delta_S": mean over scales (or None),
         "per_transform": {label: Δ(τ)} with labels "rot90", "rot180", "rot270", "s0.25", ...,
-        "per_transform_std": {label: std over images}, "n", "latent", "mode", "scales", "definition"}``.
+        "per_transform_std": {label: std over images}, "n", "latent", "mode", "scales", "definition", "inputs"}``
+        (``inputs``: latent space and normalisation, posterior, autoencoder, images; see the module docstring).
 
     Raises:
         ValueError: on mismatched latent shapes (scale incompatible with the grid) or no images.
@@ -73,8 +78,10 @@ def equivariance_error(images: torch.Tensor | Dataset, encode_fn: EncodeFn, *,
     transforms = evaluation_set(kinds, scales, mode)
     per: dict[str, list[torch.Tensor]] = {t.describe(): [] for t in transforms}
     n = 0
+    shape = None
     for x in iter_batches(images, batch_size, device):
         x = x.float()
+        shape = tuple(x.shape[1:])
         z = encode_fn(x).float()
         n += len(x)
         for t in transforms:
@@ -97,7 +104,8 @@ def equivariance_error(images: torch.Tensor | Dataset, encode_fn: EncodeFn, *,
             "per_transform_std": {k: float(v.std()) if len(v) > 1 else 0.0 for k, v in vals.items()},
             "n": n, "latent": latent, "mode": mode, "scales": list(scales) if "scale" in kinds else [],
             "definition": "mean over tau and images of ||tau(E(x)) - E(tau(x))||^2 / ||E(tau(x))||^2 "
-                          "(EQ-VAE App. C.3)"}
+                          "(EQ-VAE App. C.3)",
+            "inputs": describe_inputs(images, encode_fn, inputs, n, shape)}
 
 
 @torch.no_grad()
@@ -105,7 +113,7 @@ def decoder_equivariance(images: torch.Tensor | Dataset, encode_fn: EncodeFn, de
                          scales: Sequence[float] = DEFAULT_SCALES, rotations: bool = True,
                          include_identity: bool = True, mode: str = "bilinear", latent: str = "mean",
                          extractor=None, kid: bool | None = None, batch_size: int = 32,
-                         device: torch.device | str | None = None) -> dict:
+                         device: torch.device | str | None = None, inputs: dict | None = None) -> dict:
     """Decoder-side equivariance (Fig. 3): τ∘x vs D(τ∘E(x)) for each scale s and each rotation.
 
     Args:
@@ -120,7 +128,9 @@ def decoder_equivariance(images: torch.Tensor | Dataset, encode_fn: EncodeFn, de
         "kid_subset_size"}}`` with labels ``"identity"``, ``"s0.25"``, ..., ``"rot90"``, ...;
         ``"per_scale": {"0.25": {...}, ...}`` (same entries); ``"rotation_mean": {"psnr", "rfid", "kid_mean"}``
         (averages over the three rotations, Fig. 3's rotation point); ``"rfid_metric"`` (extractor metric name or
-        None); ``"n"``, ``"latent"``, ``"mode"``}``. PSNR in dB on uint8 values, per image then averaged.
+        None); ``"n"``, ``"latent"``, ``"mode"``, ``"inputs"`` (as :func:`equivariance_error`), ``"reference"`` (what
+        PSNR/rFID compare with: τ∘x of the same images), ``"extractor"`` (its description or None)}``. PSNR in dB on
+        uint8 values, per image then averaged.
     """
     from .fid import fid_kid
 
@@ -130,8 +140,10 @@ def decoder_equivariance(images: torch.Tensor | Dataset, encode_fn: EncodeFn, de
     psnrs = {t.describe(): [] for t in transforms}
     feats = {t.describe(): ([], []) for t in transforms}
     n = 0
+    shape = None
     for x in iter_batches(images, batch_size, device):
         x = x.float()
+        shape = tuple(x.shape[1:])
         z = encode_fn(x)
         n += len(x)
         for t in transforms:
@@ -165,7 +177,9 @@ def decoder_equivariance(images: torch.Tensor | Dataset, encode_fn: EncodeFn, de
     per_scale = {f"{t.sx:g}": per[t.describe()] for t in transforms if t.scales}
     return {"per_transform": per, "per_scale": per_scale, "rotation_mean": rotation_mean,
             "rfid_metric": extractor.metric_name if extractor is not None else None,
-            "n": n, "latent": latent, "mode": mode}
+            "n": n, "latent": latent, "mode": mode, "inputs": describe_inputs(images, encode_fn, inputs, n, shape),
+            "reference": "paired: tau(x) of the same N images (PSNR and rFID of D(tau(E(x))) against tau(x))",
+            "extractor": extractor.describe() if extractor is not None else None}
 
 
 @torch.no_grad()

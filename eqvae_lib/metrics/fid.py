@@ -720,18 +720,29 @@ def reference_statistics(images: torch.Tensor | Dataset, extractor: FeatureExtra
 
 def compute_fid(images: torch.Tensor | Dataset, reference: torch.Tensor | Dataset | FeatureStats,
                 extractor: FeatureExtractor, kid: bool | None = None, batch_size: int = 64,
-                cache_dir: str | os.PathLike | None = None, verbose: bool = True) -> dict:
+                cache_dir: str | os.PathLike | None = None, verbose: bool = True, inputs: dict | None = None) -> dict:
     """FID (and KID) of ``images`` against ``reference`` (images — statistics cached by
     :func:`reference_statistics` — or :class:`FeatureStats`, e.g. from :func:`load_reference_npz`).
 
+    Args:
+        inputs: description of the two sets (e.g. ``{"images": "DiT-B/2 samples, seed 0", "reference_chosen":
+            "first 1000 test images"}``), merged into ``"inputs"``.
+
     Returns :func:`fid_kid`'s dict plus ``metric`` (the extractor's metric name), ``extractor``, ``feature_layer``,
-    ``weights_hash``, ``reference_key``.
+    ``weights_hash``, ``reference_key``, ``reference`` (``{"key", "source", "n", "kind"}``: what the images were
+    compared with) and ``inputs`` (the compared images' count and ``[C, H, W]`` plus ``inputs``).
     """
     ref = reference if isinstance(reference, FeatureStats) else reference_statistics(
         reference, extractor, batch_size=batch_size, cache_dir=cache_dir, verbose=verbose)
     feats = extractor.features(images, batch_size=batch_size, verbose=verbose)
     out = fid_kid(feats, ref, kid=kid)
-    out.update({**extractor.describe(), "reference_key": ref.key})
+    kind = ("precomputed statistics (FeatureStats)" if isinstance(reference, FeatureStats)
+            else "reference images (statistics computed/cached by reference_statistics)")
+    first = images[:1] if isinstance(images, torch.Tensor) else None
+    shape = list(first.shape[1:]) if first is not None and len(first) else None
+    out.update({**extractor.describe(), "reference_key": ref.key,
+                "reference": {"key": ref.key, "source": ref.source, "n": ref.n, "kind": kind},
+                "inputs": {**dict(inputs or {}), "images": {"n": len(images), "shape_chw": shape}}})
     return out
 
 

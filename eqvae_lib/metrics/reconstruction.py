@@ -27,6 +27,20 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 EncodeFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def describe_inputs(images, encode_fn=None, inputs: dict | None = None, n: int | None = None,
+                    shape: tuple | None = None) -> dict:
+    """The ``"inputs"`` entry of a metric result: the latent description carried by ``encode_fn`` (``.inputs``, e.g.
+    from ``eqvae_lib.autoencoders.make_encoder``) updated with ``inputs`` (e.g. ``{"image_set": "fashion-mnist
+    test"}``), plus the image count and ``[C, H, W]``. Without any description the latent space is recorded as
+    ``"unspecified"`` (never guessed)."""
+    out = {"latent_space": "unspecified (encode_fn carries no .inputs and none were passed)"}
+    out.update(dict(getattr(encode_fn, "inputs", None) or {}))
+    out.update(dict(inputs or {}))
+    out["images"] = {**dict(out.get("images") or {}), "n": n, "shape_chw": list(shape) if shape else None,
+                     "value_range": "[-1, 1]"}
+    return out
 DecodeFn = Callable[[torch.Tensor], torch.Tensor]
 
 SSIM_IMPL = "skimage.metrics.structural_similarity on uint8, data_range=255, 7x7 uniform window"
@@ -182,7 +196,7 @@ def reconstruction_metrics(images: torch.Tensor | Dataset, encode_fn: EncodeFn, 
                            latent: str = "sample", extractor=None, kid: bool | None = None,
                            lpips: bool | str = "alex", ssim: bool = True, batch_size: int = 32,
                            device: torch.device | str | None = None, return_per_image: bool = False,
-                           verbose: bool = False) -> dict:
+                           verbose: bool = False, inputs: dict | None = None) -> dict:
     """Reconstruction quality of ``decode_fn(encode_fn(x))`` against ``x`` (paper Table 12; rFID of Tables 1, 5, 6).
 
     Args:
@@ -198,20 +212,24 @@ def reconstruction_metrics(images: torch.Tensor | Dataset, encode_fn: EncodeFn, 
         batch_size: images per encoder/decoder call.
         device: move each batch there before ``encode_fn`` (``None`` = leave as is).
         return_per_image: add ``"per_image": {"psnr": [...], "ssim": [...], "lpips": [...]}``.
+        inputs: description of the inputs (image set, latent ...), merged into ``"inputs"`` (:func:`describe_inputs`).
 
     Returns:
         dict with ``n``, ``latent``, ``psnr`` (dB, mean over images), ``psnr_std``, ``n_identical``, ``ssim``,
         ``ssim_impl``, ``lpips``, ``lpips_net``, ``rfid`` (or None), ``rfid_metric`` (the extractor's metric name),
         ``kid_mean``/``kid_std``/``kid_subset_size`` (None when not computed), ``fid_details`` (see
-        :func:`eqvae_lib.metrics.fid.fid_kid`).
+        :func:`eqvae_lib.metrics.fid.fid_kid`), ``inputs`` (what was measured: latent space and normalisation,
+        posterior mean/sample, images), ``rfid_reference`` (paired: the input images themselves).
 
     Raises:
         ValueError: if a reconstruction's shape differs from its input's.
     """
     lp = get_lpips(lpips, device) if lpips else None
     psnrs, ssims, lpipss, f_real, f_fake = [], [], [], [], []
+    shape = None
     for x in iter_batches(images, batch_size, device):
         x = x.float()
+        shape = tuple(x.shape[1:])
         x_hat = decode_fn(encode_fn(x)).float()
         if x_hat.shape != x.shape:
             raise ValueError(f"reconstruction shape {tuple(x_hat.shape)} differs from input {tuple(x.shape)}")
@@ -227,6 +245,8 @@ def reconstruction_metrics(images: torch.Tensor | Dataset, encode_fn: EncodeFn, 
         raise ValueError("no images to evaluate")
     psnr_all = torch.cat(psnrs).numpy()
     out = {"n": int(len(psnr_all)), "latent": latent, **summarize_psnr(psnr_all),
+           "inputs": describe_inputs(images, encode_fn, inputs, int(len(psnr_all)), shape),
+           "rfid_reference": None,
            "psnr_impl": "per image on uint8 values (round((x+1)*127.5)), then averaged"}
     ssim_all = np.concatenate(ssims) if ssims else None
     lpips_all = torch.cat(lpipss).numpy() if lpipss else None
@@ -242,7 +262,9 @@ def reconstruction_metrics(images: torch.Tensor | Dataset, encode_fn: EncodeFn, 
         res = fid_kid(torch.cat(f_fake), torch.cat(f_real), kid=kid)
         out.update({"rfid": res["fid"], "rfid_metric": extractor.metric_name, "kid_mean": res["kid_mean"],
                     "kid_std": res["kid_std"], "kid_subset_size": res["kid_subset_size"],
-                    "fid_details": {**res, **extractor.describe()}})
+                    "fid_details": {**res, **extractor.describe()},
+                    "rfid_reference": "paired: the same N input images x (FID of D(E(x)) against x), not a "
+                                      "separate reference set"})
     if return_per_image:
         out["per_image"] = {"psnr": psnr_all.tolist(),
                             "ssim": ssim_all.tolist() if ssim_all is not None else None,
