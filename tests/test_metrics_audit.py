@@ -37,6 +37,17 @@ def test_audit_compare_writes_json_and_png(vaes, tmp_path, capsys):
     assert set(r["decoder_equivariance"]["per_scale"]) == {"0.25", "0.5", "0.75"}
     assert r["downsample_factor"] == 4 and r["weights_hash"] != rec["autoencoders"][1]["weights_hash"]
     assert "Δ_R" in capsys.readouterr().out
+    # issue #16: every metric says what it measured (raw latents by default, posterior, model, images)
+    for part in ("equivariance", "decoder_equivariance", "reconstruction", "intrinsic_dimension"):
+        inp = r[part]["inputs"]
+        assert inp["weights_hash"] == r["weights_hash"] and "fashion-mnist test split" in inp["image_set"], part
+    assert r["equivariance"]["inputs"]["latent_space"] == "raw" == rec["settings"]["latent_space"]
+    assert r["equivariance"]["inputs"]["posterior"] == "posterior mean"
+    assert r["reconstruction"]["inputs"]["posterior"] == "posterior sample"
+    assert r["equivariance"]["inputs"]["images"]["n"] == 10 and r["equivariance"]["inputs"]["images"]["shape_chw"] == [
+        1, 32, 32]
+    assert "tau(x) of the same" in r["decoder_equivariance"]["reference"]
+    assert rec["image_inputs"]["dataset"] == "fashion-mnist" and rec["image_inputs"]["conversions"]
 
 
 def test_not_a_model_gives_exit_2(tmp_path, capsys):

@@ -52,3 +52,50 @@ def test_latent_points_flattens_encoder_output():
     x = torch.rand(5, 1, 8, 8)
     pts = latent_points(x, lambda a: torch.nn.functional.avg_pool2d(a, 2), batch_size=2)
     assert pts.shape == (5, 16)
+
+
+def _subspace_points(n=400, d=5, D=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, d)) @ rng.standard_normal((d, D))).astype(np.float32)
+
+
+def _last_bit_copies(x, m=40, seed=1):
+    """``m`` copies of rows of ``x`` that differ from the originals only in the last bit of every value."""
+    rng = np.random.default_rng(seed)
+    src = x[rng.choice(len(x), m, replace=False)]
+    bits = src.view(np.uint32) ^ np.uint32(1)
+    return bits.view(np.float32)
+
+
+def test_last_bit_copies_do_not_collapse_twonn():
+    """Issue #16: 400 float32 points on a 5-dim subspace of R^64 give ≈ 5; 40 copies that differ in the last bit
+    gave 0.16 (MLE 0.0) before near-duplicates were detected; now they are removed, counted, and the estimate stays."""
+    x = _subspace_points()
+    clean = intrinsic_dimension(torch.from_numpy(x), n_bootstrap=0)
+    assert clean["twonn"] == pytest.approx(5, abs=0.8) and clean["n_near_duplicates"] == 0 and clean["reliable"]
+    copies = _last_bit_copies(x)
+    assert not (copies == x[:, None]).all(-1).any()  # not byte-identical to any original
+    dirty = np.concatenate([x, copies])
+    with pytest.warns(UserWarning, match="near duplicates"):
+        res = intrinsic_dimension(torch.from_numpy(dirty), n_bootstrap=20)
+    assert res["n_near_duplicates"] == 40 and res["n_exact_duplicates"] == 0 and res["n_points"] == 400
+    assert res["twonn"] == pytest.approx(clean["twonn"], abs=1e-9)  # the same 400 distinct points
+    assert res["mle"] == pytest.approx(clean["mle"], abs=1e-9) and res["twonn"] == pytest.approx(5, abs=0.8)
+    assert res["near_duplicate_tolerance"]["relative"] == pytest.approx(1e-5)
+    assert not res["reliable"] and any("near duplicates" in f for f in res["flags"])  # 40/440 > 5 %: flagged
+    # kept (report-only mode): the collapse is flagged, with the count of degenerate distances it rests on
+    with pytest.warns(UserWarning, match="degenerate"):
+        kept = intrinsic_dimension(torch.from_numpy(dirty), n_bootstrap=0, near_duplicates="keep")
+    assert kept["twonn"] < 1.0 and kept["n_degenerate_distances_used"] >= 40
+    assert not kept["reliable"] and any("degenerate" in f for f in kept["flags"])
+
+
+def test_near_duplicate_tolerance_is_relative_to_the_data_scale():
+    """The same points scaled by 1e6 or 1e-6 find the same near-duplicates; genuine close points are kept."""
+    x = _subspace_points(200, 3, 16)
+    dirty = np.concatenate([x, _last_bit_copies(x, 10)])
+    for s in (1e-6, 1.0, 1e6):
+        res = intrinsic_dimension((dirty * np.float32(s)), n_bootstrap=0, mle=False)
+        assert res["n_near_duplicates"] == 10, s
+    close = np.concatenate([x, x[:10] + 1e-3 * np.abs(x).max()])  # distinct points, well above round-off
+    assert intrinsic_dimension(close, n_bootstrap=0, mle=False)["n_near_duplicates"] == 0

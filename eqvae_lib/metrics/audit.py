@@ -86,7 +86,7 @@ def _load_vae(path: str, role: str, **kwargs):
     try:
         return load_autoencoder(path, **kwargs)
     except BAD_INPUT as e:
-        raise AuditInputError(f"{role}: {one_line(e)}") from None
+        raise AuditInputError(f"{role} could not be loaded: {one_line(e)}") from None
     except Exception as e:  # noqa: BLE001 - any other failure to load (e.g. diffusers' own errors) is bad input too
         raise AuditInputError(f"{role} {path!r} could not be loaded as an autoencoder ({type(e).__name__}: "
                               f"{one_line(e)[:300]})") from None

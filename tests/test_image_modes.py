@@ -1,0 +1,78 @@
+"""Issue #16 kind 3: every PIL mode reaches the autoencoder with the right value range, or is refused by name.
+
+The same 8-bit grey ramp (16..240) is written in every mode; all must load as the same tensor. Before the fix a
+16-bit PNG loaded as 255 everywhere (PIL's convert("RGB") clips I;16)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eqvae_lib.data import IMAGE_MODE_CONVERSIONS, ImageFolder, UnsupportedImageError, to_rgb8
+
+S = 32
+RAMP = np.tile(np.linspace(16, 240, S).round().astype(np.uint8), (S, 1))  # [S, S] uint8
+
+
+def _variants() -> dict[str, tuple[Image.Image, str]]:
+    """mode label -> (PIL image holding RAMP, file suffix)."""
+    g16 = RAMP.astype(np.uint16) * 257
+    rgba = np.dstack([RAMP] * 3 + [np.full_like(RAMP, 77)])
+    pal = Image.fromarray(RAMP, "L").convert("P")
+    pal_t = pal.copy()
+    pal_t.info["transparency"] = 0
+    cmyk = np.dstack([np.zeros_like(RAMP)] * 3 + [255 - RAMP])
+    return {
+        "L": (Image.fromarray(RAMP, "L"), ".png"),
+        "RGB": (Image.fromarray(np.dstack([RAMP] * 3), "RGB"), ".png"),
+        "RGBA": (Image.fromarray(rgba, "RGBA"), ".png"),
+        "LA": (Image.fromarray(np.dstack([RAMP, np.full_like(RAMP, 9)]), "LA"), ".png"),
+        "P": (pal, ".png"),
+        "P+transparency": (pal_t, ".png"),
+        "I;16 (16-bit PNG)": (Image.fromarray(g16), ".png"),
+        "I;16B": (Image.frombytes("I;16B", (S, S), g16.astype(">u2").tobytes()), ".tif"),
+        "I;16L": (Image.frombytes("I;16L", (S, S), g16.astype("<u2").tobytes()), ".tif"),
+        "I (32-bit)": (Image.fromarray(g16.astype(np.int32), "I"), ".tif"),
+        "F (float in [0, 1])": (Image.fromarray(RAMP.astype(np.float32) / 255, "F"), ".tif"),
+        "CMYK": (Image.fromarray(cmyk, "CMYK"), ".tif"),
+    }
+
+
+def test_grey_ramp_loads_identically_in_every_mode(tmp_path):
+    ref = None
+    modes_seen = set()
+    for i, (label, (im, suffix)) in enumerate(_variants().items()):
+        folder = tmp_path / f"v{i}"
+        folder.mkdir()
+        im.save(folder / f"ramp{suffix}")
+        with Image.open(folder / f"ramp{suffix}") as back:
+            modes_seen.add(back.mode)
+        ds = ImageFolder(folder, size=S, crop="center")
+        x = ds[0][0]
+        assert x.shape == (3, S, S)
+        u8 = torch.round((x + 1) * 127.5).to(torch.uint8)
+        if ref is None:
+            ref = u8
+            assert torch.equal(u8[0, 0], torch.from_numpy(RAMP[0]))  # 16..240, not clipped
+        assert torch.equal(u8, ref), label  # identical, not merely close
+        info = ds.describe()
+        assert info["n_images"] == 1 and (label in ("RGB",) or sum(info["conversions"].values()) == 1), label
+    assert {"I;16", "I;16B", "I", "F", "CMYK", "LA", "P", "RGBA"} <= modes_seen
+
+
+def test_alpha_is_dropped_not_composited_and_recorded(tmp_path):
+    rgba = np.dstack([RAMP] * 3 + [np.zeros_like(RAMP)])  # fully transparent: colour kept as ADM/DiT do
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    ds = ImageFolder(tmp_path, size=S)
+    assert torch.round((ds[0][0][0, 0] + 1) * 127.5).to(torch.uint8).tolist() == RAMP[0].tolist()
+    assert list(ds.describe()["conversions"]) == [IMAGE_MODE_CONVERSIONS["RGBA"]]
+
+
+def test_out_of_range_and_unknown_modes_are_refused_by_name(tmp_path):
+    Image.fromarray(RAMP.astype(np.float32), "F").save(tmp_path / "hdr.tif")  # 16..240 in a float image
+    with pytest.raises(UnsupportedImageError, match=r"hdr\.tif.*'F'"):
+        ImageFolder(tmp_path, size=S)
+    with pytest.raises(UnsupportedImageError, match=r"x\.png.*'I'.*outside"):
+        to_rgb8(Image.fromarray(np.full((4, 4), -5, np.int32), "I"), "x.png")
+    with pytest.raises(UnsupportedImageError, match=r"y\.tif.*'HSV'"):
+        to_rgb8(Image.new("HSV", (4, 4)), "y.tif")
