@@ -7,6 +7,9 @@ Commands:
   audit      equivariance, reconstruction and intrinsic-dimension audit of any autoencoder
   report     rebuild the report tables from the result records of a profile
   fetch-data make Fashion-MNIST available offline
+
+Exit codes: 0 success, 2 bad input (one line on stderr: missing path, not a checkpoint, a pickle the kit will not
+execute, an image it cannot convert, a bad value).
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     module, func = COMMANDS[cmd]
     if cmd == "fetch-data":
         rest = ["fetch", *rest]
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    from .cli_util import run_guarded  # bad input anywhere: one line, exit code 2
+
+    return run_guarded(cmd, getattr(importlib.import_module(module), func), rest)
 
 
 if __name__ == "__main__":

@@ -678,3 +678,11 @@ def matched_rfid_autoencoder(P: dict, data: Data, extractor, base=None) -> dict:
             break
     return {"vae": vae, "info": info, "rfid": r, "target_rfid": target, "extra_epochs": extra,
             "matched": r <= target}
+
+
+def metric_inputs(result: dict) -> str:
+    """One line saying what an :func:`autoencoder_metrics` result (or one part of it) measured — latent space and
+    normalisation, posterior, autoencoder, images, rFID reference — for ``RunRecord.add_input`` (issue #16)."""
+    from .metrics.reconstruction import inputs_summary
+
+    return inputs_summary(result)

@@ -575,7 +575,11 @@ def _record_inputs(run_dir: Path, args, vae, train) -> None:
     from .data import ImageFolder
 
     base = getattr(train, "dataset", train)
-    data = base.describe() if isinstance(base, ImageFolder) else {"dataset": args.data, "size": args.size}
+    data = base.describe() if isinstance(base, ImageFolder) else {
+        "dataset": args.data, "size": args.size or int(vae.config.sample_size),
+        "conversions": ("28x28 grey padded to 32 (value -1), resized" + (", repeated to 3 channels"
+                        if int(vae.config.in_channels) == 3 else "")) if args.data == "fashion-mnist"
+        else "random crops of the bundled photos, resized (bilinear, antialiased)"}
     shift, scale = ae.latent_norm(vae)
     atomic_write_json(Path(run_dir) / "inputs.json", {
         "vae": getattr(args, "vae", None), "data": data, "conversions_rule": CONVERSIONS_HELP,

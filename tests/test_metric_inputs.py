@@ -53,3 +53,13 @@ def test_every_metric_records_inputs_and_reference():
     enc = ae.make_encoder(vae)
     idim = intrinsic_dimension(latent_points(x, enc), n_bootstrap=0, mle=False, inputs=enc.inputs)
     assert idim["inputs"]["latent_space"] == "raw" and idim["inputs"]["weights_hash"] == ae.weights_hash(vae)
+
+
+def test_inputs_summary_line_for_records():
+    from eqvae_lib.metrics.reconstruction import inputs_summary
+
+    vae = _vae(scaling_factor=0.18215)
+    e = equivariance_error(_x(3), ae.make_encoder(vae), kinds=("rotation",))
+    line = inputs_summary({"equivariance": e, "other": {"no": "inputs"}})
+    assert line.startswith("equivariance: raw latents (not applied: shift 0, scale 0.18215), posterior mean")
+    assert ae.weights_hash(vae) in line and "3 images [1, 32, 32]" in line and "\n" not in line

@@ -41,6 +41,31 @@ def describe_inputs(images, encode_fn=None, inputs: dict | None = None, n: int |
     out["images"] = {**dict(out.get("images") or {}), "n": n, "shape_chw": list(shape) if shape else None,
                      "value_range": "[-1, 1]"}
     return out
+
+
+def inputs_summary(result: dict) -> str:
+    """One line saying what a metric result (or a dict of them, e.g. ``pipeline.autoencoder_metrics``) measured:
+    latent space with its normalisation, posterior, autoencoder hash, images, and the rFID reference — for records.
+    """
+    parts = {"": result} if "inputs" in result else {k: v for k, v in result.items()
+                                                    if isinstance(v, dict) and "inputs" in v}
+    out = []
+    for key, r in parts.items():
+        inp = r.get("inputs") or {}
+        norm = inp.get("normalisation") or {}
+        sh, sc = norm.get("shift"), norm.get("scale")
+        ns = ""
+        if sh is not None and sc is not None:
+            uniq = lambda v: f"{v[0]:.5g}" if len(set(v)) == 1 else "[" + ", ".join(f"{a:.4g}" for a in v) + "]"  # noqa: E731
+            ns = f" ({'applied' if norm.get('applied') else 'not applied'}: shift {uniq(sh)}, scale {uniq(sc)})"
+        img = inp.get("images") or {}
+        text = (f"{inp.get('latent_space', 'unspecified')} latents{ns}, {inp.get('posterior', '?')}, "
+                f"AE {inp.get('weights_hash', '?')}, {img.get('n')} images {img.get('shape_chw')}")
+        ref = r.get("rfid_reference") or r.get("reference")
+        if ref and r.get("rfid_metric"):
+            text += f"; rFID [{r['rfid_metric']}] {ref}"
+        out.append(f"{key}: {text}" if key else text)
+    return "; ".join(out) if out else "inputs not recorded"
 DecodeFn = Callable[[torch.Tensor], torch.Tensor]
 
 SSIM_IMPL = "skimage.metrics.structural_similarity on uint8, data_range=255, 7x7 uniform window"
