@@ -608,7 +608,7 @@ def load_autoencoder(path_or_hub_id: str | os.PathLike, original_config: str | o
         ``AutoencoderKL`` or ``VQModel`` according to ``_class_name``;
       * an LDM-format single file (``.ckpt``/``.safetensors``/``.pt``, keys ``encoder.…`` or
         ``first_stage_model.…``). A file written by :func:`export_ldm_checkpoint` carries its diffusers config and
-        is rebuilt from it exactly. A foreign file is converted by ``AutoencoderKL.from_single_file`` with
+        is rebuilt from it exactly (unless ``original_config`` is given, which then wins). A foreign file is converted by ``AutoencoderKL.from_single_file`` with
         ``original_config`` (default: the shipped kl-f8 yaml, :data:`KL_F8_LDM_YAML`; pass your own yaml path/dict
         for another LDM architecture); its ``scale_factor`` becomes ``scaling_factor``, its ``resolution`` the
         ``sample_size``, no shift, no per-channel mean/std — named in a one-line :class:`AssumedDefaultsWarning`

@@ -76,3 +76,29 @@ def test_out_of_range_and_unknown_modes_are_refused_by_name(tmp_path):
         to_rgb8(Image.fromarray(np.full((4, 4), -5, np.int32), "I"), "x.png")
     with pytest.raises(UnsupportedImageError, match=r"y\.tif.*'HSV'"):
         to_rgb8(Image.new("HSV", (4, 4)), "y.tif")
+
+
+def _png16_rgb(path, rgb16: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB PNG written by hand (PIL cannot write one): IHDR bit depth 16, colour type 2."""
+    import struct
+    import zlib
+
+    h, w, _ = rgb16.shape
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_rgb_png_loads_as_the_same_ramp(tmp_path):
+    g16 = RAMP.astype(np.uint16) * 257
+    _png16_rgb(tmp_path / "rgb48.png", np.dstack([g16] * 3))
+    (tmp_path / "ref").mkdir()
+    Image.fromarray(RAMP, "L").save(tmp_path / "ref" / "l.png")
+    x = ImageFolder(tmp_path, size=S)
+    assert len(x) == 2
+    a, b = (torch.round((x[i][0] + 1) * 127.5).to(torch.uint8) for i in range(2))
+    assert torch.equal(a, b) and a[0, 0].tolist() == RAMP[0].tolist()

@@ -53,6 +53,10 @@ def test_every_metric_records_inputs_and_reference():
     enc = ae.make_encoder(vae)
     idim = intrinsic_dimension(latent_points(x, enc), n_bootstrap=0, mle=False, inputs=enc.inputs)
     assert idim["inputs"]["latent_space"] == "raw" and idim["inputs"]["weights_hash"] == ae.weights_hash(vae)
+    assert idim["inputs"]["points"] == {"n_given": 4, "ambient_dim": 4 * 8 * 8}
+    from eqvae_lib.metrics.reconstruction import inputs_summary
+
+    assert inputs_summary(idim).endswith(f"AE {ae.weights_hash(vae)}, 4 images")
 
 
 def test_inputs_summary_line_for_records():

@@ -188,7 +188,8 @@ def intrinsic_dimension(latents: torch.Tensor | np.ndarray, n: int | None = None
             "mle_k": mle_k if mle else None, "n_points": int(len(x)), "n_duplicates_removed": int(n_dup),
             "n_exact_duplicates": int(n_exact), "n_near_duplicates": n_near, "near_duplicates": near_duplicates,
             "near_duplicate_tolerance": tol, "n_degenerate_distances_used": n_degenerate, "flags": flags,
-            "reliable": not flags, "ambient_dim": int(x.shape[1]), "inputs": dict(inputs) if inputs else None,
+            "reliable": not flags, "ambient_dim": int(x.shape[1]),
+            "inputs": {**dict(inputs or {}), "points": {"n_given": int(n_in), "ambient_dim": int(x.shape[1])}},
             "estimator": f"TwoNN (scikit-dimension, linear fit, discard_fraction={discard_fraction}) on flattened "
                          "latents; bootstrap over points",
             "seconds": time.time() - t0}

@@ -59,8 +59,10 @@ def inputs_summary(result: dict) -> str:
             uniq = lambda v: f"{v[0]:.5g}" if len(set(v)) == 1 else "[" + ", ".join(f"{a:.4g}" for a in v) + "]"  # noqa: E731
             ns = f" ({'applied' if norm.get('applied') else 'not applied'}: shift {uniq(sh)}, scale {uniq(sc)})"
         img = inp.get("images") or {}
+        n_img = img.get("n") if img.get("n") is not None else (inp.get("points") or {}).get("n_given")
+        shape = f" {img['shape_chw']}" if img.get("shape_chw") else ""
         text = (f"{inp.get('latent_space', 'unspecified')} latents{ns}, {inp.get('posterior', '?')}, "
-                f"AE {inp.get('weights_hash', '?')}, {img.get('n')} images {img.get('shape_chw')}")
+                f"AE {inp.get('weights_hash', '?')}, {n_img} images{shape}")
         ref = r.get("rfid_reference") or r.get("reference")
         if ref and r.get("rfid_metric"):
             text += f"; rFID [{r['rfid_metric']}] {ref}"
