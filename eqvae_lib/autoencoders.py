@@ -309,11 +309,13 @@ def latent_description(vae, latent: str = "mean", space: str = DEFAULT_LATENT_SP
     """What a metric's latents are, for its record: the autoencoder, which latent, and whether normalised.
 
     Convention (documented default ``space="raw"``): Δ = ‖τ∘E(x) − E(τ∘x)‖² / ‖E(τ∘x)‖² is unchanged by one global
-    scale factor but changed by a shift or a per-channel scale. The paper's Δ_R/Δ_S for SD-VAE (0.18215) and SDXL-VAE
-    (0.13025) involve only a global scale, so raw and normalised latents give the same numbers; the official code
-    measures the encoder output E(x) itself, i.e. raw latents, which the kit therefore uses by default. For
-    autoencoders with a shift (SD3-VAE) or per-channel mean/std (the kit's own models) the two differ (~1.5× in the
-    issue's example), so every record says which it used and the (shift, scale) in force.
+    scale factor but changed by a shift or a per-channel scale. The paper's Δ_R/Δ_S for SD-VAE and SDXL-VAE involve
+    only a global factor (0.18215 / 0.13025; the official pipeline multiplies the posterior by it, SPEC §3), so raw
+    and normalised latents give the same Δ and the paper's numbers are raw-latent Δ whichever the official code
+    used. The paper does not say whether SD3-VAE's shift was applied; the kit measures the encoder output E(x)
+    without shift or scale (raw) by default, which matches the paper wherever it is determined. For autoencoders
+    with a shift (SD3-VAE) or per-channel mean/std (the kit's own models) raw and normalised Δ differ (~1.5–2.4× on
+    the kit's models), so every record says which it used and the (shift, scale) in force.
 
     Args:
         latent: ``"mean"`` (posterior mean) or ``"sample"`` (one posterior sample); VQ models: the deterministic

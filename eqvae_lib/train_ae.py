@@ -666,6 +666,7 @@ def cli_pretrain(argv: list[str]) -> int:
         run_dir = pretrain(train, cfg, out, arch=args.arch, val=val, in_channels=in_ch,
                            latent_channels=args.latent_channels)
         if _dist_info()[0] == 0:
+            _record_inputs(run_dir, args, ae.load_autoencoder(Path(run_dir) / "model"), train)
             s = load_summary(run_dir)
             print(f"done: {s['steps']} steps ({s['stop_reason']}), final val PSNR {s['final_val']['psnr']:.2f} dB; "
                   f"model in {s['model_dir']}")

@@ -62,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latent", choices=("mean", "sample"), default="mean",
                    help="latent for Δ, decoder-side equivariance and ID (default mean)")
     p.add_argument("--latent-space", choices=("raw", "normalised"), default="raw",
-                   help="latents for Δ, decoder-side metrics and ID: raw E(x) (default; the paper's convention) or "
+                   help="latents for Δ, decoder-side metrics and ID: raw E(x) (default; equals the paper's Δ for SD-VAE/SDXL, "
+                        "whose normalisation is one global factor) or "
                         "normalised (E(x) - shift)·scale with the model's stored normalisation")
     p.add_argument("--recon-latent", choices=("mean", "sample"), default="sample",
                    help="latent for reconstruction metrics (default sample, as the official evaluation)")
