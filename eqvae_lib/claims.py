@@ -302,6 +302,10 @@ def _n_samples(record: Any, claim: Claim, notes: str) -> int | None:
     return int(v) if isinstance(v, (int, float)) and v else None
 
 
+def _num(v: Any) -> str:
+    return f"{v:.3g}" if _finite(v) else "n/a"
+
+
 def _effect(c: Claim, a: float, b: float) -> float:
     if c.kind == RATIO:
         return a / b
@@ -356,10 +360,19 @@ def evaluate(records: Iterable[Any], claims: Iterable[Claim] = CLAIMS, alpha: fl
                                      verdict=V.MEASUREMENT, verdict_text=c.statement), None))
             continue
         comp, full_c, gen_c = _pick(obs, c.comparator, c.metric)
+        if c.kind == SPEEDUP and not _finite(ours):
+            prepared.append((c, _row(c, n_replicates=1, n_samples=n_samp, verdict=V.NOT_TESTABLE, verdict_text=(
+                f"{c.subject} did not reach the {c.comparator}'s final value within the budget (one replicate); "
+                f"vs paper ×{_num(c.paper_effect)}")), None))
+            continue
+        if not any(o.subject == c.comparator and o.metric == c.metric for o in obs):
+            prepared.append((c, _row(c, ours=ours, n_samples=n_samp, verdict=V.NOT_RUN, verdict_text=f"no "
+                                     f"{c.metric!r} for the comparator {c.comparator!r} in record {c.record!r}"), None))
+            continue
         if not _finite(ours) or not _finite(comp):
             why = (f"{c.subject} did not reach the comparator's final value within the budget"
-                   if c.kind == SPEEDUP and not _finite(ours) else f"{c.metric} missing for {c.subject!r} or "
-                   f"{c.comparator!r}")
+                   if c.kind == SPEEDUP and not _finite(ours) else f"{c.metric} not computed (no value) for "
+                   f"{c.subject!r} or {c.comparator!r}")
             prepared.append((c, _row(c, ours=ours, comparator_value=comp, n_replicates=1, n_samples=n_samp,
                                      verdict=V.NOT_TESTABLE, verdict_text=f"{why}; one replicate"), None))
             continue
