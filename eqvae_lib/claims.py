@@ -32,6 +32,10 @@ DIFF, RATIO, SPEEDUP, CORR, MEAS = "difference", "ratio", "speed-up", "correlati
 FINETUNE_UNIT = "fine-tune seed s (+ generator seed s), paired by s"
 GEN_UNIT = "fine-tune seed s + generator seed s, paired by s"
 PRIMARY_FAMILY_SIZE = 6
+#: Non-inferiority margins of "reconstruction is kept" (issue #14): EQ's rFID at most 10% above the comparator's, its
+#: PSNR at most 0.3 dB below. The only place these numbers are typed.
+RFID_KEPT_MARGIN = 1.10
+PSNR_KEPT_MARGIN_DB = -0.3
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ CLAIMS: tuple[Claim, ...] = (
           "eq", "base", DIFF, "lower", paper=(_T1["eq"]["delta_S"], _T1["base"]["delta_S"]), primary=True,
           samples_param="eval_n"),
     Claim("recon_kept_rFID", "Tables 1/6", "reconstruction is kept: EQ's rFID at most 10% above the plain control's",
-          "table1", "rFID", "eq", "plain", RATIO, "lower", margin=1.10,
+          "table1", "rFID", "eq", "plain", RATIO, "lower", margin=RFID_KEPT_MARGIN,
           paper=(_T6["EQ-VAE"]["rFID"], _T6["plain +5 ep"]["rFID"]), primary=True, samples_param="eval_n"),
     Claim("table5_ID", "Table 5", "EQ-VAE lowers the latents' intrinsic dimension (TwoNN)", "table5_id", "ID_TwoNN",
           "eq", "base", DIFF, "lower", paper=(_T5["rotation+scale"]["ID"], _T5["none (SD-VAE)"]["ID"]), primary=True,
@@ -130,7 +134,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("table1_rFID", "Table 1", "EQ-VAE's rFID is lower than the base's", "table1", "rFID", "eq", "base", RATIO,
           "lower", paper=(_T1["eq"]["rFID"], _T1["base"]["rFID"]), samples_param="eval_n"),
     Claim("table12_PSNR_kept", "Table 12", "reconstruction is kept: EQ's PSNR at most 0.3 dB below the base's",
-          "table1", "PSNR", "eq", "base", DIFF, "higher", margin=-0.3,
+          "table1", "PSNR", "eq", "base", DIFF, "higher", margin=PSNR_KEPT_MARGIN_DB,
           paper=(_T12["EQ-VAE"]["PSNR"], _T12["SD-VAE"]["PSNR"]), samples_param="eval_n"),
     Claim("table2_DiT", "Table 2", "DiT gFID is lower on EQ latents than on the base's", "table2", "dit_gFID_final",
           "eq", "base", DIFF, "lower", paper=pv.TABLE2["DiT-B/2 400K"][::-1], unit=GEN_UNIT,
@@ -185,7 +189,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("table1_vq_delta_S", "Table 1 (VQ-GAN)", "EQ lowers Δ_S of a VQ tokenizer", "table1_vq", "delta_S", "eq",
           "base", DIFF, "lower", paper=(_VQ["eq"]["delta_S"], _VQ["base"]["delta_S"]), samples_param="eval_n"),
     Claim("table1_vq_rFID_kept", "Table 1 (VQ-GAN)", "a VQ tokenizer's reconstruction is kept: EQ's rFID at most 10% "
-          "above the base's", "table1_vq", "rFID", "eq", "base", RATIO, "lower", margin=1.10,
+          "above the base's", "table1_vq", "rFID", "eq", "base", RATIO, "lower", margin=RFID_KEPT_MARGIN,
           paper=(_VQ["eq"]["rFID"], _VQ["base"]["rFID"]), samples_param="eval_n"),
     Claim("table3_maskgit_gFID", "Table 3", "MaskGIT gFID at a fixed budget is lower on EQ tokens than on the base's",
           "table1_vq", "maskgit_gFID_final", "eq", "base", DIFF, "lower",
