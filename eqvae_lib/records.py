@@ -478,8 +478,9 @@ def compare_to_reference(user_rows: list[dict], reference_rows: list[dict]) -> l
     The reference interval is the claim's replicate interval (``effect_ci_low/high``) where there is one, else the
     generator-seed interval conditional on one fine-tune (``cond_ci_low/high``, marked as such). Returns rows with
     claim, reference_effect, reference_low, reference_high, interval (``replicates``/``generator seeds only``/
-    ``none``), user_effect and ``agreement``: ``inside`` / ``outside`` / ``no reference interval`` /
-    ``not in your run`` / ``not in the reference``.
+    ``none``), user_effect, relative_difference ((user − reference) / |reference|: where the reference has no
+    interval, this says how close a re-run came) and ``agreement``: ``inside`` / ``outside`` / ``no reference
+    interval`` / ``not in your run`` / ``not in the reference``.
     """
     users = {r["claim"]: r for r in user_rows}
     out = []
@@ -506,8 +507,9 @@ def compare_to_reference(user_rows: list[dict], reference_rows: list[dict]) -> l
             agree = "no reference interval"
         else:
             agree = "inside" if lo <= ue <= hi else "outside"
+        rel = (ue - re_) / abs(re_) if ue is not None and re_ not in (None, 0) else None
         out.append(dict(claim=c, reference_effect=re_, reference_low=lo, reference_high=hi, interval=kind,
-                        user_effect=ue, agreement=agree))
+                        user_effect=ue, relative_difference=rel, agreement=agree))
     return out
 
 

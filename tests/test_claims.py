@@ -127,6 +127,7 @@ def test_compare_to_reference_inside_outside_and_no_interval(tmp_path):
     assert out["a"]["agreement"] == "inside" and out["a"]["interval"] == "replicates"
     assert out["b"]["agreement"] == "outside" and out["b"]["interval"] == "generator seeds only"
     assert out["c"]["agreement"] == "no reference interval" and out["d"]["agreement"] == "not in your run"
+    assert out["c"]["relative_difference"] == 0.0 and out["a"]["relative_difference"] == pytest.approx(1.9)
 
 
 def test_compare_reference_cli_on_synthetic_records(tmp_path, capsys):
