@@ -181,3 +181,20 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
     assert not R.update_readme("cpu", readme, folder)  # idempotent
     with pytest.raises(ValueError, match="markers"):
         R.update_readme("cpu-full", readme, folder)
+
+
+def test_record_verdict_never_claims_more_than_its_least_conclusive_claim():
+    rec = R.RunRecord("table1", "t", "cpu")
+    for s, (eq, base, eqs, bases) in enumerate([(0.25, 1.05, 0.80, 0.84), (0.30, 1.00, 0.86, 0.83),
+                                               (0.28, 1.10, 0.79, 0.85)]):
+        rec.add("delta_R", eq, subject="eq", seed=s)
+        rec.add("delta_R", base, subject="base", seed=s)
+        rec.add("delta_S", eqs, subject="eq", seed=s)
+        rec.add("delta_S", bases, subject="base", seed=s)
+    rows = _rows([rec])
+    assert rows["table1_delta_R"]["verdict"] == V.REPRODUCED and rows["table1_delta_S"]["verdict"] == V.WITHIN_NOISE
+    word, text = C.record_verdict(rec)
+    assert word == V.WITHIN_NOISE and text.startswith("claims differ:")
+    meas = R.RunRecord("design", "t", "cpu")
+    meas.add("throughput", 181.2, subject="fashion-mnist 32px small-f4")
+    assert C.record_verdict(meas) == (V.MEASUREMENT, "design_throughput = 181.2")
