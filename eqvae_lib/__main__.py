@@ -6,6 +6,7 @@ Commands:
   finetune   fine-tune any autoencoder with EQ-VAE (or the plain control) and export it
   audit      equivariance, reconstruction and intrinsic-dimension audit of any autoencoder
   report     rebuild the report tables from the result records of a profile
+  compare-reference  say, claim by claim, whether your run's effects lie inside the committed reference intervals
   fetch-data make Fashion-MNIST available offline
 
 Exit codes: 0 success, 2 bad input (one line on stderr: missing path, not a checkpoint, a pickle the kit will not
@@ -22,6 +23,7 @@ COMMANDS = {
     "finetune": ("eqvae_lib.train_ae", "cli_finetune"),
     "audit": ("eqvae_lib.metrics.audit", "cli_audit"),
     "report": ("eqvae_lib.records", "cli_report"),
+    "compare-reference": ("eqvae_lib.records", "cli_compare_reference"),
     "fetch-data": ("eqvae_lib.data", "_main"),
 }
 

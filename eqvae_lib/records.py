@@ -1,9 +1,12 @@
 """Result records with provenance, and the report's tables built only from them.
 
 One JSON record per notebook run, at ``runs/<profile>/records/<claim>.json``: the claim id (e.g. ``"table1"``,
-``"fig5"``), every metric with its unit and the paper's value where one exists, a verdict ("reproduced" / "not
-reproduced at this scale" / "not run"), the profile and all parameters, seeds, the identities (hashes) of datasets
-and autoencoders, the git commit and the wall time.
+``"fig5"``), every metric with its unit, replicate seed and the paper's value where one exists, a verdict (one of
+``verdicts.VERDICT_WORDS``, computed by :func:`eqvae_lib.claims.record_verdict`), the profile and all parameters,
+seeds, the identities (hashes) of datasets and autoencoders, the git commit and the wall time. ``write_report`` copies
+a profile's records beside its figures (``figures/<profile>/records/``, committed) and builds ``results.csv`` (one row
+per claim of :data:`eqvae_lib.claims.CLAIMS`), ``measurements.csv`` (every metric), ``report.md`` and the README's
+results tables from them only.
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import RUNS_DIR
+from .config import FIGURES_DIR, REPO_ROOT, RUNS_DIR
 from .io import atomic_write_json, git_commit
+from .verdicts import VERDICT_WORDS
 
 #: Every claim the kit tests: claim id -> (notebook, what the paper claims). The report lists claims without a
 #: record in a profile as "not run in this profile".
@@ -35,15 +41,16 @@ CLAIMS = {
     "table1_vq": ("10_discrete_vq_maskgit", "VQ tokenizer + MaskGIT (Table 1 last row, Table 3)"),
 }
 
-VERDICTS = ("reproduced", "partly reproduced", "not reproduced at this scale", "not run at this scale",
-            "informational")
+#: The only verdict words (issue #14): see :mod:`eqvae_lib.verdicts`.
+VERDICTS = VERDICT_WORDS
 
 
 @dataclass
 class Metric:
     """One number: ``name`` (e.g. ``"rFID"``), ``value``, ``unit`` (``"dB"``, ``"cells"``, ``""``), the autoencoder or
-    model it belongs to (``subject``), the paper's value and where it comes from, and free notes (e.g. the feature
-    extractor)."""
+    model it belongs to (``subject``), the paper's value and where it comes from, free notes (e.g. the feature
+    extractor) and ``seed``: the replicate seed s when the value belongs to one replicate (a fine-tune with seed s and
+    its generators with seed s), ``None`` for a single or aggregated value."""
 
     name: str
     value: float | None
@@ -52,6 +59,7 @@ class Metric:
     paper: float | None = None
     source: str = ""
     notes: str = ""
+    seed: int | None = None
 
 
 @dataclass
@@ -74,7 +82,7 @@ class RunRecord:
     seeds: list[int] = field(default_factory=list)
     metrics: list[Metric] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
-    verdict: str = "not run at this scale"
+    verdict: str = "not run in this profile"
     verdict_text: str = ""
     scale: str = ""
     figures: list[str] = field(default_factory=list)
@@ -83,11 +91,14 @@ class RunRecord:
     wall_time_s: float | None = None
     host: str = field(default_factory=lambda: f"{platform.node()} ({platform.machine()}, "
                                               f"python {platform.python_version()})")
+    origin: str = ""
 
     def add(self, name: str, value: float | None, unit: str = "", subject: str = "", paper: float | None = None,
-            source: str = "", notes: str = "") -> Metric:
-        """Append a metric and return it. ``value`` is stored as a float (``None`` for "not computed")."""
-        m = Metric(name, None if value is None else float(value), unit, subject, paper, source, notes)
+            source: str = "", notes: str = "", seed: int | None = None) -> Metric:
+        """Append a metric and return it. ``value`` is stored as a float (``None`` for "not computed"); ``seed`` marks
+        a per-replicate value (see :class:`Metric`)."""
+        m = Metric(name, None if value is None else float(value), unit, subject, paper, source, notes,
+                   None if seed is None else int(seed))
         self.metrics.append(m)
         return m
 
@@ -96,7 +107,8 @@ class RunRecord:
         self.inputs[name] = identity
 
     def set_verdict(self, verdict: str, text: str) -> None:
-        """``verdict`` one of ``VERDICTS``; ``text`` says why in a sentence (numbers included)."""
+        """``verdict`` one of ``VERDICTS``; ``text`` says why in a sentence (numbers included). Notebooks pass
+        :func:`eqvae_lib.claims.record_verdict` ``(self)``, never a word of their own."""
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
         self.verdict, self.verdict_text = verdict, text
@@ -146,12 +158,13 @@ def load_records(profile: str, root: Path | None = None) -> list[RunRecord]:
 
 def records_table(records: Iterable[RunRecord]):
     """One row per metric of every record: a ``pandas.DataFrame`` with columns claim, subject, metric, ours, unit,
-    paper, source, notes."""
+    paper, source, notes, seed (the replicate seed; empty for single or aggregated values)."""
     import pandas as pd
 
     rows = [dict(claim=r.claim, subject=m.subject, metric=m.name, ours=m.value, unit=m.unit, paper=m.paper,
-                 source=m.source, notes=m.notes) for r in records for m in r.metrics]
-    return pd.DataFrame(rows, columns=["claim", "subject", "metric", "ours", "unit", "paper", "source", "notes"])
+                 source=m.source, notes=m.notes, seed=m.seed) for r in records for m in r.metrics]
+    return pd.DataFrame(rows, columns=["claim", "subject", "metric", "ours", "unit", "paper", "source", "notes",
+                                       "seed"])
 
 
 def to_markdown(df, floatfmt: str = ".4g") -> str:
@@ -180,48 +193,133 @@ def save_table(df, name: str, folder: Path) -> tuple[Path, Path]:
     return csv, md
 
 
-def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
-    """Build ``folder/report.md`` and ``folder/results.{csv,md}`` from the result records of ``profile`` only.
+def records_dir(profile: str, folder: Path | None = None) -> Path:
+    """Where a profile's records are committed: ``figures/<profile>/records/`` (or ``folder/records``)."""
+    return (folder or FIGURES_DIR / profile) / "records"
 
-    The report lists each claim with its verdict (what was and was NOT reproduced at this scale), every metric beside
-    the paper's value, each record's provenance (commit, wall time, inputs) and the figure index
-    (``folder/index.json``, written by :func:`eqvae_lib.plotting.save_figure`).
+
+def collect_records(profile: str, folder: Path, root: Path | None = None) -> list[RunRecord]:
+    """Copy the run's records (``<root>/<profile>/records/*.json``, default ``runs/``) into ``folder/records/`` (kept
+    beside the figures and committed) and return every record found there, sorted by claim id; the ``report`` record
+    is skipped. A record already beside the figures and not re-run stays (its ``origin`` says where it came from)."""
+    src = (root or RUNS_DIR) / profile / "records"
+    dst = folder / "records"
+    if src.is_dir() and src.resolve() != dst.resolve():
+        dst.mkdir(parents=True, exist_ok=True)
+        for p in sorted(src.glob("*.json")):
+            if p.stem != "report":
+                shutil.copyfile(p, dst / p.name)
+    if not dst.is_dir():
+        return []
+    return sorted((load_record(p) for p in dst.glob("*.json") if p.stem != "report"), key=lambda r: r.claim)
+
+
+def _fmt(v: Any, nd: str = ".3g") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else ""
+    if isinstance(v, (int, float)):
+        return f"{v:.0f}" if abs(v) >= 1000 else format(v, nd)
+    return str(v)
+
+
+def _effect_cell(row: dict) -> str:
+    eff = _fmt(row.get("effect"))
+    if not eff:
+        return ""
+    lo, hi = _fmt(row.get("effect_ci_low")), _fmt(row.get("effect_ci_high"))
+    if row.get("metric") == "ID~gFID":
+        return f"r = {eff} [{lo}, {hi}]" if lo and hi else f"r = {eff} (not independent autoencoders: no interval)"
+    if lo and hi:
+        return f"{eff} [{lo}, {hi}]"
+    if _fmt(row.get("cond_ci_low")):
+        return (f"{eff} (one replicate; generator seeds only: [{_fmt(row['cond_ci_low'])}, "
+                f"{_fmt(row['cond_ci_high'])}])")
+    return f"{eff} (one replicate, no interval)"
+
+
+def claims_markdown(rows: list[dict]) -> str:
+    """The compact claims table (README and report): claim, paper ref, ours vs comparator, effect [95% CI], k, the
+    paper's effect, primary, verdict. Numbers only from ``rows`` (results.csv)."""
+    lines = ["| claim | paper | ours (subject vs comparator) | effect [interval] | k | paper effect | primary | "
+             "verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("ours") is None and r["verdict"] == "not testable at this scale":
+            ours = f"not reached ({r['subject']})" if "to_base_final" in str(r.get("metric")) else "no value"
+        elif r["verdict"] == "measurement":
+            ours = f"{_fmt(r.get('ours'))} ({r['subject']})"
+        elif r.get("comparator"):
+            ours = f"{_fmt(r.get('ours'))} ({r['subject']}) vs {_fmt(r.get('comparator_value'))} ({r['comparator']})"
+        else:
+            ours = _fmt(r.get("ours"))
+        cells = [r["claim"], r.get("ref") or "", ours, _effect_cell(r), _fmt(r.get("n_replicates")),
+                 _fmt(r.get("paper_effect")), "yes" if r.get("primary") in (True, "True", "true", 1) else "",
+                 r["verdict"]]
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def results_rows(records: list[RunRecord]) -> list[dict]:
+    """One verdict row per claim of :data:`eqvae_lib.claims.CLAIMS` (checked by :func:`claims.check_rows`)."""
+    from .claims import check_rows, evaluate
+
+    rows = evaluate(records)
+    check_rows(rows)
+    return rows
+
+
+def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
+    """Build ``folder/results.{csv,md}`` (one verdict row per claim), ``folder/measurements.{csv,md}`` (every metric)
+    and ``folder/report.md`` from the result records of ``profile`` only (copied first into ``folder/records/``, see
+    :func:`collect_records`).
 
     Raises:
         FileNotFoundError: when the profile has no records yet (run its notebooks first).
     """
+    import pandas as pd
+
+    from .claims import COLUMNS, record_verdict
     from .io import atomic_write_text
 
-    records = [r for r in load_records(profile, root) if r.claim != "report"]
+    records = collect_records(profile, folder, root)
     if not records:
-        raise FileNotFoundError(f"no result records for profile {profile!r} in {(root or RUNS_DIR) / profile}; "
-                                f"run `make reproduce PROFILE={profile}` first")
+        raise FileNotFoundError(f"no result records for profile {profile!r} in {(root or RUNS_DIR) / profile} or "
+                                f"{folder / 'records'}; run `make reproduce PROFILE={profile}` first")
+    rows = results_rows(records)
+    res = pd.DataFrame(rows, columns=COLUMNS)
+    atomic_write_text(folder / "results.csv", res.to_csv(index=False))
+    atomic_write_text(folder / "results.md", claims_markdown(rows))
     df = records_table(records)
-    save_table(df, "results", folder)
+    save_table(df, "measurements", folder)
     lines = [f"# EQ-VAE reproduction report — profile `{profile}`", "",
-             "Built only from the result records of this profile's notebooks. Our numbers come from small-scale runs "
-             "(see each claim's scale); the paper's are ImageNet/OpenImages 256 px with SD-VAE and Inception "
-             "features. Compare directions and ratios, not absolute values.", ""]
+             "Built only from the result records of this profile's notebooks (`records/`) and the claim table "
+             "(`eqvae_lib/claims.py`); verdict rules in `eqvae_lib/verdicts.py`. Our numbers come from small-scale "
+             "runs (see each record's scale); the paper's are ImageNet/OpenImages 256 px with SD-VAE and Inception "
+             "features. Compare directions and ratios, not absolute values.", "",
+             "**All results are conditional on one base autoencoder.** A replicate is one fine-tune with seed s plus "
+             "the generators trained on it with seed s; an interval is a t interval over k paired replicate "
+             "differences (primary claims: Holm-adjusted over the fixed family of 6). One replicate (k = 1) gives no "
+             "interval and the verdict `not testable at this scale`; an interval over generator seeds on one "
+             "fine-tune is shown beside it as *conditional* (generator noise only). An effect whose interval "
+             "contains the null value is *no measurable difference*.", ""]
     if profile == "smoke":
         lines += ["**Smoke profile: the numbers and verdicts below are meaningless** (512 images, a few steps per "
                   "model). They exist to test the pipeline end to end. For results, run `make reproduce` (profile "
                   "`cpu`).", ""]
-    lines += ["## Verdicts", "", "| claim | verdict | summary |", "|---|---|---|"]
-    lines += [f"| {r.claim} | {r.verdict} | {r.verdict_text.replace('|', '/')} |" for r in records]
-    missing = [r for r in records if r.verdict in ("not reproduced at this scale", "not run at this scale",
-                                                   "partly reproduced")]
-    not_run = [c for c in CLAIMS if c not in {r.claim for r in records}]
-    lines += ["", "## Not (fully) reproduced at this scale", ""]
-    lines += [f"- **{r.claim}** ({r.verdict}): {r.verdict_text}" for r in missing]
-    lines += [f"- **{c}** (not run in this profile): {CLAIMS[c][1]} — notebook `{CLAIMS[c][0]}`" for c in not_run]
-    if not missing and not not_run:
-        lines.append("- nothing")
+    origins = sorted({r.origin for r in records if r.origin})
+    if origins:
+        lines += ["Records' origin: " + "; ".join(origins), ""]
+    lines += ["## Verdicts per claim", "", claims_markdown(rows), "", "## Not reproduced at this scale", ""]
+    lines += [f"- **{r['claim']}** ({r['verdict']}): {r['verdict_text']}" for r in rows
+              if r["verdict"] not in ("reproduced", "measurement")]
     for r in records:
+        word, text = record_verdict(r)
         sub = df[df.claim == r.claim].drop(columns=["claim"])
         scale = r.scale if (r.scale or "").startswith("Scale:") else f"Scale: {r.scale or 'n/a'}"  # scale_note's form
-        lines += ["", f"## {r.claim}: {r.title}", "", scale + "  ", f"Verdict: **{r.verdict}** — "
-                  f"{r.verdict_text}  ", f"Provenance: commit `{r.git_commit}`, wall time "
-                  f"{(r.wall_time_s or 0) / 60:.1f} min, seeds {r.seeds}, inputs "
+        wall = f"{(r.wall_time_s or 0) / 60:.1f} min" if r.wall_time_s is not None else "n/a"
+        lines += ["", f"## {r.claim}: {r.title}", "", scale + "  ", f"Verdict: **{word}** — {text}  ",
+                  f"Provenance: commit `{r.git_commit}`, wall time {wall}, seeds {r.seeds}, inputs "
                   + ", ".join(f"{k}={v}" for k, v in r.inputs.items()), "", to_markdown(sub)]
     index_path = folder / "index.json"
     if index_path.exists():
@@ -232,21 +330,254 @@ def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
     return path
 
 
-def cli_report(argv: list[str]) -> int:
-    """``python -m eqvae_lib report [--profile cpu]``: rebuild ``figures/<profile>/report.md`` and ``results.*`` from
-    the profile's result records. Returns 0, or 2 when the profile has no records."""
+# --- re-derivation of the committed reference runs from their tables (issue #14, item 7) ---
+
+_LEGACY_COLUMNS = ["claim", "subject", "metric", "ours", "unit", "paper", "source", "notes"]
+_PROV = re.compile(r"^Provenance: commit `(?P<commit>[^`]*)`, wall time (?P<wall>[\d.]+) min, seeds (?P<seeds>\[[^]]*\]),"
+                   r" inputs ?(?P<inputs>.*)$")
+
+
+def records_from_tables(profile: str, folder: Path) -> list[RunRecord]:
+    """Rebuild the result records of a committed reference run from its committed tables, for runs whose JSON records
+    were not committed: metrics from ``folder/measurements.csv`` (or a ``results.csv`` still in the per-metric
+    format), title / scale / provenance from ``folder/report.md``, the sample-count parameters (``eval_n``, ``id_n``,
+    ``gen_fid_n``, ``inception_n``, ``gen_seeds``) from ``profiles/<profile>.yaml``. Each record's ``origin`` says so;
+    the old verdict words are dropped (they are recomputed from the claim table).
+
+    Raises:
+        FileNotFoundError: neither table exists in ``folder``.
+    """
+    import pandas as pd
+
+    from .config import load_profile
+
+    src = next((p for p in (folder / "measurements.csv", folder / "results.csv")
+                if p.is_file() and list(pd.read_csv(p, nrows=0).columns)[:8] == _LEGACY_COLUMNS), None)
+    if src is None:
+        raise FileNotFoundError(f"no per-metric table (measurements.csv, or results.csv with columns "
+                                f"{_LEGACY_COLUMNS}) in {folder}")
+    df = pd.read_csv(src, keep_default_na=False, na_values=[""])
+    meta: dict[str, dict] = {}
+    report = folder / "report.md"
+    if report.is_file():
+        claim = None
+        for line in report.read_text().splitlines():
+            m = re.match(r"^## (\w+): (.+)$", line)
+            if m:
+                claim = m.group(1)
+                meta[claim] = dict(title=m.group(2))
+            elif claim and line.startswith("Scale:"):
+                meta[claim]["scale"] = line.strip()
+            elif claim and line.startswith("Provenance:"):
+                p = _PROV.match(line.strip())
+                if p:
+                    meta[claim].update(commit=p["commit"], wall=float(p["wall"]) * 60, seeds=json.loads(p["seeds"]),
+                                       inputs=dict(kv.split("=", 1) for kv in p["inputs"].split(", ") if "=" in kv))
+    prof = load_profile(profile)
+    params = {k: prof[k] for k in ("eval_n", "id_n", "gen_fid_n", "inception_n", "gen_seeds") if k in prof}
+    out = []
+    for claim, part in df.groupby("claim", sort=True):
+        info = meta.get(claim, {})
+        rec = RunRecord(claim, info.get("title", claim), profile, params=dict(params), seeds=info.get("seeds", []),
+                        inputs=info.get("inputs", {}), scale=info.get("scale", ""),
+                        git_commit=info.get("commit", "unknown"),
+                        started=0.0,
+                        origin=f"re-derived from the committed per-metric table of figures/{folder.name} (results.csv "
+                               f"before issue #14, measurements.csv since) and its report.md: the run's JSON records "
+                               f"were not committed; start time unknown; sample-count parameters from "
+                               f"profiles/{profile}.yaml")
+        rec.wall_time_s = info.get("wall")
+        for row in part.itertuples(index=False):
+            def val(v: Any) -> Any:
+                return None if isinstance(v, float) and math.isnan(v) else v
+
+            seed = _float(getattr(row, "seed", None))
+            rec.metrics.append(Metric(str(row.metric), _float(row.ours), str(val(row.unit) or ""),
+                                      str(val(row.subject) or ""), _float(row.paper), str(val(row.source) or ""),
+                                      str(val(row.notes) or ""), None if seed is None or math.isnan(seed)
+                                      else int(seed)))
+        out.append(rec)
+    return out
+
+
+def _float(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f
+
+
+def save_records_beside_figures(records: Iterable[RunRecord], folder: Path) -> list[Path]:
+    """Write records (with their computed verdicts) to ``folder/records/<claim>.json`` without touching their wall
+    time; returns the paths."""
+    from .claims import record_verdict
+
+    paths = []
+    for r in records:
+        r.set_verdict(*record_verdict(r))
+        path = folder / "records" / f"{r.claim}.json"
+        atomic_write_json(path, asdict(r))
+        paths.append(path)
+    return paths
+
+
+# --- README results tables (between markers) ---
+
+def readme_block(profile: str, rows: list[dict]) -> str:
+    """The README's results block for ``profile``: the markers, the claims table built from ``rows`` (claims not run in
+    this profile are named in one line below it) and nothing typed by hand."""
+    shown = [r for r in rows if r["verdict"] != "not run in this profile"]
+    not_run = [r["claim"] for r in rows if r["verdict"] == "not run in this profile"]
+    tail = (f"\nNot run in this profile: {', '.join(not_run)}.\n" if not_run else "")
+    return (f"<!-- results:{profile} -->\n"
+            f"<!-- generated by `python -m eqvae_lib report --profile {profile} --readme` from "
+            f"figures/{profile}/results.csv; do not edit by hand -->\n" + claims_markdown(shown) + tail
+            + f"<!-- /results:{profile} -->")
+
+
+def read_results_csv(path: Path) -> list[dict]:
+    """Rows of a ``results.csv`` as dicts with numbers as floats (empty cells → ``None``)."""
+    import pandas as pd
+
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    rows = []
+    for rec in df.to_dict("records"):
+        rows.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()})
+    for r in rows:
+        r["primary"] = r.get("primary") in (True, "True", "true", 1)
+    return rows
+
+
+def update_readme(profile: str, readme: Path | None = None, folder: Path | None = None) -> bool:
+    """Replace the README block between ``<!-- results:PROFILE -->`` and ``<!-- /results:PROFILE -->`` with the table
+    built from ``figures/<profile>/results.csv``. Returns True when the README changed.
+
+    Raises:
+        ValueError: the README has no such markers (add them where the table belongs).
+    """
+    from .io import atomic_write_text
+
+    readme = readme or REPO_ROOT / "README.md"
+    folder = folder or FIGURES_DIR / profile
+    text = readme.read_text()
+    pat = re.compile(rf"<!-- results:{re.escape(profile)} -->.*?<!-- /results:{re.escape(profile)} -->", re.S)
+    if not pat.search(text):
+        raise ValueError(f"{readme} has no '<!-- results:{profile} -->' ... '<!-- /results:{profile} -->' markers")
+    new = pat.sub(lambda _: readme_block(profile, read_results_csv(folder / "results.csv")), text)
+    if new != text:
+        atomic_write_text(readme, new)
+    return new != text
+
+
+# --- a user's run against the committed reference (issue #14, item 6) ---
+
+def compare_to_reference(user_rows: list[dict], reference_rows: list[dict]) -> list[dict]:
+    """Claim by claim, does the user's effect lie inside the reference run's interval?
+
+    The reference interval is the claim's replicate interval (``effect_ci_low/high``) where there is one, else the
+    generator-seed interval conditional on one fine-tune (``cond_ci_low/high``, marked as such). Returns rows with
+    claim, reference_effect, reference_low, reference_high, interval (``replicates``/``generator seeds only``/
+    ``none``), user_effect, relative_difference ((user − reference) / |reference|: where the reference has no
+    interval, this says how close a re-run came) and ``agreement``: ``inside`` / ``outside`` / ``no reference
+    interval`` / ``not in your run`` / ``not in the reference``.
+    """
+    users = {r["claim"]: r for r in user_rows}
+    out = []
+    for ref in reference_rows:
+        c = ref["claim"]
+        u = users.get(c)
+        ue = None if u is None else u.get("effect")
+        if ref.get("verdict") == "measurement":
+            ue = None if u is None else u.get("ours")
+            re_, lo, hi, kind = ref.get("ours"), None, None, "none"
+        elif ref.get("effect_ci_low") is not None and ref.get("effect_ci_high") is not None:
+            re_, lo, hi, kind = ref.get("effect"), ref["effect_ci_low"], ref["effect_ci_high"], "replicates"
+        elif ref.get("cond_ci_low") is not None and ref.get("cond_ci_high") is not None:
+            re_, lo, hi, kind = ref.get("effect"), ref["cond_ci_low"], ref["cond_ci_high"], "generator seeds only"
+        else:
+            re_, lo, hi, kind = ref.get("effect"), None, None, "none"
+        if re_ is None and ue is None:
+            agree = "not in the reference" if u is not None else "not in your run"
+        elif ue is None:
+            agree = "not in your run"
+        elif re_ is None:
+            agree = "not in the reference"
+        elif lo is None:
+            agree = "no reference interval"
+        else:
+            agree = "inside" if lo <= ue <= hi else "outside"
+        rel = (ue - re_) / abs(re_) if ue is not None and re_ not in (None, 0) else None
+        out.append(dict(claim=c, reference_effect=re_, reference_low=lo, reference_high=hi, interval=kind,
+                        user_effect=ue, relative_difference=rel, agreement=agree))
+    return out
+
+
+def cli_compare_reference(argv: list[str]) -> int:
+    """``python -m eqvae_lib compare-reference --profile cpu [--records DIR | --results CSV] [--reference DIR]``:
+    print, claim by claim, whether your run's effect lies inside the committed reference interval. Returns 0, or 2
+    when an input is missing."""
     import argparse
     import sys
 
-    from .config import FIGURES_DIR, PROFILES
+    import pandas as pd
+
+    from .config import PROFILES
+
+    p = argparse.ArgumentParser(prog="python -m eqvae_lib compare-reference",
+                                description="Compare your run's effects with the committed reference intervals.")
+    p.add_argument("--profile", default="cpu", choices=PROFILES)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--records", type=Path, help="folder of your result records (default runs/<profile>/records)")
+    g.add_argument("--results", type=Path, help="your results.csv (instead of records)")
+    p.add_argument("--reference", type=Path, help="reference folder (default figures/<profile>)")
+    args = p.parse_args(argv)
+    ref_csv = (args.reference or FIGURES_DIR / args.profile) / "results.csv"
+    try:
+        reference = read_results_csv(ref_csv)
+        if args.results:
+            user = read_results_csv(args.results)
+        else:
+            folder = args.records or RUNS_DIR / args.profile / "records"
+            recs = [load_record(q) for q in sorted(Path(folder).glob("*.json")) if q.stem != "report"]
+            if not recs:
+                raise FileNotFoundError(f"no result records in {folder}; run the notebooks or pass --results")
+            user = results_rows(recs)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = pd.DataFrame(compare_to_reference(user, reference))
+    print(to_markdown(table))
+    counts = table.agreement.value_counts().to_dict()
+    print("summary: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    return 0
+
+
+def cli_report(argv: list[str]) -> int:
+    """``python -m eqvae_lib report [--profile cpu] [--from-tables] [--readme]``: rebuild
+    ``figures/<profile>/report.md``, ``results.*`` and ``measurements.*`` from the profile's result records
+    (``runs/<profile>/records`` copied to ``figures/<profile>/records``). ``--from-tables`` first re-derives the records
+    of a committed reference run from its committed tables (see :func:`records_from_tables`); ``--readme`` then
+    rewrites the README's results block of the profile. Returns 0, or 2 when the profile has no records."""
+    import argparse
+    import sys
+
+    from .config import PROFILES
 
     p = argparse.ArgumentParser(prog="python -m eqvae_lib report", description="Rebuild the report of a profile "
-                                "from its result records (runs/<profile>/records/*.json).")
+                                "from its result records (runs/<profile>/records/*.json, figures/<profile>/records).")
     p.add_argument("--profile", default="cpu", choices=PROFILES)
+    p.add_argument("--from-tables", action="store_true", help="re-derive the records from the committed tables")
+    p.add_argument("--readme", action="store_true", help="rewrite the README's results table of the profile")
     args = p.parse_args(argv)
+    folder = FIGURES_DIR / args.profile
     try:
-        path = write_report(args.profile, FIGURES_DIR / args.profile)
-    except FileNotFoundError as e:
+        if args.from_tables:
+            save_records_beside_figures(records_from_tables(args.profile, folder), folder)
+        path = write_report(args.profile, folder)
+        if args.readme:
+            update_readme(args.profile)
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"report: {path}")

@@ -27,7 +27,7 @@ def test_json_non_finite_values_round_trip_through_records(tmp_path):
     rec = RunRecord("c1", "t", "smoke", params={"a": 1})
     rec.add("psnr", math.inf, "dB", subject="ae")
     rec.add("x", math.nan)
-    rec.set_verdict("informational", "ok")
+    rec.set_verdict("measurement", "ok")
     back = load_record(rec.save(tmp_path))
     assert back.get("psnr", "ae") == math.inf and math.isnan(back.get("x"))
     assert back.wall_time_s is not None and back.wall_time_s >= 0
@@ -46,21 +46,23 @@ def test_state_dict_hash_depends_on_values_and_handles_0d_and_batchnorm():
 
 
 def test_report_lists_not_reproduced_claims(tmp_path):
-    for claim, verdict in (("a", "reproduced"), ("b", "not reproduced at this scale")):
+    for claim, scale in (("table1", "Scale: tiny test"), ("fig7", "8 px toy")):  # scale_note's form, or a bare text
         r = RunRecord(claim, f"claim {claim}", "smoke")
-        r.add("m", 1.5, "dB", subject="eq", paper=2.0, source="Table 1")
-        r.set_verdict(verdict, f"because {claim}")
-        r.scale = "Scale: tiny test" if claim == "a" else "8 px toy"  # plotting.scale_note's form, or a bare text
+        r.add("delta_R", 0.5, subject="eq")
+        r.add("delta_R", 1.0, subject="base")
+        r.set_verdict("measurement", f"because {claim}")
+        r.scale = scale
         r.save(tmp_path)
-    assert [r.claim for r in load_records("smoke", tmp_path)] == ["a", "b"]
+    assert [r.claim for r in load_records("smoke", tmp_path)] == ["fig7", "table1"]
     report = write_report("smoke", tmp_path / "fig", root=tmp_path).read_text()
-    section = report.split("## Not (fully) reproduced at this scale")[1].split("##")[0]
-    assert "**b**" in section and "**a**" not in section
+    section = report.split("## Not reproduced at this scale")[1].split("##")[0]
+    assert "**table1_delta_R** (not testable at this scale)" in section  # one replicate
     assert "Scale: tiny test  " in report and "Scale: 8 px toy  " in report and "Scale: Scale" not in report
     assert "verdicts below are meaningless" in report  # a smoke report says so
-    assert (tmp_path / "fig" / "results.csv").read_text().count("\n") == 3  # header + 2 metrics
+    assert (tmp_path / "fig" / "measurements.csv").read_text().count("\n") == 5  # header + 4 metrics
+    assert sorted(p.name for p in (tmp_path / "fig" / "records").iterdir()) == ["fig7.json", "table1.json"]
     with pytest.raises(FileNotFoundError, match="make reproduce"):
-        write_report("cpu", tmp_path / "fig", root=tmp_path)
+        write_report("cpu", tmp_path / "fig-cpu", root=tmp_path)
 
 
 def test_markdown_table_escapes_pipes():

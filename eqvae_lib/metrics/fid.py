@@ -772,3 +772,27 @@ def torch_fidelity_metrics(input1: torch.Tensor | Dataset, input2: torch.Tensor 
     res = dict(torch_fidelity.calculate_metrics(**args))
     res.update(extractor.describe())
     return res
+
+
+def stratified_labels(n: int, num_classes: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Class labels for the samples of a class-conditional gFID: every class ⌊n / K⌋ times, the n mod K remaining
+    labels on distinct classes drawn without replacement, in a random order (issue #14: uniform i.i.d. labels add
+    label-count noise to a gFID of n = 1000; the paper's 50K ImageNet samples are class-balanced too).
+
+    Args:
+        n: number of samples (≥ 0).
+        num_classes: K ≥ 1.
+        generator: torch RNG for the leftover classes and the order (same generator → same labels).
+
+    Returns:
+        int64 ``[n]`` with values in [0, K); per-class counts differ by at most 1.
+
+    Raises:
+        ValueError: n < 0 or K < 1.
+    """
+    if n < 0 or num_classes < 1:
+        raise ValueError(f"need n >= 0 and num_classes >= 1, got n={n}, num_classes={num_classes}")
+    base = torch.arange(num_classes, dtype=torch.int64).repeat(n // num_classes)
+    extra = torch.randperm(num_classes, generator=generator)[: n % num_classes]
+    labels = torch.cat([base, extra])
+    return labels[torch.randperm(n, generator=generator)]

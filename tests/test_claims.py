@@ -1,0 +1,200 @@
+"""The claim table, records → verdict rows, the re-derivation from committed tables, the README's generated results
+tables and the comparison with the reference run (issue #14)."""
+
+import json
+import math
+
+import pytest
+
+from eqvae_lib import claims as C
+from eqvae_lib import paper_values as pv
+from eqvae_lib import records as R
+from eqvae_lib import verdicts as V
+from eqvae_lib.config import FIGURES_DIR, REPO_ROOT
+
+
+def _rows(records):
+    return {r["claim"]: r for r in C.evaluate(records)}
+
+
+def test_claim_table_is_fixed_and_takes_paper_numbers_from_paper_values():
+    assert C.PRIMARY == ("table1_delta_R", "table1_delta_S", "recon_kept_rFID", "table5_ID", "table6_gFID_fixed_budget",
+                         "fig5_epoch1")
+    by = {c.id: c for c in C.CLAIMS}
+    assert len(by) == len(C.CLAIMS)  # unique ids
+    assert by["table1_delta_R"].paper_effect == pytest.approx(pv.TABLE1["SD-VAE"]["eq"]["delta_R"]
+                                                              - pv.TABLE1["SD-VAE"]["base"]["delta_R"])
+    assert by["recon_kept_rFID"].margin == 1.10 and by["recon_kept_rFID"].comparator == "plain"
+    assert by["table12_PSNR_kept"].margin == -0.3 and by["table12_PSNR_kept"].direction == "higher"
+    assert by["table6_gFID_fixed_budget"].paper_effect == pytest.approx(34.1 - 43.5)
+    for c in C.CLAIMS:
+        assert c.kind in (C.DIFF, C.RATIO, C.SPEEDUP, C.CORR, C.MEAS)
+        if c.kind != C.MEAS:
+            assert c.direction in ("lower", "higher"), c.id
+
+
+def test_seeded_replicates_give_holm_adjusted_intervals():
+    rec = R.RunRecord("table1", "t", "cpu")
+    for s, (eq, base) in enumerate([(0.25, 1.05), (0.30, 1.00), (0.28, 1.10)]):
+        rec.add("delta_R", eq, subject="eq", seed=s)
+        rec.add("delta_R", base, subject="base", seed=s)
+    row = _rows([rec])["table1_delta_R"]
+    assert row["n_replicates"] == 3 and row["verdict"] == V.REPRODUCED
+    assert row["alpha"] == pytest.approx(0.05 / 6)  # the only tested member of a family of 6 (untested ones count)
+    t = V.paired_t_interval([0.25 - 1.05, 0.30 - 1.00, 0.28 - 1.10], alpha=0.05 / 6)
+    assert (row["effect_ci_low"], row["effect_ci_high"]) == pytest.approx((t.low, t.high))
+    assert row["verdict_text"].startswith("direction reproduced: effect -0.773 [")
+    # the same numbers on an exploratory claim use the unadjusted 95% level
+    assert _rows([rec])["table1_delta_S"]["verdict"] == V.NOT_RUN
+
+
+def test_one_finetune_with_two_generator_seeds_is_not_testable_but_shows_the_conditional_interval():
+    rec = R.RunRecord("table2", "t", "cpu", params={"gen_fid_n": 1000})
+    for subj, vals in (("base", (124.19, 122.41)), ("plain", (115.44, 110.96)), ("eq", (119.10, 114.57))):
+        rec.add("dit_gFID_final", sum(vals) / 2, subject=subj)
+        for s, v in enumerate(vals):
+            rec.add(f"dit_gFID_step1500_seed{s}", v, subject=subj)
+            rec.add(f"dit_gFID_step500_seed{s}", v + 60, subject=subj)
+    row = _rows([rec])["table2_DiT"]
+    assert row["verdict"] == V.NOT_TESTABLE and row["n_replicates"] == 1 and row["effect_ci_low"] is None
+    t = V.paired_t_interval([119.10 - 124.19, 114.57 - 122.41])
+    assert (row["cond_ci_low"], row["cond_ci_high"]) == pytest.approx((t.low, t.high)) and row["cond_k"] == 2
+    assert row["n_samples"] == 1000 and "generator noise only" in row["verdict_text"]
+
+
+def test_check_rows_refuses_overclaims():
+    good = dict(claim="x", verdict=V.REPRODUCED, effect_ci_low=-3.0, effect_ci_high=-1.0, null_value=0.0, margin=None)
+    C.check_rows([good])
+    with pytest.raises(ValueError, match="contains"):
+        C.check_rows([dict(good, effect_ci_high=0.5)])
+    with pytest.raises(ValueError, match="without an interval"):
+        C.check_rows([dict(good, effect_ci_low=None)])
+    with pytest.raises(ValueError, match="margin|contains"):
+        C.check_rows([dict(good, effect_ci_low=1.0, effect_ci_high=1.2, null_value=1.0, margin=1.1)])
+    with pytest.raises(ValueError, match="not one of"):
+        C.check_rows([dict(good, verdict="partly reproduced")])
+
+
+def test_correlation_over_a_trajectory_record_is_not_testable():
+    rec = R.RunRecord("ablations", "t", "cpu")
+    rec.add("pearson_ID_gFID", 0.98, notes="over 5 autoencoders")
+    row = _rows([rec])["id_gfid_relation"]
+    assert row["verdict"] == V.NOT_TESTABLE and "ONE EQ fine-tune trajectory" in row["verdict_text"]
+
+
+def _legacy_tables(folder):
+    folder.mkdir(parents=True)
+    (folder / "results.csv").write_text(
+        "claim,subject,metric,ours,unit,paper,source,notes\n"
+        "table1,base,delta_R,1.05,,0.89,Table 1,\n"
+        "table1,eq,delta_R,0.25,,0.56,Table 1,\n"
+        "table5_id,eq,ID_TwoNN,11.3,dimensions,39.4,Table 5,\"95% CI [10.7, 11.8], n=2000\"\n")
+    (folder / "report.md").write_text(
+        "# r\n\n## table1: Latent equivariance error\n\nScale: Fashion-MNIST 32 px.  \nVerdict: **partly reproduced** "
+        "— x  \nProvenance: commit `abc123`, wall time 0.5 min, seeds [0], inputs base_ae=11, eq_ae=22\n")
+
+
+def test_records_from_tables_round_trip_and_report(tmp_path):
+    folder = tmp_path / "cpu"
+    _legacy_tables(folder)
+    recs = {r.claim: r for r in R.records_from_tables("cpu", folder)}
+    t1 = recs["table1"]
+    assert t1.git_commit == "abc123" and t1.seeds == [0] and t1.inputs == {"base_ae": "11", "eq_ae": "22"}
+    assert t1.wall_time_s == pytest.approx(30.0) and t1.title == "Latent equivariance error"
+    assert "re-derived from the committed" in t1.origin and t1.get("delta_R", "eq") == 0.25
+    R.save_records_beside_figures(recs.values(), folder)
+    back = R.load_record(folder / "records" / "table1.json")
+    assert back.verdict == V.NOT_TESTABLE and back.origin == t1.origin
+    R.write_report("cpu", folder, root=tmp_path / "no-runs")
+    rows = R.read_results_csv(folder / "results.csv")
+    assert {r["verdict"] for r in rows} <= set(V.VERDICT_WORDS)
+    assert [c for c in C.COLUMNS[:16]] == list(rows[0])[:16]
+    id_row = next(r for r in rows if r["claim"] == "table5_ID")
+    assert id_row["verdict"] == V.NOT_RUN  # no base ID in these tables
+    # the report can be rebuilt from the records it wrote (measurements.csv is the per-metric table now)
+    again = {r.claim: r for r in R.records_from_tables("cpu", folder)}
+    assert again["table5_id"].metrics[0].notes.endswith("n=2000")
+
+
+def test_compare_to_reference_inside_outside_and_no_interval(tmp_path):
+    ref = [dict(claim="a", verdict=V.WITHIN_NOISE, effect=1.0, effect_ci_low=-1.0, effect_ci_high=3.0),
+           dict(claim="b", verdict=V.NOT_TESTABLE, effect=2.0, effect_ci_low=None, effect_ci_high=None,
+                cond_ci_low=1.5, cond_ci_high=2.5),
+           dict(claim="c", verdict=V.NOT_TESTABLE, effect=5.0, effect_ci_low=None, effect_ci_high=None),
+           dict(claim="d", verdict=V.NOT_TESTABLE, effect=5.0)]
+    user = [dict(claim="a", effect=2.9), dict(claim="b", effect=2.6), dict(claim="c", effect=5.0)]
+    out = {r["claim"]: r for r in R.compare_to_reference(user, ref)}
+    assert out["a"]["agreement"] == "inside" and out["a"]["interval"] == "replicates"
+    assert out["b"]["agreement"] == "outside" and out["b"]["interval"] == "generator seeds only"
+    assert out["c"]["agreement"] == "no reference interval" and out["d"]["agreement"] == "not in your run"
+    assert out["c"]["relative_difference"] == 0.0 and out["a"]["relative_difference"] == pytest.approx(1.9)
+
+
+def test_compare_reference_cli_on_synthetic_records(tmp_path, capsys):
+    refdir, mine = tmp_path / "ref", tmp_path / "mine"
+    recs = []
+    for seed_shift, dest in ((0.0, refdir), (0.01, mine)):
+        rec = R.RunRecord("table1", "t", "cpu")
+        for s, (eq, base) in enumerate([(0.25, 1.05), (0.30, 1.00), (0.28, 1.10)]):
+            rec.add("delta_R", eq + seed_shift, subject="eq", seed=s)
+            rec.add("delta_R", base, subject="base", seed=s)
+        recs.append(rec)
+        if dest is refdir:
+            refdir.mkdir()
+            (refdir / "records").mkdir()
+            R.atomic_write_json(refdir / "records" / "table1.json", json.loads(json.dumps(R.asdict(rec))))
+            R.write_report("cpu", refdir, root=tmp_path / "none")
+        else:
+            mine.mkdir()
+            R.atomic_write_json(mine / "table1.json", R.asdict(rec))
+    assert R.cli_compare_reference(["--profile", "cpu", "--records", str(mine), "--reference", str(refdir)]) == 0
+    out = capsys.readouterr().out
+    assert "| table1_delta_R |" in out and "inside" in out
+    assert R.cli_compare_reference(["--records", str(tmp_path / "empty"), "--reference", str(refdir)]) == 2
+
+
+@pytest.mark.parametrize("profile", ["cpu", "cpu-full"])
+def test_committed_results_use_only_verdict_words_and_match_the_readme(profile):
+    rows = R.read_results_csv(FIGURES_DIR / profile / "results.csv")
+    C.check_rows(rows)  # only the six words; no 'reproduced' whose interval holds the null or leaves the margin
+    for col in ("claim", "metric", "subject", "comparator", "ours", "effect", "effect_ci_low", "effect_ci_high",
+                "relative_effect", "null_value", "n_replicates", "n_samples", "paper_value", "paper_effect",
+                "primary", "verdict"):
+        assert col in rows[0]
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert R.readme_block(profile, rows) in readme, (f"README results table of {profile} differs from "
+                                                     f"figures/{profile}/results.csv: run `python -m eqvae_lib report "
+                                                     f"--profile {profile} --readme`")
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+    folder = tmp_path / "cpu"
+    folder.mkdir()
+    (folder / "results.csv").write_text(",".join(C.COLUMNS) + "\n"
+                                        + ",".join("x" if c in ("claim", "verdict") else "" for c in C.COLUMNS) + "\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- results:cpu -->\nold\n<!-- /results:cpu -->\nafter\n")
+    assert R.update_readme("cpu", readme, folder)
+    text = readme.read_text()
+    assert text.startswith("before\n<!-- results:cpu -->") and text.endswith("<!-- /results:cpu -->\nafter\n")
+    assert "old" not in text and "| x |" in text
+    assert not R.update_readme("cpu", readme, folder)  # idempotent
+    with pytest.raises(ValueError, match="markers"):
+        R.update_readme("cpu-full", readme, folder)
+
+
+def test_record_verdict_never_claims_more_than_its_least_conclusive_claim():
+    rec = R.RunRecord("table1", "t", "cpu")
+    for s, (eq, base, eqs, bases) in enumerate([(0.25, 1.05, 0.80, 0.84), (0.30, 1.00, 0.86, 0.83),
+                                               (0.28, 1.10, 0.79, 0.85)]):
+        rec.add("delta_R", eq, subject="eq", seed=s)
+        rec.add("delta_R", base, subject="base", seed=s)
+        rec.add("delta_S", eqs, subject="eq", seed=s)
+        rec.add("delta_S", bases, subject="base", seed=s)
+    rows = _rows([rec])
+    assert rows["table1_delta_R"]["verdict"] == V.REPRODUCED and rows["table1_delta_S"]["verdict"] == V.WITHIN_NOISE
+    word, text = C.record_verdict(rec)
+    assert word == V.WITHIN_NOISE and text.startswith("claims differ:")
+    meas = R.RunRecord("design", "t", "cpu")
+    meas.add("throughput", 181.2, subject="fashion-mnist 32px small-f4")
+    assert C.record_verdict(meas) == (V.MEASUREMENT, "design_throughput = 181.2")
