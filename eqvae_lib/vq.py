@@ -505,7 +505,7 @@ def pretrain_vq(train, cfg, run_dir, arch: str | VQConfig = "vq-f4", val=None, d
     """
     import dataclasses
 
-    from .config import seed_everything
+    from .runtime import seed_everything
 
     if cfg.loss.objective != "plain":
         cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, objective="plain"))

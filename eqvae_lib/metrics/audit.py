@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import RUNS_DIR, device as default_device
+from ..runtime import RUNS_DIR, device as default_device
 from ..io import atomic_path, atomic_write_json, git_commit
 from .equivariance import decoder_equivariance, equivariance_error, transformed_decodings
 from .intrinsic_dim import intrinsic_dimension, latent_points

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-from ..config import DATA_DIR
+from ..runtime import DATA_DIR
 from ..io import atomic_path, atomic_torch_save, atomic_write_json, hash_obj, state_dict_hash
 from .reconstruction import iter_batches, to_uint8
 
