@@ -64,12 +64,13 @@ LAYOUT = "v2"
 STAGE_CODE: dict[str, tuple[str, ...]] = {
     "ae": ("data.py", "transforms.py", "losses.py", "autoencoders.py", "train_ae.py"),
     "vq": ("data.py", "transforms.py", "losses.py", "autoencoders.py", "train_ae.py", "vq.py"),
-    "ae-metrics": ("transforms.py", "autoencoders.py", "metrics/equivariance.py", "metrics/reconstruction.py",
-                   "metrics/intrinsic_dim.py", "metrics/fid.py"),
-    "fid": ("data.py", "metrics/fid.py", "metrics/reconstruction.py"),
+    "ae-metrics": ("transforms.py", "autoencoders.py", "metrics/batching.py", "metrics/equivariance.py",
+                   "metrics/reconstruction.py", "metrics/intrinsic_dim.py", "metrics/fid.py"),
+    "fid": ("data.py", "metrics/batching.py", "metrics/fid.py"),
     "latents": ("data.py", "autoencoders.py", "latents.py"),
-    "gen": ("autoencoders.py", "latents.py", "dit.py", "sit.py", "train_gen.py", "metrics/fid.py"),
-    "maskgit": ("autoencoders.py", "vq.py", "maskgit.py", "metrics/fid.py"),
+    "gen": ("autoencoders.py", "latents.py", "dit.py", "sit.py", "train_gen.py", "metrics/batching.py",
+            "metrics/fid.py"),
+    "maskgit": ("autoencoders.py", "vq.py", "maskgit.py", "metrics/batching.py", "metrics/fid.py"),
 }
 #: config fields that cannot change a result, kept out of every key
 NOT_IN_KEY = ("progress", "checkpoint_every_steps", "log_every", "resume", "num_workers")

@@ -24,7 +24,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..transforms import Transform, evaluation_transforms
-from .reconstruction import DecodeFn, EncodeFn, iter_batches, psnr_per_image, summarize_psnr
+from .batching import iter_batches
+from .fid import fid_kid
+from .reconstruction import DecodeFn, EncodeFn, psnr_per_image, summarize_psnr
 
 DEFAULT_SCALES = (0.25, 0.5, 0.75)
 
@@ -122,8 +124,6 @@ def decoder_equivariance(images: torch.Tensor | Dataset, encode_fn: EncodeFn, de
         (averages over the three rotations, Fig. 3's rotation point); ``"rfid_metric"`` (extractor metric name or
         None); ``"n"``, ``"latent"``, ``"mode"``}``. PSNR in dB on uint8 values, per image then averaged.
     """
-    from .fid import fid_kid
-
     transforms: list[Transform] = [Transform(mode=mode)] if include_identity else []
     transforms += evaluation_transforms("scale", tuple(scales), mode=mode) if scales else []
     transforms += evaluation_transforms("rotation", mode=mode) if rotations else []
