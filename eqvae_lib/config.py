@@ -61,8 +61,8 @@ class RunConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """The images (SPEC §3): ``dataset`` at ``image_size`` px with ``channels`` channels; the first ``n_train`` /
-    ``n_test`` images (None = all); ``imagefolder`` reads ``data_root_train`` / ``data_root_test``; ``val_size`` images of
-    the test split are the AE trainings' fixed validation batch."""
+    ``n_test`` images (None = all); ``imagefolder`` reads ``data_root_train`` / ``data_root_test``; ``val_size``
+    images of the test split are the AE trainings' fixed validation batch."""
 
     dataset: str = knob("fashion-mnist", choices=("fashion-mnist", "photo-crops", "imagefolder"))
     image_size: int = knob(32, lo=8, hi=4096)
@@ -263,7 +263,8 @@ def _coerce(value: Any, hint: Any) -> Any:
             value = parsed
     if isinstance(value, tuple):
         value = list(value)
-    if isinstance(value, int) and not isinstance(value, bool) and float in _flat_args(hint) and int not in _flat_args(hint):
+    args = _flat_args(hint)
+    if isinstance(value, int) and not isinstance(value, bool) and float in args and int not in args:
         value = float(value)
     return value
 
@@ -480,14 +481,19 @@ def _looks_like_a_key(name: str) -> bool:
 
 
 def check_overrides(args: list[str]) -> None:
-    """Check papermill-style ``-p NAME VALUE`` arguments against the stages (``make reproduce`` runs this before any
-    notebook). Raises :class:`ConfigError` for an unknown name, a wrong type or an out-of-range value."""
+    """Check papermill-style ``-p NAME VALUE`` (and raw ``-r NAME VALUE``) arguments against the stages
+    (``make reproduce`` runs this before any notebook).
+
+    Raises:
+        ConfigError: an unknown name, a wrong type or an out-of-range value.
+    """
     overrides, i = {}, 0
     while i < len(args):
-        if args[i] in ("-p", "--parameters"):
+        if args[i] in ("-p", "--parameters", "-r", "--parameters_raw"):
             if i + 2 >= len(args) + 1:
-                raise ConfigError(f"{' '.join(args[i:])}: -p takes a NAME and a VALUE")
-            overrides[args[i + 1]] = _parse_scalar(args[i + 2])
+                raise ConfigError(f"{' '.join(args[i:])}: {args[i]} takes a NAME and a VALUE")
+            raw = args[i] in ("-r", "--parameters_raw")
+            overrides[args[i + 1]] = args[i + 2] if raw else _parse_scalar(args[i + 2])
             i += 3
         else:
             i += 1

@@ -74,9 +74,10 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
 }
 #: config fields that cannot change a result, kept out of every key
 NOT_IN_KEY = ("progress", "checkpoint_every_steps", "log_every", "resume", "num_workers")
-#: old-layout cache folders (keys without code version): refused
+#: old-layout cache folders (keys without code version): refused. (``data/cache/classifier`` and ``fid_stats`` stay:
+#: the CLIs' default cache of metrics.fid writes there, and the pipeline reads those from :func:`fid_cache_dir` only.)
 OLD_KINDS = ("ae-base", "ae-eq", "ae-plain", "ae-explicit", "ae-metrics", "latents", "gen-dit", "gen-sit", "vq-base",
-             "vq-eq", "vq-plain", "tokens", "maskgit", "classifier", "fid_stats")
+             "vq-eq", "vq-plain", "tokens", "maskgit")
 #: offsets of the seeds derived from a run seed (one place; see :func:`derive_seed`)
 SEED_OFFSETS = {"dit_eval": 10_000, "final_samples": 20_000, "maskgit_eval": 30_000}
 
@@ -258,10 +259,6 @@ def loss_config(P: Config, objective: str, **overrides) -> LossConfig:
     """The :class:`~eqvae_lib.losses.LossConfig` of the ``loss`` stage for ``objective`` (``eq``/``plain``/
     ``explicit``); every field of the stage is passed (``kl_weight``, ``disc_weight``, ``explicit_lambda``...)."""
     return LossConfig(objective=objective, **{**dataclasses.asdict(P.loss), **overrides})
-
-
-def _minutes(s: float | None) -> str:
-    return "unknown" if s is None else f"~{s:.0f} min"
 
 
 def train_or_load_base_autoencoder(P: Config, data: Data | None = None) -> AEArtefact:
@@ -585,7 +582,8 @@ def design_choice(df, P: Config) -> dict:
     match = best["config"] == profile_cfg
     text = (f"Chosen by the rule: {best['config']} (latent {best['latent']}, {best['img_per_s']:.0f} img/s, "
             f"{best['pretrain_min_projected']:.1f} min projected for {P.pilot.pilot_pretrain_images} pretraining "
-            "images). " + ("It matches the profile." if match else f"The profile uses {profile_cfg} instead: check the profile."))
+            "images). " + ("It matches the profile." if match else
+                           f"The profile uses {profile_cfg} instead: check the profile."))
     return {"chosen": best["config"], "matches_profile": bool(match), "text": text}
 
 
