@@ -28,7 +28,13 @@ export EQVAE_PROFILE := $(PROFILE)
 export PYTHONUNBUFFERED := 1
 export TQDM_MININTERVAL ?= 15
 
-.PHONY: help venv data reproduce test unit-test nb-test lab clean bench strip
+# JupyterLab as `make lab` starts it: headless-friendly (no browser), and --allow-root when run as root (containers),
+# where Jupyter otherwise stops at once with "Running as root is not recommended". LAB_IP=0.0.0.0 to reach it from
+# outside a container.
+LAB_IP     ?= 127.0.0.1
+LAB_ARGS   := --notebook-dir=notebooks --no-browser --ip=$(LAB_IP) $(if $(filter 0,$(shell id -u)),--allow-root)
+
+.PHONY: help venv data reproduce test unit-test nb-test lab lab-command check-params clean bench strip
 help:
 	@echo "make reproduce [PROFILE=smoke|cpu|cpu-full|paper] [PARAMS='-p name value ...'] [FORCE=1]"
 	@echo "make test      unit tests + notebooks under the smoke profile (= make unit-test nb-test)"
@@ -53,8 +59,13 @@ data: $(STAMP)
 	$(PY) -m eqvae_lib.data fetch
 
 # ---------------------------------------------------------------------------------------------------- reproduce
-reproduce: $(STAMP) data $(EXECUTED)
+reproduce: $(STAMP) check-params data $(EXECUTED)
 	@echo "== $(PROFILE): executed notebooks in $(NB_OUT), records in $(RUNS)/$(PROFILE)/records, figures in figures/$(PROFILE)"
+
+# Every -p NAME VALUE of PARAMS must be a key of a stage config of the profile (eqvae_lib/config.py): checked before
+# any notebook runs, so a misspelled override fails in seconds instead of being ignored.
+check-params: $(STAMP)
+	@$(if $(strip $(PARAMS)),$(PY) -m eqvae_lib.config check $(PARAMS),true)
 
 # One executed notebook per source notebook; re-run only when its source, the profile (or the cpu profile it
 # inherits) or the library changed, or when PARAMS / FORCE=1 is given (overrides always re-run every notebook).
@@ -87,7 +98,11 @@ bench: $(STAMP) data
 
 # ---------------------------------------------------------------------------------------------------- other
 lab: $(STAMP) data
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab $(LAB_ARGS)
+
+# the command `make lab` runs (tests/test_lab.py starts the server the same way)
+lab-command:
+	@echo $(VENV)/bin/jupyter lab $(LAB_ARGS)
 
 strip: $(STAMP)
 	$(VENV)/bin/nbstripout notebooks/*.ipynb

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eqvae_lib import pipeline  # noqa: E402
-from eqvae_lib.config import RUNS_DIR, load_profile  # noqa: E402
+from eqvae_lib.config import RUNS_DIR, load_config  # noqa: E402
 from eqvae_lib.io import atomic_write_json, git_commit  # noqa: E402
 from eqvae_lib.metrics import fid as fidm  # noqa: E402
 from eqvae_lib.train_gen import latest_checkpoint, load_gen_checkpoint, sample_from_checkpoint  # noqa: E402
@@ -38,19 +38,19 @@ def main(argv=None) -> dict:
     p.add_argument("--profile", default="cpu")
     p.add_argument("--n", type=int, default=1000, help="samples per sampler (default 1000, the cpu profile's)")
     args = p.parse_args(argv)
-    P = load_profile(args.profile)
-    P["progress"] = False
+    P = load_config(args.profile, {"progress": False})
     data = pipeline.load_data(P)
-    vae, info = pipeline.base_autoencoder(P, data)
+    base = pipeline.train_or_load_base_autoencoder(P, data)
+    vae = base.model
     extractor = pipeline.feature_extractor(P, data)
     reference = pipeline.reference_stats(P, data, extractor)
     seed = P["gen_seeds"][0]
-    res = {"profile": args.profile, "n": args.n, "seed": seed, "ae": info["hash"], "metric": extractor.metric_name,
+    res = {"profile": args.profile, "n": args.n, "seed": seed, "ae": base.hash, "metric": extractor.metric_name,
            "git_commit": git_commit(), "rows": []}
     print(f"| model | sampler | sample seed | gFID ({extractor.metric_name}, n={args.n}) | sampling s |\n"
           "|---|---|---|---|---|")
     for method, samplers in SAMPLERS.items():
-        curve = pipeline.generative_curve(P, data, vae, seed, method, extractor, reference)  # cached: no training
+        curve = pipeline.train_or_load_generative_curve(P, data, vae, seed, method, extractor, reference)  # cached: no training
         ck = load_gen_checkpoint(latest_checkpoint(curve["run_dir"]))
         runs = [(sampler, steps, 20_000) for sampler, steps in samplers]
         if method == "dit":  # the sample draw's own spread, with the profile's sampler

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .config import DATA_DIR
+from .runtime import DATA_DIR
 
 FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"), DATA_DIR / "fashion-mnist")
 FASHION_MNIST_FILES = {

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from .config import REPO_ROOT
+from .runtime import REPO_ROOT
 
 
 def current_umask() -> int:

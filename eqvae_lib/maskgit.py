@@ -635,7 +635,7 @@ class TokenCache:
 def token_cache_path(vq: nn.Module, name: str, root: str | os.PathLike | None = None) -> Path:
     """``root/tokens-{name}-{tokenizer_hash}.safetensors`` (default root ``RUNS_DIR/tokens``): one file per
     (dataset, tokenizer weights) pair, so tokens of different tokenizers can never be mixed up."""
-    from .config import RUNS_DIR
+    from .runtime import RUNS_DIR
 
     root = Path(root) if root is not None else RUNS_DIR / "tokens"
     return root / f"tokens-{name}-{state_dict_hash(vq)}.safetensors"

@@ -1,40 +1,174 @@
-"""Get-or-build artefacts for the notebooks: every notebook runs standalone, in any order.
+"""Train-or-load artefacts for the notebooks: every notebook runs standalone, in any order.
 
-Each function below returns an artefact (dataset tensors, the base autoencoder, fine-tuned autoencoders, caches,
-trained generators, metric results) and builds it only when it is not already cached. Cache folders live under
-``data/cache/<kind>/<key>`` where ``key`` hashes every parameter that determines the artefact plus the identities
-(hashes) of its inputs, so a changed parameter or input builds a new artefact and an unchanged one is reused —
-also across profiles and notebooks. Training runs resume from their last checkpoint when interrupted.
+Each ``train_or_load_...`` function returns an artefact (the base autoencoder, fine-tuned autoencoders, latent caches,
+trained generators, metric results) and builds it — possibly for minutes, which it logs first with an estimate — only
+when it is not already cached. ``P`` is the resolved :class:`eqvae_lib.config.Config` (typed stage configs).
 
-``P`` is the dict of notebook parameters (a profile, see ``profiles/*.yaml``, plus overrides).
+Cache layout (``data/cache/v2/<stage>/<key hash>/``, ``key.json`` beside the artefact): the key of an artefact is
+  * the full config of its stage (``dataclasses.asdict`` of the built training/metric config) minus the fields listed
+    in :data:`NOT_IN_KEY` (they cannot change a result: progress bars, checkpoint cadence, log cadence, the number of
+    further epochs of a continued fine-tune),
+  * the hashes of its inputs (dataset ids, the weights hash of the autoencoder it starts from or measures),
+  * the code version of its stage (:func:`code_version`: a hash of the behaviour-defining modules of
+    :data:`STAGE_CODE`, normalised via ``ast`` so comments and docstrings do not count; plotting, report and records
+    never count),
+  * the hash of ``requirements.lock``.
+A fix in ``losses.py`` therefore builds new fine-tunes, a fix in ``plotting.py`` rebuilds nothing. To clear one stage,
+delete its folder, e.g. ``rm -rf data/cache/v2/ae-eq``. Caches of the old layout (``data/cache/ae-base`` ...) are
+refused with a message saying what to delete (:func:`check_cache_layout`).
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
+import hashlib
+import json
+import logging
 import shutil
+import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 
 from . import autoencoders as ae
-from .config import DATA_DIR
-from .data import get_dataset
+from .config import DATA_DIR, REPO_ROOT, Config
+from .data import ImageFolder, get_dataset
 from .io import atomic_write_json, hash_obj, sha256_tensor
+from .latents import build_latent_cache
+from .losses import EQVAELoss, LossConfig
+from .maskgit import (MaskGITTrainConfig, build_maskgit, build_token_cache, decode_to_images, load_token_cache,
+                      sample as maskgit_sample, train_maskgit)
+from .metrics import equivariance as eqm
+from .metrics import fid as fidm
+from .metrics import intrinsic_dim as idm
+from .metrics import reconstruction as recm
+from .train_ae import AETrainConfig, finetune, load_summary, pretrain
+from .train_gen import (TrainGenConfig, latest_checkpoint, load_gen_checkpoint, sample_from_checkpoint, sample_images,
+                        train_gen)
+from .transforms import scale_range
+from .vq import finetune_vq, pretrain_vq
+
+log = logging.getLogger("eqvae_lib.pipeline")
 
 CACHE = DATA_DIR / "cache"
+LAYOUT = "v2"
+
+#: behaviour-defining modules of each stage (paths relative to eqvae_lib/); their normalised source is in the key
+STAGE_CODE: dict[str, tuple[str, ...]] = {
+    "ae": ("data.py", "transforms.py", "losses.py", "autoencoders.py", "train_ae.py"),
+    "vq": ("data.py", "transforms.py", "losses.py", "autoencoders.py", "train_ae.py", "vq.py"),
+    "ae-metrics": ("transforms.py", "autoencoders.py", "metrics/batching.py", "metrics/equivariance.py",
+                   "metrics/reconstruction.py", "metrics/intrinsic_dim.py", "metrics/fid.py"),
+    "fid": ("data.py", "metrics/batching.py", "metrics/fid.py"),
+    "latents": ("data.py", "autoencoders.py", "latents.py"),
+    "gen": ("autoencoders.py", "latents.py", "dit.py", "sit.py", "train_gen.py", "metrics/batching.py",
+            "metrics/fid.py"),
+    "maskgit": ("autoencoders.py", "vq.py", "maskgit.py", "metrics/batching.py", "metrics/fid.py"),
+}
+#: config fields that cannot change a result, kept out of every key
+NOT_IN_KEY = ("progress", "checkpoint_every_steps", "log_every", "resume", "num_workers")
+#: old-layout cache folders (keys without code version): refused. (``data/cache/classifier`` and ``fid_stats`` stay:
+#: the CLIs' default cache of metrics.fid writes there, and the pipeline reads those from :func:`fid_cache_dir` only.)
+OLD_KINDS = ("ae-base", "ae-eq", "ae-plain", "ae-explicit", "ae-metrics", "latents", "gen-dit", "gen-sit", "vq-base",
+             "vq-eq", "vq-plain", "tokens", "maskgit")
+#: offsets of the seeds derived from a run seed (one place; see :func:`derive_seed`)
+SEED_OFFSETS = {"dit_eval": 10_000, "final_samples": 20_000, "maskgit_eval": 30_000}
 
 
-def cache_dir(kind: str, params: dict[str, Any]) -> Path:
-    """``data/cache/<kind>/<hash of params>``; the params are written beside as ``params.json``."""
-    folder = CACHE / kind / hash_obj(params)
+def derive_seed(seed: int, purpose: str) -> int:
+    """The seed of one use of randomness outside training, derived from the run seed: ``SEED_OFFSETS[purpose] +
+    seed`` (e.g. the gFID samples of DiT evaluations use ``10_000 + seed``, so they never share a stream with the
+    training seed ``seed``)."""
+    return SEED_OFFSETS[purpose] + int(seed)
+
+
+def _normalised_source(path: Path) -> str:
+    """The module's AST without docstrings (comments are gone after parsing), as ``ast.dump`` text."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
+@lru_cache(maxsize=None)
+def code_version(stage: str, root: str | None = None) -> str:
+    """Hash of the normalised source of the stage's modules (:data:`STAGE_CODE`); edits to comments or docstrings
+    do not change it. ``root`` (tests) replaces the package folder."""
+    base = Path(root) if root else Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for rel in STAGE_CODE[stage]:
+        h.update(rel.encode() + b"\0" + _normalised_source(base / rel).encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=None)
+def lock_hash() -> str:
+    """sha256 (16 hex) of ``requirements.lock`` (library versions can change results), or ``"none"``."""
+    path = REPO_ROOT / "requirements.lock"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "none"
+
+
+def strip_key(config: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``config`` (nested dicts) without the fields of :data:`NOT_IN_KEY` and ``extra``."""
+    drop = set(NOT_IN_KEY) | set(extra)
+    return {k: strip_key(v, extra) if isinstance(v, dict) else v for k, v in config.items() if k not in drop}
+
+
+def artefact_key(stage: str, config: dict[str, Any], inputs: dict[str, Any], code: str | None = None,
+                 exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The cache key of an artefact: its stage config (minus :data:`NOT_IN_KEY` and ``exclude``), its inputs' hashes,
+    the code version of ``code`` (default: ``stage``) and the lock-file hash."""
+    return {"stage": stage, "config": strip_key(config, exclude), "inputs": inputs,
+            "code": code_version(code or stage), "lock": lock_hash()}
+
+
+def check_cache_layout(root: Path | None = None) -> None:
+    """Refuse caches of the old layout (keys without code version) instead of reusing them silently.
+
+    Raises:
+        RuntimeError: naming the folders to delete.
+    """
+    root = root or CACHE
+    old = [root / k for k in OLD_KINDS if (root / k).is_dir()]
+    if old:
+        raise RuntimeError("the cache holds artefacts of the old layout, keyed without the code version, which may be "
+                           "stale: " + ", ".join(map(str, old)) + ". Delete them (rm -rf " + " ".join(map(str, old))
+                           + "); new caches go to " + str(root / LAYOUT) + ".")
+
+
+def cache_dir(stage: str, key: dict[str, Any]) -> Path:
+    """``data/cache/v2/<stage>/<hash of key>``; the key is written beside as ``key.json``."""
+    check_cache_layout()
+    folder = CACHE / LAYOUT / stage / hash_obj(key)
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "params.json").exists():
-        atomic_write_json(folder / "params.json", params)
+    if not (folder / "key.json").exists():
+        atomic_write_json(folder / "key.json", key)
     return folder
+
+
+def fid_cache_dir() -> Path:
+    """Cache root handed to :mod:`eqvae_lib.metrics.fid` (classifier weights, reference statistics): versioned by the
+    FID code and the lock file, so a change to the extractor's code trains a new classifier."""
+    check_cache_layout()
+    return CACHE / LAYOUT / "fid" / f"{code_version('fid')}-{lock_hash()}"
+
+
+def announce(what: str, estimate: str) -> None:
+    """Log (and print) what is about to be built and its estimated cost."""
+    msg = f"[build] {what}; estimated cost: {estimate}"
+    log.info(msg)
+    print(msg, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -73,139 +207,140 @@ class Data:
         return xs[:n] if isinstance(xs, torch.Tensor) else torch.stack([xs[i][0] for i in range(n)])
 
 
-def load_data(P: dict) -> Data:
-    """Load the profile's dataset (``dataset``, ``image_size``, ``channels``, ``n_train``, ``n_test``, ``seed``).
+def load_data(P: Config) -> Data:
+    """Load the profile's dataset (stage ``data``; ``run.seed`` seeds the photo crops).
 
     ``imagefolder`` (``paper`` profile) needs ``data_root_train`` and ``data_root_test`` and streams from disk
     (training split: LDM random crops; test split: ADM centre crops).
     """
-    from .data import ImageFolder
-
-    name, size = P["dataset"], int(P["image_size"])
-    kw = dict(size=size, seed=int(P.get("seed", 0)))
-    if name == "fashion-mnist":
-        kw["channels"] = int(P.get("channels", 1))
+    d = P.data
+    kw = dict(size=d.image_size, seed=P.run.seed)
+    if d.dataset == "fashion-mnist":
+        kw["channels"] = d.channels
     out = {}
-    for split, n_key, root_key in (("train", "n_train", "data_root_train"), ("test", "n_test", "data_root_test")):
-        n = P.get(n_key)
-        ds = get_dataset(name, split, n=n, root=P.get(root_key), **kw)
+    for split, n, root in (("train", d.n_train, d.data_root_train), ("test", d.n_test, d.data_root_test)):
+        ds = get_dataset(d.dataset, split, n=n, root=root, **kw)
         if isinstance(ds, ImageFolder):
             files = [str(f) for f in ds.files[: n or len(ds)]]
-            out[split] = (Data.subset(ds, n), None, hash_obj({"files": files, "size": size, "crop": ds.crop}))
+            out[split] = (Data.subset(ds, n), None, hash_obj({"files": files, "size": d.image_size, "crop": ds.crop}))
         else:
             x, y = ds.tensors()
             out[split] = (x, y, sha256_tensor(x)[:16])
-    num_classes = 10 if name == "fashion-mnist" else None
-    return Data(out["train"][0], out["train"][1], out["test"][0], out["test"][1], name=name, image_size=size,
-                num_classes=num_classes, train_id=out["train"][2], test_id=out["test"][2])
+    num_classes = 10 if d.dataset == "fashion-mnist" else None
+    return Data(out["train"][0], out["train"][1], out["test"][0], out["test"][1], name=d.dataset,
+                image_size=d.image_size, num_classes=num_classes, train_id=out["train"][2], test_id=out["test"][2])
 
 
-def dataset_label(P: dict) -> str:
+def dataset_label(P: Config) -> str:
     """Human-readable dataset name for captions."""
     return {"fashion-mnist": "Fashion-MNIST", "photo-crops": "photo crops (scikit-image/-learn, matplotlib)",
-            "imagefolder": "ImageFolder"}.get(P["dataset"], P["dataset"])
+            "imagefolder": "ImageFolder"}.get(P.data.dataset, P.data.dataset)
 
 
 # --------------------------------------------------------------------------------------------- autoencoders
-def loss_config(P: dict, objective: str, **overrides):
-    """The :class:`~eqvae_lib.losses.LossConfig` of the profile for ``objective`` (``eq``/``plain``/``explicit``)."""
-    from .losses import LossConfig
+@dataclass
+class AEArtefact:
+    """A trained or loaded autoencoder: ``model`` (diffusers AutoencoderKL / VQModel, eval mode), ``run_dir`` (its
+    cache folder; None for a model loaded from ``base_vae``), ``summary`` (train_ae's summary: steps, stop reason,
+    plateau trace, final validation; None when loaded), ``hash`` (weights hash), ``source`` (``"kit"`` or the
+    ``base_vae`` it was loaded from), ``epoch`` (fine-tunes: epochs done; None for a base) and ``key`` (its cache
+    key)."""
 
-    keys = ("perceptual", "p_alpha", "p_prior_s", "family", "scale_grid", "min_latent_side", "interpolation",
-            "disc_weight", "disc_ndf", "disc_layers", "kl_weight", "explicit_lambda", "explicit_stopgrad")
-    kw = {k: P[k] for k in keys if k in P}
-    kw.update(overrides)
-    return LossConfig(objective=objective, **kw)
+    model: Any
+    run_dir: Path | None
+    summary: dict | None
+    hash: str
+    source: str = "kit"
+    epoch: int | None = None
+    key: dict | None = None
 
 
-def base_autoencoder(P: dict, data: Data | None = None):
-    """The base autoencoder (the stand-in for SD-VAE): loaded from ``P["base_vae"]`` when set (paper profile: a
-    diffusers folder, LDM checkpoint or hub id), else pretrained from scratch on the profile's training images until
-    the validation L1 plateaus (rule and cap from ``pretrain_*`` parameters) and cached.
+def loss_config(P: Config, objective: str, **overrides) -> LossConfig:
+    """The :class:`~eqvae_lib.losses.LossConfig` of the ``loss`` stage for ``objective`` (``eq``/``plain``/
+    ``explicit``); every field of the stage is passed (``kl_weight``, ``disc_weight``, ``explicit_lambda``...)."""
+    return LossConfig(objective=objective, **{**dataclasses.asdict(P.loss), **overrides})
 
-    Returns:
-        ``(vae, info)``; ``info`` has ``run_dir`` (None for a loaded model), ``summary`` (train_ae's summary: steps,
-        stop reason, plateau trace) and ``hash`` (weights hash).
-    """
-    from .train_ae import AETrainConfig, load_summary, pretrain
 
-    if P.get("base_vae"):
-        vae = ae.load_autoencoder(P["base_vae"])
-        return vae.eval(), {"run_dir": None, "summary": None, "hash": ae.weights_hash(vae), "source": P["base_vae"]}
+def train_or_load_base_autoencoder(P: Config, data: Data | None = None) -> AEArtefact:
+    """The base autoencoder (the stand-in for SD-VAE): loaded from ``base_vae`` when set (paper profile: a diffusers
+    folder, LDM checkpoint or hub id), else pretrained from scratch on the profile's training images until the
+    validation L1 plateaus (rule and cap from the ``base_ae`` stage) and cached. May train for up to
+    ``pretrain_max_minutes``."""
+    b = P.base_ae
+    if b.base_vae:
+        vae = ae.load_autoencoder(b.base_vae).eval()
+        return AEArtefact(vae, None, None, ae.weights_hash(vae), source=b.base_vae)
     data = data or load_data(P)
-    params = dict(dataset=P["dataset"], image_size=P["image_size"], channels=data.channels, train_id=data.train_id,
-                  test_id=data.test_id, arch=P["ae_arch"], latent_channels=P.get("latent_channels", 4),
-                  perceptual=P["perceptual"], disc_start=P["pretrain_disc_start"], batch=P["pretrain_batch"],
-                  lr=P.get("pretrain_lr"), max_minutes=P["pretrain_max_minutes"],
-                  max_epochs=P.get("pretrain_max_epochs"), val_every=P["pretrain_val_every"],
-                  window=P["pretrain_plateau_window"], threshold=P["pretrain_plateau_threshold"], seed=P["seed"])
-    run_dir = cache_dir("ae-base", params)
+    cfg = AETrainConfig(loss=loss_config(P, "plain", disc_start=b.pretrain_disc_start), batch_size=b.pretrain_batch,
+                        lr=b.pretrain_lr, max_epochs=b.pretrain_max_epochs, max_time_s=60 * b.pretrain_max_minutes,
+                        plateau=True, val_every=b.pretrain_val_every, val_size=P.data.val_size,
+                        plateau_window=b.pretrain_plateau_window, plateau_threshold=b.pretrain_plateau_threshold,
+                        seed=P.run.seed, checkpoint_every_steps=P.run.checkpoint_every_steps, export_ldm=False,
+                        progress=P.run.progress)
+    arch = dict(arch=b.ae_arch, in_channels=data.channels, out_channels=data.channels,
+                latent_channels=b.latent_channels, sample_size=P.data.image_size)
+    key = artefact_key("ae", {"train": dataclasses.asdict(cfg), "model": arch},
+                       {"train": data.train_id, "val": data.test_id})
+    run_dir = cache_dir("ae-base", key)
     if not (run_dir / "summary.json").exists():
-        cfg = AETrainConfig(loss=loss_config(P, "plain", disc_start=P["pretrain_disc_start"]),
-                            batch_size=P["pretrain_batch"], lr=P.get("pretrain_lr"),
-                            max_epochs=P.get("pretrain_max_epochs"), max_time_s=60 * P["pretrain_max_minutes"],
-                            plateau=True, val_every=P["pretrain_val_every"], val_size=P.get("val_size", 256),
-                            plateau_window=P["pretrain_plateau_window"],
-                            plateau_threshold=P["pretrain_plateau_threshold"], seed=P["seed"],
-                            checkpoint_every_steps=P.get("checkpoint_every_steps", 500), export_ldm=False,
-                            progress=P.get("progress", True))
-        pretrain(data.train_x, cfg, run_dir, arch=P["ae_arch"], val=data.test_x, in_channels=data.channels,
-                 out_channels=data.channels, latent_channels=P.get("latent_channels", 4),
-                 sample_size=P["image_size"])
+        announce(f"base autoencoder {b.ae_arch} pretrained on {len(data.train_x)} images until the plateau",
+                 f"at most {b.pretrain_max_minutes:g} min or {b.pretrain_max_epochs} epochs")
+        pretrain(data.train_x, cfg, run_dir, val=data.test_x, **arch)
     vae = ae.load_autoencoder(run_dir / "model").eval()
-    return vae, {"run_dir": run_dir, "summary": load_summary(run_dir), "hash": ae.weights_hash(vae), "source": "kit"}
+    return AEArtefact(vae, run_dir, load_summary(run_dir), ae.weights_hash(vae), key=key)
 
 
-def finetuned_autoencoders(P: dict, objective: str, data: Data | None = None, base=None, tag: str = "",
-                           epochs: int | None = None, **loss_overrides) -> list[tuple[Any, dict]]:
+def train_or_load_finetuned_autoencoders(P: Config, objective: str, data: Data | None = None,
+                                         base: AEArtefact | None = None, tag: str = "", epochs: int | None = None,
+                                         **loss_overrides) -> list[AEArtefact]:
     """Fine-tune the base autoencoder for ``epochs`` (default ``finetune_epochs``) epochs over the first
-    ``finetune_subset`` training images with ``objective`` (``"eq"`` = EQ-VAE Eq. 7, ``"plain"`` = the Table 6 control with the same budget,
-    ``"explicit"`` = Table 7), keeping the model after every epoch.
+    ``finetune_subset`` training images with ``objective`` (``"eq"`` = EQ-VAE Eq. 7, ``"plain"`` = the Table 6
+    control with the same budget, ``"explicit"`` = Table 7), keeping the model after every epoch. May train for
+    minutes (logged with an estimate first).
 
     Returns:
-        ``[(vae, info) for epoch 1..N]``; ``info`` has ``epoch``, ``run_dir``, ``hash``, ``summary``. Epoch 0 is the
-        base model itself.
+        one :class:`AEArtefact` per epoch 1..N (``epoch`` set). Epoch 0 is the base model itself.
     """
-    from .train_ae import AETrainConfig, finetune, load_summary
-
     data = data or load_data(P)
-    base_vae, base_info = base if base is not None else base_autoencoder(P, data)
+    base = base if base is not None else train_or_load_base_autoencoder(P, data)
+    f = P.finetune
     loss = loss_config(P, objective, disc_start=0, **loss_overrides)
-    n_sub = min(int(P["finetune_subset"]), len(data.train_x))
-    params = dict(base=base_info["hash"], loss=dataclasses.asdict(loss), subset=n_sub, train_id=data.train_id,
-                  batch=P["finetune_batch"], lr=P.get("finetune_lr"), seed=P["seed"], tag=tag)
-    # The number of epochs is not part of the key: the model after epoch e does not depend on how many epochs
-    # follow (constant lr, no schedule), so a longer run continues the same folder.
-    run_dir = cache_dir(f"ae-{objective}", params)
+    n_sub = min(f.finetune_subset, len(data.train_x))
+    n_epochs = int(epochs or f.finetune_epochs)
+    cfg = AETrainConfig(loss=loss, batch_size=f.finetune_batch, lr=f.finetune_lr, max_epochs=n_epochs,
+                        seed=P.run.seed, val_every=0, val_size=P.data.val_size, export_ldm=False, measure_norm=None,
+                        checkpoint_every_steps=P.run.checkpoint_every_steps, progress=P.run.progress)
+    # max_epochs is not part of the key: the model after epoch e does not depend on how many epochs follow (constant
+    # lr, no schedule), so a longer run continues the same folder.
+    key = artefact_key("ae", {"train": dataclasses.asdict(cfg), "subset": n_sub, "tag": tag},
+                       {"base": base.hash, "train": data.train_id, "val": data.test_id}, exclude=("max_epochs",))
+    run_dir = cache_dir(f"ae-{objective}", key)
     out = []
-    for epoch in range(1, int(epochs or P["finetune_epochs"]) + 1):
+    for epoch in range(1, n_epochs + 1):
         epoch_dir = run_dir / f"epoch_{epoch}"
         if not (epoch_dir / "config.json").exists():
-            cfg = AETrainConfig(loss=loss, batch_size=P["finetune_batch"], lr=P.get("finetune_lr"), max_epochs=epoch,
-                                seed=P["seed"], val_every=0, val_size=P.get("val_size", 256), export_ldm=False,
-                                measure_norm=None, checkpoint_every_steps=P.get("checkpoint_every_steps", 500),
-                                progress=P.get("progress", True))
+            announce(f"{objective} fine-tune of the base AE, epoch {epoch} of {n_epochs} over {n_sub} images",
+                     f"{n_sub // f.finetune_batch} steps")
             # a fresh copy: training changes the model in place, and the base must stay the base
-            vae = (ae.load_autoencoder(base_info["run_dir"] / "model") if base_info["run_dir"]
-                   else copy.deepcopy(base_vae))
-            finetune(vae, Data.subset(data.train_x, n_sub), cfg, run_dir, val=data.test_x)
+            vae = ae.load_autoencoder(base.run_dir / "model") if base.run_dir else copy.deepcopy(base.model)
+            finetune(vae, Data.subset(data.train_x, n_sub), dataclasses.replace(cfg, max_epochs=epoch), run_dir,
+                     val=data.test_x)
             tmp = run_dir / f".epoch_{epoch}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(run_dir / "model", tmp)
             tmp.rename(epoch_dir)
         vae = ae.load_autoencoder(epoch_dir).eval()
-        out.append((vae, {"epoch": epoch, "run_dir": run_dir, "hash": ae.weights_hash(vae),
-                          "summary": load_summary(run_dir)}))
+        out.append(AEArtefact(vae, run_dir, load_summary(run_dir), ae.weights_hash(vae), epoch=epoch, key=key))
     return out
 
 
-def autoencoder_suite(P: dict, data: Data | None = None) -> dict[str, tuple[Any, dict]]:
-    """The three autoencoders every comparison uses: ``{"base": ..., "plain": ..., "eq": ...}`` (the fine-tuned ones
-    after the last epoch), each ``(vae, info)``."""
+def train_or_load_autoencoder_suite(P: Config, data: Data | None = None) -> dict[str, AEArtefact]:
+    """The three autoencoders every comparison uses: ``{"base", "plain", "eq"}`` (the fine-tuned ones after the last
+    epoch). Trains what notebooks 01/02 would build when it is not cached."""
     data = data or load_data(P)
-    base = base_autoencoder(P, data)
-    return {"base": base, "plain": finetuned_autoencoders(P, "plain", data, base)[-1],
-            "eq": finetuned_autoencoders(P, "eq", data, base)[-1]}
+    base = train_or_load_base_autoencoder(P, data)
+    return {"base": base, "plain": train_or_load_finetuned_autoencoders(P, "plain", data, base)[-1],
+            "eq": train_or_load_finetuned_autoencoders(P, "eq", data, base)[-1]}
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -231,23 +366,24 @@ def decoder(vae):
     return decode_fn
 
 
-def feature_extractor(P: dict, data: Data | None = None, kind: str | None = None):
-    """The FID feature extractor of the profile: ``P["fid_extractor"]`` = ``"classifier"`` (fast; trained by the kit
-    on the dataset's training split, reported as its own metric name) or ``"inception"``."""
-    from .metrics import fid
-
-    kind = kind or P.get("fid_extractor", "classifier")
-    channels = data.channels if data is not None else int(P.get("channels", 1))
+def feature_extractor(P: Config, data: Data | None = None, kind: str | None = None):
+    """The FID feature extractor: ``kind`` or ``fid_extractor`` = ``"classifier"`` (fast; trained by the kit on the
+    dataset's training split with ``classifier_n_train`` / ``classifier_epochs``, cached by config and FID code
+    version; may train for a minute) or ``"inception"``."""
+    kind = kind or P.metrics.fid_extractor
+    channels = data.channels if data is not None else P.data.channels
     if kind == "classifier":
-        overrides = {k[len("classifier_"):]: v for k, v in P.items() if k.startswith("classifier_")}
-        cfg = fid.ClassifierConfig(dataset=P["dataset"], size=int(P["image_size"]), channels=channels, **overrides)
-        return fid.classifier_extractor(cfg, verbose=P.get("progress", True))
-    return fid.get_extractor(kind, dataset=P["dataset"], size=int(P["image_size"]), channels=channels)
+        cfg = fidm.ClassifierConfig(dataset=P.data.dataset, size=P.data.image_size, channels=channels,
+                                    n_train=P.metrics.classifier_n_train, epochs=P.metrics.classifier_epochs)
+        return fidm.classifier_extractor(cfg, cache_dir=fid_cache_dir(), verbose=P.run.progress)
+    return fidm.get_extractor(kind, dataset=P.data.dataset, size=P.data.image_size, channels=channels,
+                              cache_dir=fid_cache_dir())
 
 
-def autoencoder_metrics(P: dict, data: Data, vae, extractor=None, which: tuple[str, ...] = (
+def autoencoder_metrics(P: Config, data: Data, vae, extractor=None, which: tuple[str, ...] = (
         "equivariance", "decoder", "reconstruction", "intrinsic_dim")) -> dict:
-    """Every autoencoder-side number of the paper for one AE on the profile's test images, cached as JSON.
+    """Every autoencoder-side number of the paper for one AE on the profile's test images, cached as JSON (keyed by
+    the ``metrics`` stage, the interpolation mode, the AE's weights, the data, the extractor and the metric code).
 
     Parts (each a dict from :mod:`eqvae_lib.metrics`):
       * ``equivariance``: Δ_R, Δ_S and per-τ values (App. C.3) on ``eval_n`` images, posterior mean.
@@ -255,118 +391,110 @@ def autoencoder_metrics(P: dict, data: Data, vae, extractor=None, which: tuple[s
       * ``reconstruction``: rFID, PSNR, SSIM, LPIPS of D(E(x)) (Table 12) from the latent ``recon_latent``.
       * ``intrinsic_dim``: TwoNN (+ bootstrap interval, MLE cross-check) on ``id_n`` flattened latents (Table 5).
     """
-    from .io import atomic_write_json as write
-    from .metrics import equivariance as eqm
-    from .metrics import intrinsic_dim as idm
-    from .metrics import reconstruction as rec
-
-    n = min(int(P["eval_n"]), len(data.test_x))
+    m = P.metrics
+    n = min(m.eval_n, len(data.test_x))
     x = Data.subset(data.test_x, n)
-    scales = tuple(P.get("eval_scales", (0.25, 0.5, 0.75)))
-    key = dict(ae=ae.weights_hash(vae), test=data.test_id, n=n, scales=scales, mode=P.get("interpolation", "bilinear"),
-               latent=P.get("recon_latent", "sample"), extractor=getattr(extractor, "weights_hash", None),
-               id_n=P.get("id_n"), id_bootstrap=P.get("id_bootstrap"), seed=P["seed"])
-    path = CACHE / "ae-metrics" / f"{hash_obj(key)}.json"
-    import json
-
+    scales = tuple(m.eval_scales)
+    mode = P.loss.interpolation
+    key = artefact_key("ae-metrics", {"metrics": dataclasses.asdict(m), "interpolation": mode, "seed": P.run.seed},
+                       {"ae": ae.weights_hash(vae), "test": data.test_id,
+                        "extractor": getattr(extractor, "weights_hash", None)})
+    path = cache_dir("ae-metrics", key) / "metrics.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    todo = [w for w in which if w not in results]
-    mode = P.get("interpolation", "bilinear")
-    for part in todo:
+    for part in [w for w in which if w not in results]:
         if part == "equivariance":
             results[part] = eqm.equivariance_error(x, encoder(vae), scales=scales, mode=mode)
         elif part == "decoder":
             results[part] = eqm.decoder_equivariance(x, encoder(vae), decoder(vae), scales=scales, mode=mode,
                                                      extractor=extractor)
         elif part == "reconstruction":
-            latent = P.get("recon_latent", "sample")
-            results[part] = rec.reconstruction_metrics(x, encoder(vae, latent, P["seed"]), decoder(vae),
-                                                       latent=latent, extractor=extractor)
+            results[part] = recm.reconstruction_metrics(x, encoder(vae, m.recon_latent, P.run.seed), decoder(vae),
+                                                        latent=m.recon_latent, extractor=extractor)
         elif part == "intrinsic_dim":
-            m = min(int(P["id_n"]), len(data.test_x))
+            k = min(m.id_n, len(data.test_x))
             enc = encoder(vae)
-            z = idm.latent_points(Data.subset(data.test_x, m), enc)
-            results[part] = idm.intrinsic_dimension(z, n=m, seed=P["seed"], n_bootstrap=int(P["id_bootstrap"]),
+            z = idm.latent_points(Data.subset(data.test_x, k), enc)
+            results[part] = idm.intrinsic_dimension(z, n=k, seed=P.run.seed, n_bootstrap=m.id_bootstrap,
                                                     inputs=enc.inputs)
         else:
             raise ValueError(f"unknown metric part {part!r}")
-        write(path, {**results, "_key": key})
+        atomic_write_json(path, results)
     return {k: v for k, v in results.items() if k in which}
 
 
 # -------------------------------------------------------------------------------------------------- generative
-def latent_cache(P: dict, data: Data, vae):
+def train_or_load_latent_cache(P: Config, data: Data, vae):
     """Encode the profile's training images with ``vae`` once (mode ``latent_mode``: ``official`` = one posterior
     sample + one random flip per image, or ``repa``), normalised with the AE's stored (shift, scale), cached under a
-    key that includes the AE's weights hash."""
-    from .latents import build_latent_cache
-
+    key that includes the AE's weights hash and the latent code version."""
     shift, scale = ae.latent_norm(vae)
-    mode = P.get("latent_mode", "official")
-    key = dict(ae=ae.weights_hash(vae), data=data.train_id, mode=mode, seed=P["seed"])
+    mode = P.gen.latent_mode
+    key = artefact_key("latents", {"mode": mode, "seed": P.run.seed},
+                       {"ae": ae.weights_hash(vae), "data": data.train_id})
     labels = None
     if isinstance(data.train_x, torch.Tensor):
         labels = data.train_y if data.num_classes else torch.full_like(data.train_y, -1)
     return build_latent_cache(vae, data.train_x, cache_dir("latents", key), shift=shift, scale=scale, mode=mode,
-                              labels=labels, data_id=f"{data.name}/train/{data.train_id}", seed=P["seed"],
-                              progress=P.get("progress", True))
+                              labels=labels, data_id=f"{data.name}/train/{data.train_id}", seed=P.run.seed,
+                              progress=P.run.progress)
 
 
-def _gen_config(P: dict, method: str, seed: int, labelled: bool):
-    from .train_gen import TrainGenConfig
-
-    steps = int(P["gen_steps"])
-    return TrainGenConfig(model=P["gen_model"], method=method, learn_sigma=bool(P.get("learn_sigma", False)),
-                          steps=steps, batch_size=int(P["gen_batch"]), lr=float(P.get("gen_lr", 1e-4)),
-                          ema_decay=float(P["gen_ema"]), ckpt_steps=[int(s) for s in P["gen_eval_steps"]],
-                          log_every=int(P.get("gen_log_every", 100)), seed=seed,
-                          num_classes=None if labelled else 0, progress=P.get("progress", True))
+def gen_config(P: Config, method: str, seed: int, labelled: bool) -> TrainGenConfig:
+    """The :class:`~eqvae_lib.train_gen.TrainGenConfig` of the ``gen`` stage for ``method`` and ``seed``."""
+    g = P.gen
+    return TrainGenConfig(model=g.gen_model, method=method, learn_sigma=g.learn_sigma, steps=g.gen_steps,
+                          batch_size=g.gen_batch, lr=g.gen_lr, ema_decay=g.gen_ema, ckpt_steps=list(g.gen_eval_steps),
+                          log_every=g.gen_log_every, seed=seed, num_classes=None if labelled else 0,
+                          progress=P.run.progress)
 
 
-def generative_curve(P: dict, data: Data, vae, seed: int, method: str = "dit", extractor=None,
-                     reference=None) -> dict:
+def sampler_of(P: Config, method: str) -> tuple[str, int]:
+    """``(sampler, steps)`` of ``method`` (``dit``/``sit``)."""
+    return ((P.gen.dit_sampler, P.gen.dit_sample_steps) if method == "dit" else
+            (P.gen.sit_sampler, P.gen.sit_sample_steps))
+
+
+def train_or_load_generative_curve(P: Config, data: Data, vae, seed: int, method: str = "dit", extractor=None,
+                                   reference=None) -> dict:
     """Train a DiT (``method="dit"``) or SiT (``"sit"``) on ``vae``'s latents for ``gen_steps`` steps and measure
     gFID/KID (``extractor`` features of ``gen_fid_n`` samples against the test set) at every ``gen_eval_steps`` step.
-    Cached and resumable (the run folder's key covers the AE hash, the data, the generator settings and the seed).
+    Cached and resumable; may train for many minutes (logged with an estimate first).
 
     Returns:
         ``{"steps": [...], "fid": [...], "kid": [...], "loss": [(step, loss), ...], "run_dir": str,
-        "metric": extractor's metric name, "sampler": ..., "latents_per_s": median throughput}``.
+        "metric": extractor's metric name, "sampler": ..., "latents_per_s": median throughput, "key": cache key}``.
     """
-    import json
-
-    from .metrics import fid as fidm
-    from .train_gen import train_gen, sample_images
-
     extractor = extractor or feature_extractor(P, data)
-    n_fid = int(P["gen_fid_n"])
+    n_fid = P.gen.gen_fid_n
     reference = reference or reference_stats(P, data, extractor, n_fid)
-    cache = latent_cache(P, data, vae)
-    cfg = _gen_config(P, method, seed, labelled=bool(data.num_classes))
-    sampler = P.get(f"{method}_sampler", "ddim" if method == "dit" else "heun")
-    sample_steps = int(P.get(f"{method}_sample_steps", 50))
-    key = dict(ae=ae.weights_hash(vae), cache=str(cache.folder.name), cfg=dataclasses.asdict(cfg), n_fid=n_fid,
-               sampler=sampler, sample_steps=sample_steps, extractor=extractor.weights_hash, ref=reference.key)
-    key["cfg"].pop("progress", None)
+    cache = train_or_load_latent_cache(P, data, vae)
+    cfg = gen_config(P, method, seed, labelled=bool(data.num_classes))
+    sampler, sample_steps = sampler_of(P, method)
+    key = artefact_key("gen", {"train": dataclasses.asdict(cfg), "n_fid": n_fid, "sampler": sampler,
+                               "sample_steps": sample_steps, "sample_batch": P.gen.gen_sample_batch},
+                       {"ae": ae.weights_hash(vae), "latents": cache.folder.name,
+                        "extractor": extractor.weights_hash, "reference": reference.key})
     run_dir = cache_dir(f"gen-{method}", key)
 
     def eval_fn(step: int, ema) -> dict:
-        g = torch.Generator().manual_seed(10_000 + seed)
+        g = torch.Generator().manual_seed(derive_seed(seed, "dit_eval"))
         imgs = sample_images(ema, vae, cache.norm, n_fid, method=method, sampler=sampler, steps=sample_steps,
-                             generator=g, batch_size=int(P.get("gen_sample_batch", 250)),
-                             progress=P.get("progress", True))
+                             generator=g, batch_size=P.gen.gen_sample_batch, progress=P.run.progress)
         r = fidm.compute_fid(imgs, reference, extractor, kid=True, verbose=False)
         return {"fid": r["fid"], "kid": r.get("kid_mean"), "kid_std": r.get("kid_std"), "metric": r["metric"]}
 
+    if not (run_dir / "log.jsonl").exists():
+        announce(f"{cfg.model} ({method}) seed {seed}, {cfg.steps} steps at batch {cfg.batch_size}, gFID at steps "
+                 f"{list(cfg.ckpt_steps)}", f"{cfg.steps} training steps + {len(cfg.ckpt_steps)} x {n_fid} samples")
     train_gen(cfg, cache, run_dir, eval_fn=eval_fn)
-    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    evals = sorted((r for r in log if "eval" in r), key=lambda r: r["step"])
-    losses = [(r["step"], r["loss"]) for r in log if "loss" in r]
-    speeds = sorted(r["latents_per_s"] for r in log if "latents_per_s" in r)
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    evals = sorted((r for r in rows if "eval" in r), key=lambda r: r["step"])
+    losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    speeds = sorted(r["latents_per_s"] for r in rows if "latents_per_s" in r)
     return {"steps": [r["step"] for r in evals], "fid": [r["eval"]["fid"] for r in evals],
             "kid": [r["eval"]["kid"] for r in evals], "loss": losses, "run_dir": str(run_dir),
             "metric": evals[-1]["eval"]["metric"] if evals else None, "sampler": f"{sampler} {sample_steps}",
-            "latents_per_s": speeds[len(speeds) // 2] if speeds else None}
+            "latents_per_s": speeds[len(speeds) // 2] if speeds else None, "key": key}
 
 
 def steps_to_reach(steps: list[int] | list[float], values: list[float], target: float) -> int | float | None:
@@ -389,16 +517,11 @@ def steps_to_reach(steps: list[int] | list[float], values: list[float], target: 
 
 
 # -------------------------------------------------------------------------------------------------- design pilot
-def measure_train_throughput(P: dict, dataset: str, image_size: int, arch: str, steps: int = 12, batch: int = 32,
+def measure_train_throughput(P: Config, dataset: str, image_size: int, arch: str, steps: int = 12, batch: int = 32,
                              warmup: int = 3) -> dict:
     """Images/s of full EQ-VAE training steps (generator + discriminator, forward + backward + Adam) for a freshly
     built ``arch`` on ``batch`` real images of ``dataset`` at ``image_size`` px, timed after ``warmup`` steps."""
-    import time
-
-    from .losses import EQVAELoss
-    from .transforms import scale_range
-
-    channels = 3 if dataset == "photo-crops" else int(P.get("channels", 1))
+    channels = 3 if dataset == "photo-crops" else P.data.channels
     kw = {"channels": channels} if dataset == "fashion-mnist" else {}
     x = get_dataset(dataset, "train", size=image_size, n=batch * 4, seed=0, **kw).tensors()[0]
     vae = ae.build_autoencoder(arch, in_channels=channels, out_channels=channels, sample_size=image_size).train()
@@ -424,7 +547,7 @@ def measure_train_throughput(P: dict, dataset: str, image_size: int, arch: str, 
     f = ae.downsample_factor(vae)
     n = image_size // f
     try:
-        lo, hi = scale_range(n, P.get("min_scale", 0.25), 4)
+        lo, hi = scale_range(n, P.loss.min_scale, 4)
         n_scales = hi - lo + 1
     except ValueError:
         n_scales = 0
@@ -433,27 +556,27 @@ def measure_train_throughput(P: dict, dataset: str, image_size: int, arch: str, 
                 img_per_s=steps * batch / dt, params_M=sum(p.numel() for p in vae.parameters()) / 1e6)
 
 
-def design_pilot(P: dict):
-    """Measure every candidate of ``P["pilot_candidates"]`` (dicts with dataset, image_size, arch) and project the
+def design_pilot(P: Config) -> pd.DataFrame:
+    """Measure every candidate of ``pilot_candidates`` (dicts with dataset, image_size, arch) and project the
     minutes the profile's pretraining image budget (``pilot_pretrain_images``) would take. Returns a DataFrame."""
-    import pandas as pd
-
-    rows = [measure_train_throughput(P, c["dataset"], int(c["image_size"]), c["arch"],
-                                     steps=int(P.get("pilot_steps", 12)), batch=int(P.get("pilot_batch", 32)))
-            for c in P["pilot_candidates"]]
+    pl = P.pilot
+    announce(f"design pilot: {len(pl.pilot_candidates)} candidates x {pl.pilot_steps} training steps",
+             "seconds to a few minutes")
+    rows = [measure_train_throughput(P, c["dataset"], int(c["image_size"]), c["arch"], steps=pl.pilot_steps,
+                                     batch=pl.pilot_batch) for c in pl.pilot_candidates]
     df = pd.DataFrame(rows)
-    df["pretrain_min_projected"] = P["pilot_pretrain_images"] / df["img_per_s"] / 60
+    df["pretrain_min_projected"] = pl.pilot_pretrain_images / df["img_per_s"] / 60
     return df
 
 
-def design_choice(df, P: dict) -> dict:
+def design_choice(df, P: Config) -> dict:
     """Apply the design rule to :func:`design_pilot`'s table: keep candidates with ≥ 4 admissible scales (4-cell
     floor) whose projected pretraining time fits ``pretrain_max_minutes``; prefer labelled data (the paper's
     generators are class-conditional, and a classifier gives the fast FID its class structure), then the largest
     latent grid, then the fastest. Returns ``{"chosen", "matches_profile", "text"}``."""
     df = df.assign(labelled=df["config"].str.startswith("fashion-mnist"))
-    ok = df[(df["n_scales_floor4"] >= 4) & (df["pretrain_min_projected"] <= P["pretrain_max_minutes"])]
-    profile_cfg = f"{P['dataset']} {P['image_size']}px {P['ae_arch']}"
+    ok = df[(df["n_scales_floor4"] >= 4) & (df["pretrain_min_projected"] <= P.base_ae.pretrain_max_minutes)]
+    profile_cfg = f"{P.data.dataset} {P.data.image_size}px {P.base_ae.ae_arch}"
     if ok.empty:
         return {"chosen": None, "matches_profile": False,
                 "text": "No candidate fits the pretraining budget on this machine: lower pilot_pretrain_images or "
@@ -461,18 +584,15 @@ def design_choice(df, P: dict) -> dict:
     best = ok.sort_values(["labelled", "latent_side", "img_per_s"], ascending=[False, False, False]).iloc[0]
     match = best["config"] == profile_cfg
     text = (f"Chosen by the rule: {best['config']} (latent {best['latent']}, {best['img_per_s']:.0f} img/s, "
-            f"{best['pretrain_min_projected']:.1f} min projected for {P['pilot_pretrain_images']} pretraining images). "
-            + ("It matches the profile." if match else f"The profile uses {profile_cfg} instead: check the profile."))
+            f"{best['pretrain_min_projected']:.1f} min projected for {P.pilot.pilot_pretrain_images} pretraining "
+            "images). " + ("It matches the profile." if match else
+                           f"The profile uses {profile_cfg} instead: check the profile."))
     return {"chosen": best["config"], "matches_profile": bool(match), "text": text}
 
 
-def read_train_log(run_dir: str | Path):
+def read_train_log(run_dir: str | Path) -> pd.DataFrame:
     """The per-step lines of a ``train_ae`` run's ``log.jsonl`` as a DataFrame (validation / event lines dropped;
     later lines for a step, written after a resume, replace earlier ones)."""
-    import json
-
-    import pandas as pd
-
     rows = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "loss" in r and "event" not in r]
     df = pd.DataFrame(rows).drop_duplicates("step", keep="last").sort_values("step")
@@ -482,31 +602,27 @@ def read_train_log(run_dir: str | Path):
     return df.reset_index(drop=True)
 
 
-def expected_branch_fractions(P: dict) -> dict[str, float]:
+def expected_branch_fractions(p_alpha: float, p_prior_s: float) -> dict[str, float]:
     """Branch probabilities of Eq. 7 with the official low-resolution branch: ``eq`` = 1 − p_α,
     ``plain`` = p_α·(1 − p_prior_s), ``lowres`` = p_α·p_prior_s (p_α in the paper's meaning)."""
-    pa, ps = float(P.get("p_alpha", 0.5)), float(P.get("p_prior_s", 0.25))
+    pa, ps = float(p_alpha), float(p_prior_s)
     return {"plain": pa * (1 - ps), "lowres": pa * ps, "eq": 1 - pa}
 
 
-def final_samples(P: dict, data: Data, vae, seed: int, n: int, method: str = "dit", curve: dict | None = None,
-                  sample_seed: int = 20_000) -> torch.Tensor:
+def final_samples(P: Config, data: Data, vae, seed: int, n: int, method: str = "dit", curve: dict | None = None
+                  ) -> torch.Tensor:
     """``n`` images ``[n, C, H, W]`` in [-1, 1] from the last checkpoint (EMA weights) of the generator that
-    :func:`generative_curve` trained for ``(vae, seed, method)`` (trained first if missing)."""
-    from .train_gen import latest_checkpoint, load_gen_checkpoint, sample_from_checkpoint
-
-    curve = curve or generative_curve(P, data, vae, seed, method)
+    :func:`train_or_load_generative_curve` trained for ``(vae, seed, method)`` (trained first if missing)."""
+    curve = curve or train_or_load_generative_curve(P, data, vae, seed, method)
     ck = load_gen_checkpoint(latest_checkpoint(curve["run_dir"]))
-    sampler = P.get(f"{method}_sampler", "ddim" if method == "dit" else "heun")
-    return sample_from_checkpoint(ck, vae, n, sampler=sampler, steps=int(P.get(f"{method}_sample_steps", 50)),
-                                  generator=torch.Generator().manual_seed(sample_seed + seed),
-                                  batch_size=int(P.get("gen_sample_batch", 250)), progress=P.get("progress", True))
+    sampler, steps = sampler_of(P, method)
+    return sample_from_checkpoint(ck, vae, n, sampler=sampler, steps=steps,
+                                  generator=torch.Generator().manual_seed(derive_seed(seed, "final_samples")),
+                                  batch_size=P.gen.gen_sample_batch, progress=P.run.progress)
 
 
 def curve_stats(curves: list[dict]) -> dict:
     """Mean, min and max over seeds of gFID curves evaluated at the same steps: ``{"steps", "mean", "lo", "hi"}``."""
-    import numpy as np
-
     steps = curves[0]["steps"]
     if any(c["steps"] != steps for c in curves):
         raise ValueError("curves were evaluated at different steps; use the same gen_eval_steps for every seed")
@@ -514,121 +630,121 @@ def curve_stats(curves: list[dict]) -> dict:
     return {"steps": steps, "mean": a.mean(0).tolist(), "lo": a.min(0).tolist(), "hi": a.max(0).tolist()}
 
 
-def ablation_variants(P: dict) -> dict[str, tuple[str, dict, Any, str]]:
+ABLATIONS = {
+    "rotation+scale (default)": ("eq", {}, "rotation+scale", "Table 5"),
+    "rotation": ("eq", {"family": "rotation"}, "rotation", "Table 5"),
+    "scale": ("eq", {"family": "scale"}, "scale", "Table 5"),
+    "rotation+anisotropic": ("eq", {"family": "rotation+anisotropic"}, "rotation+anisotropic", "Table 5"),
+    "explicit (λ=0.1)": ("explicit", {}, "explicit", "Table 7"),
+    "p_alpha=0.3": ("eq", {"p_alpha": 0.3}, 0.3, "Table 8"),
+    "p_alpha=0.7": ("eq", {"p_alpha": 0.7}, 0.7, "Table 8"),
+}
+
+
+def ablation_variants(P: Config) -> dict[str, tuple[str, dict, Any, str]]:
     """The fine-tuning variants of Tables 5, 7 and 8: ``{label: (objective, loss overrides, paper key, table)}``.
-    ``P["ablations"]`` (a list of labels) restricts them."""
-    v = {
-        "rotation+scale (default)": ("eq", {}, "rotation+scale", "Table 5"),
-        "rotation": ("eq", {"family": "rotation"}, "rotation", "Table 5"),
-        "scale": ("eq", {"family": "scale"}, "scale", "Table 5"),
-        "rotation+anisotropic": ("eq", {"family": "rotation+anisotropic"}, "rotation+anisotropic", "Table 5"),
-        "explicit (λ=0.1)": ("explicit", {}, "explicit", "Table 7"),
-        "p_alpha=0.3": ("eq", {"p_alpha": 0.3}, 0.3, "Table 8"),
-        "p_alpha=0.7": ("eq", {"p_alpha": 0.7}, 0.7, "Table 8"),
-    }
-    keep = P.get("ablations")
-    return {k: val for k, val in v.items() if keep is None or k in keep}
+    ``ablations`` (a list of labels; None = all) restricts them.
+
+    Raises:
+        ValueError: a label that is not a variant (naming the valid ones)."""
+    keep = P.finetune.ablations
+    unknown = [k for k in keep or () if k not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"ablations {unknown} are not variants; choose among {list(ABLATIONS)}")
+    return {k: v for k, v in ABLATIONS.items() if keep is None or k in keep}
 
 
-def reference_stats(P: dict, data: Data, extractor, n: int | None = None):
+def reference_stats(P: Config, data: Data, extractor, n: int | None = None):
     """FID reference statistics of the first ``n`` (default ``gen_fid_n``) test images for ``extractor``, cached
     under a key of the data, the extractor's weights and n (:func:`eqvae_lib.metrics.fid.reference_statistics`)."""
-    from .metrics import fid as fidm
-
-    return fidm.reference_statistics(Data.subset(data.test_x, n or int(P["gen_fid_n"])), extractor,
-                                     verbose=P.get("progress", True))
+    return fidm.reference_statistics(Data.subset(data.test_x, n or P.gen.gen_fid_n), extractor,
+                                     cache_dir=fid_cache_dir(), verbose=P.run.progress)
 
 
 # ---------------------------------------------------------------------------------------------- discrete path
-def base_vq(P: dict, data: Data):
+def train_or_load_base_vq(P: Config, data: Data) -> AEArtefact:
     """The base VQ autoencoder (stand-in for the paper's VQ-GAN): ``vq_arch`` with ``vq_codebook_size`` codes,
     pretrained with the plain objective (VQ loss in place of KL) and dead-code restarts until the validation plateau
-    (same rule and caps as the KL base, ``vq_pretrain_*`` overriding ``pretrain_*``). Returns ``(vq, info)``."""
-    from .train_ae import AETrainConfig, load_summary
-    from .vq import pretrain_vq
-
-    g = lambda k: P.get(f"vq_{k}", P[k])  # noqa: E731
-    params = dict(dataset=P["dataset"], image_size=P["image_size"], train_id=data.train_id, test_id=data.test_id,
-                  arch=P["vq_arch"], codebook_size=P["vq_codebook_size"], perceptual=P["perceptual"],
-                  disc_start=g("pretrain_disc_start"), batch=g("pretrain_batch"), lr=g("pretrain_lr"),
-                  max_minutes=g("pretrain_max_minutes"), max_epochs=g("pretrain_max_epochs"),
-                  val_every=g("pretrain_val_every"), window=g("pretrain_plateau_window"),
-                  threshold=g("pretrain_plateau_threshold"), seed=P["seed"])
-    run_dir = cache_dir("vq-base", params)
+    (the base AE's rule; ``vq_pretrain_max_minutes``/``_epochs`` replace its caps when set). May train for minutes."""
+    b, v = P.base_ae, P.vq
+    max_minutes = v.vq_pretrain_max_minutes if v.vq_pretrain_max_minutes is not None else b.pretrain_max_minutes
+    max_epochs = v.vq_pretrain_max_epochs if v.vq_pretrain_max_epochs is not None else b.pretrain_max_epochs
+    cfg = AETrainConfig(loss=loss_config(P, "plain", disc_start=b.pretrain_disc_start), batch_size=b.pretrain_batch,
+                        lr=b.pretrain_lr, max_epochs=max_epochs, max_time_s=60 * max_minutes, plateau=True,
+                        val_every=b.pretrain_val_every, val_size=P.data.val_size,
+                        plateau_window=b.pretrain_plateau_window, plateau_threshold=b.pretrain_plateau_threshold,
+                        seed=P.run.seed, export_ldm=False, checkpoint_every_steps=P.run.checkpoint_every_steps,
+                        progress=P.run.progress)
+    arch = dict(arch=v.vq_arch, in_channels=data.channels, codebook_size=v.vq_codebook_size,
+                sample_size=P.data.image_size)
+    key = artefact_key("vq", {"train": dataclasses.asdict(cfg), "model": arch},
+                       {"train": data.train_id, "val": data.test_id})
+    run_dir = cache_dir("vq-base", key)
     if not (run_dir / "summary.json").exists():
-        cfg = AETrainConfig(loss=loss_config(P, "plain", disc_start=g("pretrain_disc_start")),
-                            batch_size=g("pretrain_batch"), lr=g("pretrain_lr"), max_epochs=g("pretrain_max_epochs"),
-                            max_time_s=60 * g("pretrain_max_minutes"), plateau=True,
-                            val_every=g("pretrain_val_every"), val_size=P.get("val_size", 256),
-                            plateau_window=g("pretrain_plateau_window"),
-                            plateau_threshold=g("pretrain_plateau_threshold"), seed=P["seed"], export_ldm=False,
-                            checkpoint_every_steps=P.get("checkpoint_every_steps", 500),
-                            progress=P.get("progress", True))
-        pretrain_vq(data.train_x, cfg, run_dir, arch=P["vq_arch"], val=data.test_x, in_channels=data.channels,
-                    codebook_size=P["vq_codebook_size"], sample_size=P["image_size"])
+        announce(f"base VQ {v.vq_arch} ({v.vq_codebook_size} codes) pretrained until the plateau",
+                 f"at most {max_minutes:g} min or {max_epochs} epochs")
+        pretrain_vq(data.train_x, cfg, run_dir, val=data.test_x, **arch)
     vq = ae.load_autoencoder(run_dir / "model").eval()
-    return vq, {"run_dir": run_dir, "summary": load_summary(run_dir), "hash": ae.weights_hash(vq)}
+    return AEArtefact(vq, run_dir, load_summary(run_dir), ae.weights_hash(vq), key=key)
 
 
-def finetuned_vq(P: dict, data: Data, objective: str, base) -> tuple[Any, dict]:
+def train_or_load_finetuned_vq(P: Config, data: Data, objective: str, base: AEArtefact) -> AEArtefact:
     """EQ-VAE (τ on the continuous latent before quantisation) or plain fine-tuning of the base VQ autoencoder for
     ``vq_finetune_epochs`` epochs over the first ``finetune_subset`` training images (same budget for both)."""
-    from .train_ae import AETrainConfig, load_summary
-    from .vq import finetune_vq
-
-    vq0, info0 = base
-    loss = loss_config(P, objective, disc_start=0)
-    n_sub = min(int(P["finetune_subset"]), len(data.train_x))
-    epochs = int(P.get("vq_finetune_epochs", P["finetune_epochs"]))
-    params = dict(base=info0["hash"], loss=dataclasses.asdict(loss), subset=n_sub, train_id=data.train_id,
-                  batch=P["finetune_batch"], lr=P.get("finetune_lr"), epochs=epochs, seed=P["seed"])
-    run_dir = cache_dir(f"vq-{objective}", params)
+    f = P.finetune
+    n_sub = min(f.finetune_subset, len(data.train_x))
+    cfg = AETrainConfig(loss=loss_config(P, objective, disc_start=0), batch_size=f.finetune_batch,
+                        lr=f.finetune_lr, max_epochs=P.vq.vq_finetune_epochs, seed=P.run.seed, val_every=0,
+                        val_size=P.data.val_size, export_ldm=False,
+                        checkpoint_every_steps=P.run.checkpoint_every_steps, progress=P.run.progress)
+    key = artefact_key("vq", {"train": dataclasses.asdict(cfg), "subset": n_sub},
+                       {"base": base.hash, "train": data.train_id, "val": data.test_id})
+    run_dir = cache_dir(f"vq-{objective}", key)
     if not (run_dir / "summary.json").exists():
-        cfg = AETrainConfig(loss=loss, batch_size=P["finetune_batch"], lr=P.get("finetune_lr"), max_epochs=epochs,
-                            seed=P["seed"], val_every=0, val_size=P.get("val_size", 256), export_ldm=False,
-                            checkpoint_every_steps=P.get("checkpoint_every_steps", 500),
-                            progress=P.get("progress", True))
-        finetune_vq(ae.load_autoencoder(info0["run_dir"] / "model"), Data.subset(data.train_x, n_sub), cfg,
-                    run_dir, val=data.test_x)
+        announce(f"{objective} fine-tune of the base VQ, {cfg.max_epochs} epochs over {n_sub} images",
+                 f"{int(cfg.max_epochs * n_sub // f.finetune_batch)} steps")
+        finetune_vq(ae.load_autoencoder(base.run_dir / "model"), Data.subset(data.train_x, n_sub), cfg, run_dir,
+                    val=data.test_x)
     vq = ae.load_autoencoder(run_dir / "model").eval()
-    return vq, {"run_dir": run_dir, "summary": load_summary(run_dir), "hash": ae.weights_hash(vq)}
+    return AEArtefact(vq, run_dir, load_summary(run_dir), ae.weights_hash(vq), epoch=cfg.max_epochs, key=key)
 
 
-def maskgit_curve(P: dict, data: Data, vq, seed: int, extractor=None, reference=None) -> dict:
+def train_or_load_maskgit_curve(P: Config, data: Data, vq, seed: int, extractor=None, reference=None) -> dict:
     """Train a MaskGIT (``maskgit_model``) on ``vq``'s tokens of the training images for ``maskgit_epochs`` epochs and
     measure gFID/KID (``gen_fid_n`` samples, ``maskgit_decode_steps`` parallel-decoding steps) after every epoch in
-    ``maskgit_eval_epochs``. Cached by the tokenizer's weights hash, the settings and the seed.
+    ``maskgit_eval_epochs``. Cached by the tokenizer's weights hash, the settings, the seed and the code version; may
+    train for many minutes.
 
     Returns ``{"epochs": [...], "fid": [...], "kid": [...], "run_dir", "metric"}``.
     """
-    import json
-
-    from .maskgit import (MaskGITTrainConfig, build_maskgit, build_token_cache, decode_to_images, load_token_cache,
-                          sample, train_maskgit)
-    from .metrics import fid as fidm
-
+    v = P.vq
     extractor = extractor or feature_extractor(P, data)
     reference = reference or reference_stats(P, data, extractor)
     vq_hash = ae.weights_hash(vq)
-    tok_path = cache_dir("tokens", dict(vq=vq_hash, data=data.train_id)) / "tokens.safetensors"
+    tok_path = cache_dir("tokens", artefact_key("maskgit", {}, {"vq": vq_hash, "data": data.train_id})
+                         ) / "tokens.safetensors"
     labels = data.train_y if data.num_classes else None
     cache = (load_token_cache(tok_path, vq=vq) if tok_path.exists() else
              build_token_cache(vq, data.train_x, labels=labels, path=tok_path))
     n = len(cache.tokens)
-    steps_per_epoch = max(1, n // int(P["maskgit_batch"]))
-    eval_steps = tuple(int(e * steps_per_epoch) for e in P["maskgit_eval_epochs"])
-    cfg = MaskGITTrainConfig(steps=int(P["maskgit_epochs"] * steps_per_epoch), batch_size=int(P["maskgit_batch"]),
-                             lr=float(P["maskgit_lr"]), ema_decay=P.get("maskgit_ema"), checkpoint_steps=eval_steps,
+    steps_per_epoch = max(1, n // v.maskgit_batch)
+    eval_steps = tuple(int(e * steps_per_epoch) for e in v.maskgit_eval_epochs)
+    cfg = MaskGITTrainConfig(steps=int(v.maskgit_epochs * steps_per_epoch), batch_size=v.maskgit_batch,
+                             lr=v.maskgit_lr, ema_decay=v.maskgit_ema, checkpoint_steps=eval_steps,
                              eval_steps=eval_steps, seed=seed)
-    key = dict(vq=vq_hash, tokens=tok_path.parent.name, cfg=dataclasses.asdict(cfg), model=P["maskgit_model"],
-               n_fid=int(P["gen_fid_n"]), decode_steps=P["maskgit_decode_steps"], extractor=extractor.weights_hash,
-               ref=reference.key)
+    n_fid = P.gen.gen_fid_n
+    key = artefact_key("maskgit", {"train": dataclasses.asdict(cfg), "model": v.maskgit_model, "n_fid": n_fid,
+                                   "decode_steps": v.maskgit_decode_steps},
+                       {"vq": vq_hash, "tokens": tok_path.parent.name, "extractor": extractor.weights_hash,
+                        "reference": reference.key})
     run_dir = cache_dir("maskgit", key)
     done = run_dir / "curve.json"
     if not done.exists():
+        announce(f"{v.maskgit_model} seed {seed}, {cfg.steps} steps ({v.maskgit_epochs} epochs of {n} grids)",
+                 f"{cfg.steps} training steps + {len(eval_steps)} x {n_fid} samples")
         grid = tuple(cache.tokens.shape[1:])
         torch.manual_seed(seed)
-        model = build_maskgit(P["maskgit_model"], codebook_size=cache.codebook_size, grid=grid,
+        model = build_maskgit(v.maskgit_model, codebook_size=cache.codebook_size, grid=grid,
                               num_classes=data.num_classes or 0, tokenizer_hash=vq_hash)
         ckpts = sorted(run_dir.glob("step_*.pt"))
         done_evals = {}
@@ -639,15 +755,14 @@ def maskgit_curve(P: dict, data: Data, vq, seed: int, extractor=None, reference=
                     done_evals[r["step"]] = r
 
         def eval_fn(step: int, m) -> dict:
-            g = torch.Generator().manual_seed(30_000 + seed)
-            y = (torch.randint(0, data.num_classes, (int(P["gen_fid_n"]),), generator=g) if data.num_classes
-                 else None)
-            toks = sample(m, n=int(P["gen_fid_n"]), labels=y, steps=int(P["maskgit_decode_steps"]), generator=g)
+            g = torch.Generator().manual_seed(derive_seed(seed, "maskgit_eval"))
+            y = torch.randint(0, data.num_classes, (n_fid,), generator=g) if data.num_classes else None
+            toks = maskgit_sample(m, n=n_fid, labels=y, steps=v.maskgit_decode_steps, generator=g)
             r = fidm.compute_fid(decode_to_images(vq, toks, vq_hash), reference, extractor, kid=True, verbose=False)
             return {"fid": r["fid"], "kid": r["kid_mean"], "metric": r["metric"]}
 
         train_maskgit(model, cache.tokens, cache.labels if data.num_classes else None, cfg, out_dir=run_dir,
-                      eval_fn=eval_fn, resume=ckpts[-1] if ckpts else None, progress=P.get("progress", True))
+                      eval_fn=eval_fn, resume=ckpts[-1] if ckpts else None, progress=P.run.progress)
         evals = {**done_evals}
         for line in (run_dir / "log.jsonl").read_text().splitlines():
             r = json.loads(line)
@@ -660,29 +775,37 @@ def maskgit_curve(P: dict, data: Data, vq, seed: int, extractor=None, reference=
     return json.loads(done.read_text())
 
 
-def matched_rfid_autoencoder(P: dict, data: Data, extractor, base=None) -> dict:
+@dataclass
+class MatchedRFID:
+    """The matched-reconstruction EQ-VAE (:func:`train_or_load_matched_rfid_autoencoder`): the autoencoder
+    ``artefact``, its ``rfid``, the plain control's ``target_rfid``, ``extra_epochs`` beyond ``finetune_epochs`` and
+    whether the target was ``matched``."""
+
+    artefact: AEArtefact
+    rfid: float
+    target_rfid: float
+    extra_epochs: int
+    matched: bool
+
+
+def train_or_load_matched_rfid_autoencoder(P: Config, data: Data, extractor, base: AEArtefact | None = None
+                                           ) -> MatchedRFID:
     """EQ-VAE fine-tuned further, one epoch at a time and at most ``matched_rfid_max_extra_epochs`` epochs beyond
     ``finetune_epochs``, until its rFID is no worse than the plain control's: the "matched reconstruction"
-    comparison that removes decoder quality as a confound (FEASIBILITY.md point 8).
-
-    Returns ``{"vae", "info", "rfid", "target_rfid", "extra_epochs", "matched"}``.
-    """
-    base = base or base_autoencoder(P, data)
-    plain = finetuned_autoencoders(P, "plain", data, base)[-1][0]
-    target = autoencoder_metrics(P, data, plain, extractor, which=("reconstruction",))["reconstruction"]["rfid"]
-    n0, cap = int(P["finetune_epochs"]), int(P.get("matched_rfid_max_extra_epochs", 0))
+    comparison that removes decoder quality as a confound (FEASIBILITY.md point 8). May train for minutes."""
+    base = base or train_or_load_base_autoencoder(P, data)
+    plain = train_or_load_finetuned_autoencoders(P, "plain", data, base)[-1]
+    target = autoencoder_metrics(P, data, plain.model, extractor, which=("reconstruction",))["reconstruction"]["rfid"]
+    n0, cap = P.finetune.finetune_epochs, P.finetune.matched_rfid_max_extra_epochs
     for extra in range(cap + 1):
-        vae, info = finetuned_autoencoders(P, "eq", data, base, epochs=n0 + extra)[-1]
-        r = autoencoder_metrics(P, data, vae, extractor, which=("reconstruction",))["reconstruction"]["rfid"]
+        art = train_or_load_finetuned_autoencoders(P, "eq", data, base, epochs=n0 + extra)[-1]
+        r = autoencoder_metrics(P, data, art.model, extractor, which=("reconstruction",))["reconstruction"]["rfid"]
         if r <= target:
             break
-    return {"vae": vae, "info": info, "rfid": r, "target_rfid": target, "extra_epochs": extra,
-            "matched": r <= target}
+    return MatchedRFID(art, r, target, extra, r <= target)
 
 
 def metric_inputs(result: dict) -> str:
     """One line saying what an :func:`autoencoder_metrics` result (or one part of it) measured — latent space and
     normalisation, posterior, autoencoder, images, rFID reference — for ``RunRecord.add_input`` (issue #16)."""
-    from .metrics.reconstruction import inputs_summary
-
-    return inputs_summary(result)
+    return recm.inputs_summary(result)

@@ -55,7 +55,7 @@ import torch
 import torch.distributed as dist
 
 from . import autoencoders as ae
-from .config import RUNS_DIR, seed_everything, device as default_device
+from .runtime import RUNS_DIR, seed_everything, device as default_device
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text, git_commit
 from .losses import BRANCHES, EQVAELoss, LossConfig
 

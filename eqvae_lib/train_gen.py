@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from .config import device as default_device
+from .runtime import device as default_device
 from .dit import DiT, GaussianDiffusion, create_diffusion, dit_model, sample_dit
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text, git_commit
 from .latents import LatentCache, LatentNorm, decode_latents, load_latent_cache

@@ -39,6 +39,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .autoencoders import load_autoencoder
+from .io import atomic_write_json
+from .runtime import seed_everything
+from .train_ae import train_autoencoder
 
 # --------------------------------------------------------------------------------------------------- configs
 @dataclass
@@ -450,9 +454,6 @@ def _taming_vq_weight(cfg, train) -> Any:
 def _run_vq(vq, train, cfg, run_dir, val, dead_code_every, vq_weight):
     from pathlib import Path
 
-    from .io import atomic_write_json
-    from .train_ae import train_autoencoder
-
     chw = None
     if vq_weight == "per-pixel":
         cfg, chw = _taming_vq_weight(cfg, train)
@@ -505,8 +506,6 @@ def pretrain_vq(train, cfg, run_dir, arch: str | VQConfig = "vq-f4", val=None, d
     """
     import dataclasses
 
-    from .config import seed_everything
-
     if cfg.loss.objective != "plain":
         cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, objective="plain"))
     seed_everything(cfg.seed)
@@ -523,8 +522,6 @@ def finetune_vq(vq, train, cfg, run_dir, val=None, dead_code_every: int | None =
     continuous latent before quantisation; ``"plain"`` = the control). ``vq``: a ``VQModel`` or a path for
     ``autoencoders.load_autoencoder``. Other arguments as ``pretrain_vq``. Returns the run folder."""
     if not isinstance(vq, nn.Module):
-        from .autoencoders import load_autoencoder
-
         vq = load_autoencoder(vq)
     if not is_vq(vq):
         raise ValueError(f"finetune_vq needs a diffusers VQModel, got {type(_bare(vq)).__name__}")

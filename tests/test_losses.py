@@ -129,11 +129,19 @@ def test_small_inputs_are_upsampled_for_perceptual_and_discriminator():
     assert d(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 2, 2)
 
 
-def test_lpips_vgg_fails_clearly_offline():
+def test_lpips_vgg_fails_clearly_offline_or_measures_a_distance():
     try:
-        PerceptualLoss("lpips-vgg")
-    except RuntimeError as e:
-        assert "stlpips" in str(e)
+        p = PerceptualLoss("lpips-vgg")
+    except RuntimeError as e:  # offline: the message names the offline alternatives
+        assert "stlpips" in str(e) and "lpips-vgg" in str(e)
+        return
+    # weights available: a per-image distance, 0 for identical images and positive for different ones
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    with torch.no_grad():
+        same, diff = p(a, a), p(a, b)
+    assert same.shape == diff.shape == (2,)
+    assert torch.allclose(same, torch.zeros(2), atol=1e-6) and bool((diff > 1e-3).all())
 
 
 def test_explicit_variant_adds_lambda_times_latent_mse():

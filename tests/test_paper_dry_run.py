@@ -26,7 +26,9 @@ def test_paper_profile_notebooks_run_on_a_tiny_image_folder(tmp_path):
                      base_vae=str(tmp_path / "kl-f8"), image_size=32, n_test=4, finetune_subset=4,
                      finetune_epochs=1, finetune_batch=2, eval_n=4, eval_scales=[0.5], id_n=4, id_bootstrap=2,
                      disc_ndf=8, val_size=2, progress=False)
-    env = {"EQVAE_RUNS": str(tmp_path / "runs"), "EQVAE_FIGURES": str(tmp_path / "figures")}
+    # every output of the run (records, figures, caches) stays in tmp_path, never in the user's data/ or runs/
+    env = {"EQVAE_RUNS": str(tmp_path / "runs"), "EQVAE_FIGURES": str(tmp_path / "figures"),
+           "EQVAE_DATA": str(tmp_path / "data")}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -45,3 +47,4 @@ def test_paper_profile_notebooks_run_on_a_tiny_image_folder(tmp_path):
     steps = {m["subject"]: m["value"] for m in ft["metrics"] if m["name"] == "finetune_steps"}
     assert steps == {"plain": 2.0, "eq": 2.0}  # 4 images, batch 2, 1 epoch: the same budget for both
     assert (tmp_path / "figures" / "paper" / "04_table1_table12.csv").is_file()
+    assert (tmp_path / "data" / "cache" / "v2" / "ae-eq").is_dir()  # the fine-tunes were cached in the sandbox

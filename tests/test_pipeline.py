@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from eqvae_lib import pipeline
-from eqvae_lib.config import load_profile, notebook_params
+from eqvae_lib.config import build_config
 
 
 def test_steps_to_reach_interpolates_and_reports_not_reached():
@@ -28,34 +28,10 @@ def test_curve_stats_over_seeds():
 
 
 def test_expected_branch_fractions_follow_eq7():
-    f = pipeline.expected_branch_fractions({"p_alpha": 0.5, "p_prior_s": 0.25})
+    f = pipeline.expected_branch_fractions(0.5, 0.25)
     assert f == {"plain": 0.375, "lowres": 0.125, "eq": 0.5}  # SPEC: 50 / 37.5 / 12.5 %
-    f = pipeline.expected_branch_fractions({"p_alpha": 0.3, "p_prior_s": 0.5})
+    f = pipeline.expected_branch_fractions(0.3, 0.5)
     assert sum(f.values()) == pytest.approx(1.0) and f["eq"] == pytest.approx(0.7)
-
-
-def test_cache_dir_is_keyed_by_parameters(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "CACHE", tmp_path)
-    a = pipeline.cache_dir("x", {"lr": 1e-4, "seed": 0})
-    assert a == pipeline.cache_dir("x", {"seed": 0, "lr": 1e-4})  # key order does not matter
-    assert a != pipeline.cache_dir("x", {"lr": 2e-4, "seed": 0})
-    assert (a / "params.json").is_file()
-
-
-def test_notebook_params_take_overrides_from_the_namespace(monkeypatch):
-    monkeypatch.setenv("EQVAE_PROFILE", "smoke")
-    P = notebook_params(None, {"gen_steps": 7, "unrelated": 1})
-    assert P["profile"] == "smoke" and P["gen_steps"] == 7 and "unrelated" not in P
-    assert notebook_params("cpu", {})["n_train"] == 60000
-    full, cpu_sit = load_profile("cpu-full"), load_profile("cpu")["sit"]  # cpu-full inherits cpu, overrides sit
-    assert full["sit"] is True and cpu_sit is False and full["n_train"] == 60000 and full["profile"] == "cpu-full"
-
-
-def test_every_profile_has_the_keys_the_notebooks_read():
-    smoke = set(load_profile("smoke"))
-    for name in ("cpu", "cpu-full", "paper"):
-        missing = smoke - set(load_profile(name))
-        assert not missing, f"profile {name} lacks {sorted(missing)}"
 
 
 def test_design_rule_prefers_the_largest_grid_that_fits():
@@ -64,19 +40,18 @@ def test_design_rule_prefers_the_largest_grid_that_fits():
         dict(config="b 64px", latent="4x16x16", latent_side=16, n_scales_floor4=12, img_per_s=50, pretrain_min_projected=50),
         dict(config="c 16px", latent="4x4x4", latent_side=4, n_scales_floor4=0, img_per_s=400, pretrain_min_projected=6),
     ])
-    P = {"dataset": "a", "image_size": 32, "ae_arch": "", "pretrain_max_minutes": 20, "pilot_pretrain_images": 1}
+    P = build_config({"image_size": 32, "ae_arch": "", "pretrain_max_minutes": 20, "pilot_pretrain_images": 1})
     choice = pipeline.design_choice(df, P)
     assert choice["chosen"] == "a 32px"  # b does not fit 20 min, c has no admissible scale
-    P["pretrain_max_minutes"] = 60
-    assert pipeline.design_choice(df, P)["chosen"] == "b 64px"
+    assert pipeline.design_choice(df, P.replace(pretrain_max_minutes=60))["chosen"] == "b 64px"
     # labelled data first: a slightly faster unlabelled candidate of the same grid loses
     df2 = pd.DataFrame([
         dict(config="photo-crops 32px small-f4", latent="4x8x8", latent_side=8, n_scales_floor4=4, img_per_s=170,
              pretrain_min_projected=14),
         dict(config="fashion-mnist 32px small-f4", latent="4x8x8", latent_side=8, n_scales_floor4=4, img_per_s=165,
              pretrain_min_projected=15)])
-    P = {"dataset": "fashion-mnist", "image_size": 32, "ae_arch": "small-f4", "pretrain_max_minutes": 20,
-         "pilot_pretrain_images": 1}
+    P = build_config({"dataset": "fashion-mnist", "image_size": 32, "ae_arch": "small-f4", "pretrain_max_minutes": 20,
+                      "pilot_pretrain_images": 1})
     choice = pipeline.design_choice(df2, P)
     assert choice["chosen"] == "fashion-mnist 32px small-f4" and choice["matches_profile"]
 
@@ -88,8 +63,3 @@ def test_data_subset_and_batch_for_tensors_and_datasets():
     sub = pipeline.Data.subset(ds, 2)
     assert len(sub) == 2
     assert torch.equal(pipeline.Data.batch(ds, 4), x[:4])
-
-
-def test_list_overrides_given_as_strings_are_parsed(monkeypatch):
-    P = notebook_params("smoke", {"gen_seeds": "[0, 1, 2]", "gen_steps": 9})
-    assert P["gen_seeds"] == [0, 1, 2] and P["gen_steps"] == 9

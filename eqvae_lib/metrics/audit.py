@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from ..cli_util import BAD_INPUT, CONVERSIONS_HELP, add_checkpoint_options, checkpoint_kwargs, one_line, run_guarded
-from ..config import RUNS_DIR, device as default_device
+from ..runtime import RUNS_DIR, device as default_device
 from ..io import atomic_path, atomic_write_json, git_commit
 from .equivariance import decoder_equivariance, equivariance_error, transformed_decodings
 from .intrinsic_dim import intrinsic_dimension, latent_points

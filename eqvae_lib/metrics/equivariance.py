@@ -28,7 +28,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..transforms import Transform, evaluation_transforms
-from .reconstruction import DecodeFn, EncodeFn, describe_inputs, iter_batches, psnr_per_image, summarize_psnr
+from .batching import iter_batches
+from .fid import fid_kid
+from .reconstruction import DecodeFn, EncodeFn, describe_inputs, psnr_per_image, summarize_psnr
 
 DEFAULT_SCALES = (0.25, 0.5, 0.75)
 
@@ -132,8 +134,6 @@ def decoder_equivariance(images: torch.Tensor | Dataset, encode_fn: EncodeFn, de
         PSNR/rFID compare with: τ∘x of the same images), ``"extractor"`` (its description or None)}``. PSNR in dB on
         uint8 values, per image then averaged.
     """
-    from .fid import fid_kid
-
     transforms: list[Transform] = [Transform(mode=mode)] if include_identity else []
     transforms += evaluation_transforms("scale", tuple(scales), mode=mode) if scales else []
     transforms += evaluation_transforms("rotation", mode=mode) if rotations else []

@@ -45,9 +45,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-from ..config import DATA_DIR
+from ..runtime import DATA_DIR
+from ..data import get_dataset
 from ..io import atomic_path, atomic_torch_save, atomic_write_json, hash_obj, state_dict_hash
-from .reconstruction import iter_batches, to_uint8
+from .batching import iter_batches, to_uint8
 
 TF_INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's own file name
 INCEPTION_NAME = "inception-v3-compat"
@@ -360,8 +361,6 @@ def train_classifier(cfg: ClassifierConfig, verbose: bool = True) -> tuple[Class
     ``info = {"holdout_accuracy", "num_classes", "train_seconds", "n_train"}``.
     """
     from tqdm.auto import tqdm
-
-    from ..data import get_dataset
 
     if cfg.dataset not in ("fashion-mnist", "photo-crops"):
         raise ValueError(f"classifier dataset must be 'fashion-mnist' or 'photo-crops', got {cfg.dataset!r}")

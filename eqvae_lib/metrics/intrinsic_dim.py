@@ -26,6 +26,8 @@ import warnings
 import numpy as np
 import torch
 
+from .batching import iter_batches
+
 
 def _as_points(latents: torch.Tensor | np.ndarray) -> np.ndarray:
     x = latents.detach().cpu().double().numpy() if isinstance(latents, torch.Tensor) else np.asarray(latents,
@@ -198,7 +200,5 @@ def intrinsic_dimension(latents: torch.Tensor | np.ndarray, n: int | None = None
 @torch.no_grad()
 def latent_points(images, encode_fn, batch_size: int = 64, device=None) -> torch.Tensor:
     """Encode all images (tensor ``[N, C, H, W]`` in [-1, 1] or Dataset) → flattened latents ``[N, c·h·w]`` (CPU)."""
-    from .reconstruction import iter_batches
-
     return torch.cat([encode_fn(x.float()).flatten(1).float().cpu() for x in iter_batches(images, batch_size,
                                                                                           device)])
