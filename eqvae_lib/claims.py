@@ -302,8 +302,19 @@ def _n_samples(record: Any, claim: Claim, notes: str) -> int | None:
     m = re.search(r"\bn\s*=\s*(\d+)", notes or "")
     if m:
         return int(m.group(1))
-    v = (record.params or {}).get(claim.samples_param) if claim.samples_param else None
+    v = _param(record.params or {}, claim.samples_param) if claim.samples_param else None
     return int(v) if isinstance(v, (int, float)) and v else None
+
+
+def _param(params: dict, key: str) -> Any:
+    """A parameter of a record: flat (records before the typed configs, and those re-derived from tables) or under
+    ``params["stages"][stage][key]`` (:meth:`eqvae_lib.config.Config.record`)."""
+    if key in params:
+        return params[key]
+    for stage in (params.get("stages") or {}).values():
+        if isinstance(stage, dict) and key in stage:
+            return stage[key]
+    return None
 
 
 def _num(v: Any) -> str:
