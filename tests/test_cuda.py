@@ -51,7 +51,7 @@ def test_objective_agrees_between_cpu_and_cuda(branch, tau):
                                                                  branch=branch, **kw)
             loss.backward()
             grad = vae.encoder.conv_in.weight.grad.detach().cpu()
-            out[dev] = (loss.item(), recon.detach().cpu(), grad, logs["d_weight"])
+            out[dev] = (loss.item(), recon.detach().cpu(), grad, float(logs["d_weight"]))
     (lc, rc, gc, dc), (lg, rg, gg, dg) = out["cpu"], out["cuda"]
     assert lg == pytest.approx(lc, rel=1e-4)
     torch.testing.assert_close(rg, rc, atol=1e-4, rtol=1e-4)
