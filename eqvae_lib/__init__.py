@@ -4,8 +4,8 @@ Reference: Kouzelis, Kakogeorgiou, Gidaris, Komodakis, "EQ-VAE: Equivariance Reg
 Generative Image Modeling", ICML 2025, arXiv:2502.09509 (v3). Equation and table numbers in docstrings refer to it.
 
 Modules (imports only point down this list, see ARCHITECTURE in README):
-config, io -> data, transforms -> autoencoders -> losses -> train_ae -> latents -> dit, sit, vq/maskgit -> train_gen
--> metrics -> records, plotting -> pipeline -> __main__ and notebooks.
+config, io, rng (the RNG rule), perf (TF32, fused optimizers, compile) -> data, transforms -> autoencoders -> losses
+-> train_ae -> latents -> dit, sit, vq/maskgit -> train_gen -> metrics -> records, plotting -> pipeline -> __main__ and notebooks.
 """
 
 __version__ = "0.1.0"

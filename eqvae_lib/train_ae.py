@@ -434,12 +434,9 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
             st["step"] += 1
             st["step_in_epoch"] += 1
             st["images_seen"] += eff_batch
-            now = time.time()
-            st["elapsed_s"] += now - t_last
-            t_last = now
-            if pbar is not None:
-                pbar.update(1)
-            if st["step"] % cfg.log_every == 0:  # the only host sync of the loop: read the interval's means
+            logging = st["step"] % cfg.log_every == 0
+            if logging:  # the only host sync of the loop: read the interval's means (before the clock is read, so
+                # that elapsed_s at a log line includes the device's work up to it)
                 if bool(nonfinite):
                     raise FloatingPointError(f"non-finite autoencoder loss in steps {st['step'] - cfg.log_every + 1}"
                                              f"..{st['step']} (last branch {rec['branch']}, tau {rec['tau']}); "
@@ -447,6 +444,12 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
                 means = {k: float(v) / acc_n for k, v in acc.items()}
                 rec = {k: (means.get(k) if isinstance(v, torch.Tensor) else v) for k, v in rec.items()}
                 acc, acc_n = {}, 0
+            now = time.time()
+            st["elapsed_s"] += now - t_last
+            t_last = now
+            if pbar is not None:
+                pbar.update(1)
+            if logging:
                 if pbar is not None:  # the terms a user reads, not their total
                     pbar.set_postfix(rec=f"{rec['nll']:.4g}", kl=f"{rec['reg']:.3g}", gan=f"{rec['g_loss']:.3g}",
                                      disc=f"{rec['d_loss']:.3g}", br=rec["branch"][:2])
