@@ -115,6 +115,22 @@ def test_common_random_numbers_posterior_noise_at_p_alpha_half(tmp_path):
     assert not torch.equal(eq[0][2], eq[1][2])  # and it differs from step to step
 
 
+def test_log_lines_are_interval_means_and_logging_does_not_change_training(tmp_path):
+    x = _data(32)
+    lc = LossConfig(perceptual="none", disc_ndf=8, min_latent_side=2)
+    train_autoencoder(_tiny(), x, _cfg(loss=lc, max_steps=4, max_epochs=None, val_every=0, measure_norm=False),
+                      tmp_path / "every")
+    train_autoencoder(_tiny(), x, _cfg(loss=lc, max_steps=4, max_epochs=None, val_every=0, measure_norm=False,
+                                       log_every=2), tmp_path / "two")
+    assert _summary(tmp_path / "every")["weights_hash"] == _summary(tmp_path / "two")["weights_hash"]
+    every = [r for r in map(json.loads, (tmp_path / "every" / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    two = [r for r in map(json.loads, (tmp_path / "two" / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert [r["step"] for r in two] == [2, 4]
+    for r, (a, b) in zip(two, [(every[0], every[1]), (every[2], every[3])]):
+        for key in ("loss", "nll", "l1", "reg", "g_loss", "d_loss", "d_weight"):
+            assert r[key] == pytest.approx((a[key] + b[key]) / 2, rel=1e-5, abs=1e-9), key
+
+
 def test_grad_accumulation_counts_and_lr_scaling(tmp_path):
     train_autoencoder(_tiny(), _data(), _cfg(batch_size=4, grad_accum=3, max_epochs=1), tmp_path / "r")
     s = _summary(tmp_path / "r")
