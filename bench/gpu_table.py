@@ -14,6 +14,11 @@ START, END = "<!-- gpu-table:start -->", "<!-- gpu-table:end -->"
 NAMES = {"old_eager": "old loop (8bf3814), eager", "new_eager": "new loop, eager", "new_compiled": "new loop, compiled"}
 
 
+def _num(x, fmt: str) -> str:
+    """``fmt.format(x)`` for a finite number, else an em dash (missing, NaN, or a string such as "NaN")."""
+    return fmt.format(x) if isinstance(x, (int, float)) and x == x else "—"
+
+
 def table(res: dict) -> str:
     """Markdown: one row per (model, variant) with step time, throughput, TFLOP/s, fraction of peak, peak memory."""
     peak = res.get("peak_bf16_dense_tflops")
@@ -29,11 +34,11 @@ def table(res: dict) -> str:
                 why = r.get("skipped") or r.get("error", "")
                 lines.append(f"| {row['label']} | {name} | — | not measured: {why[:80]} | | | | |")
                 continue
-            frac = f"{r['fraction_of_peak']:.0%}" if r.get("fraction_of_peak") is not None else "?"
-            sp = row.get(f"speedup_{v}_over_old")
-            lines.append(f"| {row['label']} | {name} | {r['step_s'] * 1e3:.0f} ms | {r['samples_per_s']:.0f} "
-                         f"{row['unit']} | {r['tflops_per_s']:.0f} | {frac} | {f'{sp:.2f}x' if sp else '—'} | "
-                         f"{r['peak_mem_GiB']:.1f} GiB |")
+            frac = _num(r.get("fraction_of_peak"), "{:.0%}")
+            sp = _num(row.get(f"speedup_{v}_over_old"), "{:.2f}x")
+            lines.append(f"| {row['label']} | {name} | {_num(r['step_s'] * 1e3, '{:.0f} ms')} | "
+                         f"{_num(r['samples_per_s'], '{:.0f}')} {row['unit']} | {_num(r.get('tflops_per_s'), '{:.0f}')} "
+                         f"| {frac} | {sp} | {_num(r.get('peak_mem_GiB'), '{:.1f} GiB')} |")
     return "\n".join(lines) + "\n"
 
 
