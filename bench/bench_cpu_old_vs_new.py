@@ -6,8 +6,8 @@ Run: ``OMP_NUM_THREADS=1 python bench/bench_cpu_old_vs_new.py [--reps 3]`` (abou
 
 Rows (each: median CPU seconds of this process — ``time.process_time``, less disturbed by other jobs than wall time on
 a shared machine; run with one thread — old / new over the repetitions, and new/old; wall medians are in the JSON):
-1. AE loss step (bench_ae_step's unit): ``generator_loss`` + backward + ``discriminator_loss`` + backward + Adam, small-f4,
-   32 px, batch 16, ST-LPIPS-alex, forced plain branch, same generator: also checks that the loss VALUES are
+1. AE loss step (bench_ae_step's unit): ``generator_loss`` + backward + ``discriminator_loss`` + backward + Adam,
+   small-f4, 32 px, batch 16, ST-LPIPS-alex, forced plain branch, same generator: also checks that the loss VALUES are
    bit-identical (only the RNG rule may change numbers; this path draws nothing new);
 2. ``train_autoencoder`` end to end (small-f4, 16 px, batch 8, 12 steps, no validation), plain objective: the EQ
    objective's branch sequence depends on the RNG rule, and the branches cost differently, so only the plain loop

@@ -238,8 +238,8 @@ def main(argv=None) -> dict:
     p.add_argument("--old-commit", default=BASELINE)
     p.add_argument("--old-src", help="folder holding the old eqvae_lib/ (instead of git archive)")
     p.add_argument("--perceptual", default="stlpips-alex")
-    p.add_argument("--budget-s", type=float, default=300, help="start no compiled variant once this many seconds are used "
-                   "(keeps the whole run under 8 minutes on one H200)")
+    p.add_argument("--budget-s", type=float, default=300,
+                   help="start no compiled variant once this many seconds are used (whole run < 8 min on one H200)")
     p.add_argument("--only", nargs="*", default=None, help="subset of dit_b2_train klf8_eq_finetune ddpm250_sampling")
     p.add_argument("--smoke", action="store_true", help="CPU-sized run of every code path (checks the script; its "
                                                         "numbers mean nothing); needs --out")

@@ -1,5 +1,6 @@
-"""The README's GPU table from a ``bench_gpu.py`` JSON: ``python bench/gpu_table.py bench/results/bench_gpu_loops_X.json``
-prints it (markdown); ``--readme README.md`` replaces the lines between ``<!-- gpu-table:start -->`` and
+"""The README's GPU table from a ``bench_gpu.py`` JSON.
+
+``python bench/gpu_table.py bench/results/bench_gpu_loops_X.json`` prints it (markdown); ``--readme README.md`` replaces the lines between ``<!-- gpu-table:start -->`` and
 ``<!-- gpu-table:end -->`` in that file instead (atomic write; an error names the file when the markers are missing).
 """
 
@@ -37,8 +38,8 @@ def table(res: dict) -> str:
             frac = _num(r.get("fraction_of_peak"), "{:.0%}")
             sp = _num(row.get(f"speedup_{v}_over_old"), "{:.2f}x")
             lines.append(f"| {row['label']} | {name} | {_num(r['step_s'] * 1e3, '{:.0f} ms')} | "
-                         f"{_num(r['samples_per_s'], '{:.0f}')} {row['unit']} | {_num(r.get('tflops_per_s'), '{:.0f}')} "
-                         f"| {frac} | {sp} | {_num(r.get('peak_mem_GiB'), '{:.1f} GiB')} |")
+                         f"{_num(r['samples_per_s'], '{:.0f}')} {row['unit']} | "
+                         f"{_num(r.get('tflops_per_s'), '{:.0f}')} | {frac} | {sp} | {_num(r.get('peak_mem_GiB'), '{:.1f} GiB')} |")
     return "\n".join(lines) + "\n"
 
 
