@@ -390,15 +390,30 @@ class GaussianDiffusion:
         self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        # arrays the formulas below index (kept as attributes so that their device copies are made once)
+        self.one_minus_alphas_cumprod = 1.0 - self.alphas_cumprod
+        self.log_one_minus_alphas_cumprod = np.log(1.0 - self.alphas_cumprod)  # log in float64
+        self.log_betas = np.log(self.betas)
+        self.fixed_large_variance = np.append(self.posterior_variance[1], self.betas[1:])  # "fixed large"
+        self.log_fixed_large_variance = np.log(self.fixed_large_variance)
+        self._on_device: dict = {}  # (id(array), device) -> (array, tensor): each schedule array copied once
 
     # -------------------------------------------------------------------------------------------- helpers
-    @staticmethod
-    def _extract(arr: np.ndarray, t: torch.Tensor, shape) -> torch.Tensor:
-        out = torch.from_numpy(arr).to(device=t.device)[t].float()
+    def _device_array(self, arr: np.ndarray, device: torch.device) -> torch.Tensor:
+        """``torch.from_numpy(arr).to(device)``, made once per (array, device): a host-to-device copy from pageable
+        memory in every step would wait for the device each time."""
+        key = (id(arr), str(device))
+        hit = self._on_device.get(key)
+        if hit is None or hit[0] is not arr:
+            hit = self._on_device[key] = (arr, torch.from_numpy(arr).to(device=device))
+        return hit[1]
+
+    def _extract(self, arr: np.ndarray, t: torch.Tensor, shape) -> torch.Tensor:
+        out = self._device_array(arr, t.device)[t].float()
         return out.view(-1, *([1] * (len(shape) - 1))).expand(shape)
 
     def _call(self, model: ModelFn, x: torch.Tensor, t: torch.Tensor, model_kwargs: dict | None) -> torch.Tensor:
-        t_orig = torch.from_numpy(self.timestep_map).to(t.device)[t]
+        t_orig = self._device_array(self.timestep_map, t.device)[t]
         return model(x, t_orig, **(model_kwargs or {})).float()
 
     def sample_t(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -410,8 +425,8 @@ class GaussianDiffusion:
     def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor):
         """Mean, variance and log-variance of q(x_t | x_0) = N(√ᾱ_t x_0, (1 - ᾱ_t) I)."""
         mean = self._extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-        var = self._extract(1.0 - self.alphas_cumprod, t, x_start.shape)
-        return mean, var, self._extract(np.log(1.0 - self.alphas_cumprod), t, x_start.shape)  # log in float64
+        var = self._extract(self.one_minus_alphas_cumprod, t, x_start.shape)
+        return mean, var, self._extract(self.log_one_minus_alphas_cumprod, t, x_start.shape)  # log in float64
 
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε."""
@@ -436,15 +451,14 @@ class GaussianDiffusion:
                 raise ValueError(f"learn_sigma needs a model with {2 * C} output channels, got {model_output.shape[1]}")
             eps, v = model_output[:, :C], model_output[:, C:]
             min_log = self._extract(self.posterior_log_variance_clipped, t, x.shape)
-            max_log = self._extract(np.log(self.betas), t, x.shape)
+            max_log = self._extract(self.log_betas, t, x.shape)
             frac = (v + 1) / 2
             log_variance = frac * max_log + (1 - frac) * min_log
             variance = torch.exp(log_variance)
         else:
             eps = model_output[:, :C]
-            fixed = np.append(self.posterior_variance[1], self.betas[1:])  # "fixed large"
-            variance = self._extract(fixed, t, x.shape)
-            log_variance = self._extract(np.log(fixed), t, x.shape)
+            variance = self._extract(self.fixed_large_variance, t, x.shape)  # "fixed large"
+            log_variance = self._extract(self.log_fixed_large_variance, t, x.shape)
         pred_xstart = (self._extract(self.sqrt_recip_alphas_cumprod, t, x.shape) * x
                        - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x.shape) * eps)
         if clip_denoised:
@@ -487,9 +501,14 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------------------------------- sampling
     @staticmethod
     def _randn(shape, generator, device) -> torch.Tensor:
+        """Noise from ``generator`` on its device (a CPU generator gives the same numbers for a CPU or a CUDA model),
+        moved to ``device``; a CPU draw for CUDA goes through pinned memory, asynchronously (no wait for the GPU)."""
         if generator is None:
             return torch.randn(shape, device=device)
-        return torch.randn(shape, generator=generator, device=generator.device).to(device)
+        x = torch.randn(shape, generator=generator, device=generator.device)
+        if x.device.type == "cpu" and torch.device(device).type == "cuda":
+            return x.pin_memory().to(device, non_blocking=True)
+        return x.to(device)
 
     @torch.no_grad()
     def p_sample_loop(self, model: ModelFn, shape, noise: torch.Tensor | None = None, model_kwargs: dict | None = None,

@@ -254,7 +254,8 @@ class EQVAELoss(nn.Module):
 
     # ----------------------------------------------------------------------------- terms
     def reconstruction_loss(self, target: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """``Σ_{C,H,W}(|x − x̂| + w_p·P(x, x̂)) / B`` (LDM nll with logvar = 0) and its parts (per-image means)."""
+        """``Σ_{C,H,W}(|x − x̂| + w_p·P(x, x̂)) / B`` (LDM nll with logvar = 0) and its parts (per-image means, as
+        detached 0-d tensors: no host synchronisation)."""
         if target.shape != recon.shape:
             raise ValueError(f"target {tuple(target.shape)} and reconstruction {tuple(recon.shape)} differ in shape")
         b = target.shape[0]
@@ -263,7 +264,7 @@ class EQVAELoss(nn.Module):
             else target.new_zeros(b)
         rec = l1 + self.cfg.perceptual_weight * p.view(b, 1, 1, 1)
         nll = rec.sum() / b
-        return nll, {"l1": float(l1.detach().mean()), "perceptual": float(p.detach().mean())}
+        return nll, {"l1": l1.detach().mean(), "perceptual": p.detach().mean()}
 
     def disc_factor(self, step: int) -> float:
         return self.cfg.disc_factor if step >= self.cfg.disc_start else 0.0
@@ -271,6 +272,7 @@ class EQVAELoss(nn.Module):
     # ----------------------------------------------------------------------------- generator side
     def generator_loss(self, vae, x: torch.Tensor, step: int = 0, generator: torch.Generator | None = None,
                        branch: str | None = None, tau: Transform | None = None, lowres_scale: float | None = None,
+                       posterior_noise: torch.Tensor | None = None,
                        ) -> tuple[torch.Tensor, dict, tuple[torch.Tensor, torch.Tensor]]:
         """The autoencoder's loss for one batch (Eq. 1 / 5 / 7 or Table 7).
 
@@ -278,16 +280,22 @@ class EQVAELoss(nn.Module):
             vae: ``AutoencoderKL`` or ``VQModel``.
             x: images ``[B, C, H, W]`` in [-1, 1], square, side a multiple of f.
             step: optimizer step (for ``disc_start``).
-            generator: RNG for the branch, τ and the posterior sample (CPU generator; its state makes runs
-                resumable).
+            generator: CPU RNG for the objective's own draws (branch, τ, low-resolution scale, explicit τ) and, when
+                ``posterior_noise`` is None, for the posterior sample too.
             branch: force ``"plain"`` / ``"lowres"`` / ``"eq"`` (default: :meth:`sample_branch`).
             tau: force τ for the ``"eq"`` branch (e.g. ``IDENTITY``: then the loss equals the plain loss exactly).
             lowres_scale: force s for the ``"lowres"`` branch.
+            posterior_noise: ε ``[B, C_z, ≥h, ≥w]`` ~ N(0, I) for the posterior sample z = μ + σ·ε, cropped to the
+                latent's ``h × w`` (top-left; a low-resolution latent uses a corner of the full-size noise). Given
+                by ``train_autoencoder`` from the ``posterior`` stream of the RNG rule (eqvae_lib.rng), so that the
+                branch draws never shift the posterior noise (common random numbers between EQ and plain arms).
 
         Returns:
-            ``(loss, logs, (target, recon))``: scalar loss; a dict of floats/strings (``branch``, ``tau``, ``nll``,
-            ``l1``, ``perceptual``, ``reg``, ``g_loss``, ``d_weight``, ``logits_fake``, ``explicit``); the detached
-            pair for :meth:`discriminator_loss`.
+            ``(loss, logs, (target, recon))``: scalar loss; a dict of strings (``branch``, ``tau``), Python numbers
+            (``disc_factor``) and DETACHED 0-d tensors (``loss``, ``nll``, ``l1``, ``perceptual``, ``reg``,
+            ``g_loss``, ``d_weight``, ``logits_fake``, ``explicit``; None when the term is off) — read them with
+            ``float()`` only when logging, each read waits for the device; the detached pair for
+            :meth:`discriminator_loss`.
         """
         c = self.cfg
         if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
@@ -314,7 +322,11 @@ class EQVAELoss(nn.Module):
         if is_vq(vae):
             z, kl = post, None
         else:
-            z = post.sample(generator=generator)  # a CPU generator also serves CUDA tensors (diffusers)
+            if posterior_noise is None:
+                z = post.sample(generator=generator)  # a CPU generator also serves CUDA tensors (diffusers)
+            else:  # the same arithmetic as diffusers' DiagonalGaussianDistribution.sample: z = μ + σ·ε
+                h, w = post.mean.shape[-2:]
+                z = post.mean + post.std * posterior_noise[..., :h, :w].to(post.mean)
             kl = post.kl().sum() / b
         recon, vq_reg = decode_with_loss(vae, tau.apply(z))
         target = tau.apply(x_in)
@@ -342,7 +354,7 @@ class EQVAELoss(nn.Module):
             logits = self.discriminator(recon.contiguous())
             self.discriminator.requires_grad_(True)
             g_loss = -logits.mean()
-            logits_fake = float(logits.detach().mean())
+            logits_fake = logits.detach().mean()
             if torch.is_grad_enabled() and recon.requires_grad:
                 d_weight = adaptive_weight(nll, g_loss, last_layer(vae), c.disc_weight)
             else:  # evaluation: no gradients, LDM uses weight 0
@@ -350,18 +362,19 @@ class EQVAELoss(nn.Module):
             loss = loss + d_weight * disc_factor * g_loss
 
         logs = {"branch": branch, "tau": tau.describe() if branch != "lowres" else f"lowres·{x_in.shape[-1]}px",
-                "loss": float(loss.detach()), "nll": float(nll.detach()), **parts,
-                "reg": float(reg.detach()) if reg is not None else 0.0, "g_loss": float(g_loss.detach()),
-                "d_weight": float(d_weight), "disc_factor": disc_factor, "logits_fake": logits_fake,
-                "explicit": float(explicit.detach()) if explicit is not None else None}
+                "loss": loss.detach(), "nll": nll.detach(), **parts,
+                "reg": reg.detach() if reg is not None else 0.0, "g_loss": g_loss.detach(),
+                "d_weight": d_weight.detach(), "disc_factor": disc_factor, "logits_fake": logits_fake,
+                "explicit": explicit.detach() if explicit is not None else None}
         return loss, logs, (target.detach(), recon.detach())
 
     # ----------------------------------------------------------------------------- discriminator side
     def discriminator_loss(self, target: torch.Tensor, recon: torch.Tensor, step: int = 0
                            ) -> tuple[torch.Tensor, dict]:
         """Hinge loss of the PatchGAN on (real = target, fake = reconstruction), both detached; × disc_factor.
-        Returns ``(loss, {"d_loss", "logits_real", "logits_fake"})``; loss is a zero with no graph when the GAN is
-        off (``step < disc_start`` or ``disc_weight == 0``)."""
+        Returns ``(loss, {"d_loss", "logits_real", "logits_fake_d"})`` (detached 0-d tensors; ``0.0`` / None when
+        the GAN is off); loss is a zero with no graph when the GAN is off (``step < disc_start`` or
+        ``disc_weight == 0``)."""
         factor = self.disc_factor(step)
         if factor == 0 or self.cfg.disc_weight == 0:
             z = torch.zeros((), device=target.device)
@@ -369,5 +382,5 @@ class EQVAELoss(nn.Module):
         logits_real = self.discriminator(target.detach().contiguous())
         logits_fake = self.discriminator(recon.detach().contiguous())
         d_loss = factor * hinge_d_loss(logits_real, logits_fake)
-        return d_loss, {"d_loss": float(d_loss.detach()), "logits_real": float(logits_real.detach().mean()),
-                        "logits_fake_d": float(logits_fake.detach().mean())}
+        return d_loss, {"d_loss": d_loss.detach(), "logits_real": logits_real.detach().mean(),
+                        "logits_fake_d": logits_fake.detach().mean()}

@@ -46,7 +46,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import rng as rng_rule
+from . import rng as rng_rule
 from .io import atomic_path, atomic_torch_save, state_dict_hash
+from .perf import adam_kwargs, enable_tf32, maybe_compile
+from .perf import adam_kwargs, enable_tf32, maybe_compile
 
 
 # ------------------------------------------------------------------------------------------------------- schedule
@@ -133,11 +137,14 @@ class MaskGIT(nn.Module):
         returns float logits ``[B, h*w, K]`` over the real codes, in raster order.
 
     Raises:
-        ValueError: for token ids or labels out of range, or a grid of the wrong size.
+        ValueError: for token ids or labels out of range (checked while ``check_inputs`` is True — the default;
+            the training loop and the sampler validate their inputs once and switch the per-call check off, since
+            reading ``min()``/``max()`` back waits for the device), or a grid of the wrong size.
     """
 
     def __init__(self, config: MaskGITConfig):
         super().__init__()
+        self.check_inputs = True
         self.config = config
         c = config
         self.mask_id = c.codebook_size
@@ -171,7 +178,7 @@ class MaskGIT(nn.Module):
         labels = torch.as_tensor(labels, device=device).long().reshape(-1)
         if labels.shape[0] != batch:
             raise ValueError(f"MaskGIT: {labels.shape[0]} labels for a batch of {batch} token grids")
-        if labels.numel() and (labels.min() < 0 or labels.max() > self.null_class):
+        if self.check_inputs and labels.numel() and (labels.min() < 0 or labels.max() > self.null_class):
             raise ValueError(f"MaskGIT: labels must lie in 0..{self.null_class} (null class = {self.null_class}), "
                              f"got [{int(labels.min())}, {int(labels.max())}]")
         return labels
@@ -182,7 +189,7 @@ class MaskGIT(nn.Module):
         if x.shape[1] != self.seq_len:
             raise ValueError(f"MaskGIT: token grid of {tuple(tokens.shape[1:])} ({x.shape[1]} tokens) does not match "
                              f"the model's grid {self.config.grid}")
-        if x.numel() and (x.min() < 0 or x.max() > self.mask_id):
+        if self.check_inputs and x.numel() and (x.min() < 0 or x.max() > self.mask_id):
             raise ValueError(f"MaskGIT: token ids must lie in 0..{self.mask_id} (mask id = {self.mask_id}), got "
                              f"[{int(x.min())}, {int(x.max())}]")
         y = self._labels(labels, b, x.device)
@@ -252,26 +259,30 @@ def random_mask(tokens: torch.Tensor, schedule: str = "cosine", generator: torch
 
 def maskgit_loss(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, mask: torch.Tensor | None = None,
-                 label_dropout: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                 label_dropout: float | None = None, label_generator: torch.Generator | None = None,
+                 check: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Masked-token cross-entropy (MaskGIT training objective).
 
     Args:
         model: the MaskGIT.
         tokens: int64 ``[B, h, w]`` in ``0..K-1``.
         labels: int64 ``[B]`` in ``0..num_classes-1`` or ``None`` (unlabelled: null class).
-        generator: generator for the mask and the label dropout (on ``tokens.device``).
+        generator: generator for the mask (and the label dropout unless ``label_generator``; on ``tokens.device``).
         mask: optional fixed bool mask ``[B, h, w]`` (True = masked) instead of ``random_mask``.
         label_dropout: override of ``model.config.label_dropout`` (e.g. 0 for evaluation).
+        label_generator: generator for the label dropout (the training loop's ``labels`` stream).
+        check: validate the token range (one host sync; the training loop validates its cache once instead).
 
     Returns:
         ``(loss, stats)``: scalar mean cross-entropy over masked positions (nats, with the config's label smoothing)
-        and ``{"loss", "acc", "mask_frac"}`` as floats (``acc`` = top-1 accuracy on masked positions).
+        and ``{"loss", "acc", "mask_frac"}`` as detached 0-d tensors (``acc`` = top-1 accuracy on masked positions;
+        ``float()`` them when logging).
 
     Raises:
         ValueError: for token ids outside ``0..K-1``.
     """
     k = model.config.codebook_size
-    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= k):
+    if check and tokens.numel() and (tokens.min() < 0 or tokens.max() >= k):
         raise ValueError(f"maskgit_loss: token ids must lie in 0..{k - 1}, got [{int(tokens.min())}, "
                          f"{int(tokens.max())}]; were the tokens made by a tokenizer with another codebook size?")
     if mask is None:
@@ -280,7 +291,8 @@ def maskgit_loss(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | No
     if labels is not None:
         labels = torch.as_tensor(labels, device=tokens.device).long()
         if p_drop > 0:
-            drop = torch.rand(labels.shape[0], device=tokens.device, generator=generator) < p_drop
+            drop = torch.rand(labels.shape[0], device=tokens.device,
+                              generator=label_generator if label_generator is not None else generator) < p_drop
             labels = labels.masked_fill(drop, model.null_class)
     inputs = tokens.masked_fill(mask, model.mask_id)
     logits = model(inputs, labels)
@@ -289,8 +301,8 @@ def maskgit_loss(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | No
     sel = logits[flat_mask].float()
     loss = F.cross_entropy(sel, target, label_smoothing=model.config.label_smoothing)
     with torch.no_grad():
-        acc = (sel.argmax(-1) == target).float().mean().item()
-    return loss, {"loss": loss.item(), "acc": acc, "mask_frac": flat_mask.float().mean().item()}
+        acc = (sel.argmax(-1) == target).float().mean()
+    return loss, {"loss": loss.detach(), "acc": acc, "mask_frac": flat_mask.float().mean()}
 
 
 # ------------------------------------------------------------------------------------------------------- sampler
@@ -344,8 +356,11 @@ def sample(model: MaskGIT, n: int | None = None, labels: torch.Tensor | Sequence
     schedule = schedule or c.schedule
     gen = _make_generator(device, generator, seed)
     N, K = model.seq_len, c.codebook_size
-    was_training = model.training
+    was_training, was_checking = model.training, model.check_inputs
     model.eval()
+    if labels is not None:
+        model._labels(labels, n, device)  # validated once; the decoding steps' inputs are made here
+    model.check_inputs = False
     try:
         ids = torch.full((n, N), model.mask_id, dtype=torch.long, device=device)
         for t in range(steps):
@@ -381,6 +396,7 @@ def sample(model: MaskGIT, n: int | None = None, labels: torch.Tensor | Sequence
             ids = torch.where(remask, torch.full_like(drawn, model.mask_id), drawn)
     finally:
         model.train(was_training)
+        model.check_inputs = was_checking
     return ids.reshape(n, *c.grid)
 
 
@@ -425,7 +441,10 @@ class MaskGITTrainConfig:
         grad_clip: max gradient norm (None = off). ema_decay: EMA of the weights (None = off).
         checkpoint_steps: steps after which a checkpoint ``step_{S:07d}.pt`` is written into ``out_dir``.
         eval_steps: steps after which ``eval_fn`` runs (default: ``checkpoint_steps``).
-        log_every: steps between JSONL log lines. seed: data order, masks and label dropout.
+        log_every: steps between JSONL log lines (the loop's only host syncs). seed: data order, masks and label
+            dropout (RNG rule of eqvae_lib.rng: streams ``data`` (seed, epoch), ``mask`` and ``labels`` (seed, step),
+            drawn on the model's device for the whole batch).
+        compile: ``torch.compile`` the transformer (opt-in).
     """
 
     steps: int = 1000
@@ -441,6 +460,7 @@ class MaskGITTrainConfig:
     eval_steps: tuple[int, ...] | None = None
     log_every: int = 50
     seed: int = 0
+    compile: bool = False
 
 
 def _lr_at(step: int, cfg: MaskGITTrainConfig) -> float:
@@ -470,8 +490,9 @@ def train_maskgit(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | N
             (else the trained model), in eval mode; its dict goes into the log line ``{"kind": "eval", ...}``.
         log_path: JSONL file; one line ``{"kind": "train", "step", "epoch", "loss", "acc", "lr", "grids_per_s"}``
             every ``cfg.log_every`` steps (appended, flushed). Default ``out_dir/log.jsonl`` when out_dir is given.
-        resume: a checkpoint written by this function; training continues from its step (weights, EMA, optimizer,
-            mask generator state): without dropout, resuming reproduces the uninterrupted run exactly.
+        resume: a checkpoint written by this function; training continues from its step (weights, EMA, optimizer;
+            masks and label dropout are functions of (seed, step)): without dropout, resuming reproduces the
+            uninterrupted run exactly.
         progress: show a tqdm bar.
 
     Returns:
@@ -490,7 +511,15 @@ def train_maskgit(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | N
         raise ValueError("train_maskgit: labels given but the model is unconditional (num_classes=0)")
     if cfg.checkpoint_steps and out_dir is None:
         raise ValueError("train_maskgit: checkpoint_steps given but no out_dir")
+    k = model.config.codebook_size
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= k):  # once, not per step
+        raise ValueError(f"train_maskgit: token ids must lie in 0..{k - 1}, got [{int(tokens.min())}, "
+                         f"{int(tokens.max())}]; were the tokens made by a tokenizer with another codebook size?")
+    if labels is not None and len(labels) and (int(labels.min()) < 0 or int(labels.max()) > model.null_class):
+        raise ValueError(f"train_maskgit: labels must lie in 0..{model.null_class} (null class included), got "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
     device = next(model.parameters()).device
+    enable_tf32(device)
     out_dir = Path(out_dir) if out_dir is not None else None
     if log_path is None and out_dir is not None:
         log_path = out_dir / "log.jsonl"
@@ -504,14 +533,14 @@ def train_maskgit(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | N
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "emb" in name else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas),
+                            **adam_kwargs(device))
     ema = None
     if cfg.ema_decay is not None:
         ema = copy.deepcopy(model).eval()
         for p in ema.parameters():
             p.requires_grad_(False)
     step = 0
-    rng_state = None
     if resume is not None:
         ck = torch.load(resume, map_location=device, weights_only=True)
         model.load_state_dict(ck["model"])
@@ -520,19 +549,17 @@ def train_maskgit(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | N
         if ema is not None and ck.get("ema") is not None:
             ema.load_state_dict(ck["ema"])
         step = int(ck["step"])
-        rng_state = (ck.get("extra") or {}).get("rng")
 
     n_data = len(tokens)
-    dgen = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # masks, label dropout
-    if resume is not None and rng_state is not None:
-        dgen.set_state(rng_state)
     perm_epoch = -1
     perm = None
     use_amp = device.type == "cuda"
     evals: dict[int, dict] = {}
     ckpts: list[str] = []
     last: dict = {}
-    acc_loss, acc_acc, acc_n, t0 = 0.0, 0.0, 0, time.perf_counter()
+    acc_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device, read at log steps
+    acc_acc = torch.zeros((), dtype=torch.float64, device=device)
+    acc_n, t0 = 0, time.perf_counter()
 
     def log(rec: dict) -> None:
         if log_path is not None:
@@ -554,55 +581,67 @@ def train_maskgit(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | N
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.steps, initial=step, desc="maskgit")
     model.train()
-    while step < cfg.steps:
-        pos = step * cfg.batch_size
-        # batch indices: consecutive slices of per-epoch permutations (regenerated deterministically from the seed)
-        idx = []
-        while len(idx) < cfg.batch_size:
-            e, off = divmod(pos + len(idx), n_data)
-            if e != perm_epoch:
-                perm = torch.randperm(n_data, generator=torch.Generator().manual_seed(cfg.seed * 100003 + e))
-                perm_epoch = e
-            take = min(cfg.batch_size - len(idx), n_data - off)
-            idx.extend(perm[off: off + take].tolist())
-        idx_t = torch.tensor(idx)
-        x = tokens[idx_t].to(device, non_blocking=True).long()
-        y = labels[idx_t].to(device).long() if labels is not None else None
-        lr = _lr_at(step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss, st = maskgit_loss(model, x, y, generator=dgen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        if ema is not None:
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm.detach(), 1 - cfg.ema_decay)
-                for be, bm in zip(ema.buffers(), model.buffers()):
-                    be.copy_(bm)
-        step += 1
-        acc_loss += st["loss"]
-        acc_acc += st["acc"]
-        acc_n += 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{st['loss']:.3f}")
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            dt = time.perf_counter() - t0
-            last = {"kind": "train", "step": step, "epoch": step * cfg.batch_size / n_data, "loss": acc_loss / acc_n,
-                    "acc": acc_acc / acc_n, "lr": lr, "grids_per_s": acc_n * cfg.batch_size / max(dt, 1e-9)}
-            log(last)
-            acc_loss, acc_acc, acc_n, t0 = 0.0, 0.0, 0, time.perf_counter()
-        if step in ckpt_steps:
-            path = out_dir / f"step_{step:07d}.pt"
-            save_maskgit(path, model, ema, step, opt, extra={"rng": dgen.get_state()})
-            ckpts.append(str(path))
-        if eval_fn is not None and step in eval_steps:
-            run_eval(step)
+    was_checking, model.check_inputs = model.check_inputs, False  # tokens and labels validated once above
+    maybe_compile(model, cfg.compile)
+    try:
+        while step < cfg.steps:
+            pos = step * cfg.batch_size
+            # batch indices: consecutive slices of per-epoch permutations (RNG rule, stream "data", index epoch)
+            idx = []
+            while len(idx) < cfg.batch_size:
+                e, off = divmod(pos + len(idx), n_data)
+                if e != perm_epoch:
+                    perm = torch.randperm(n_data, generator=rng_rule.generator(cfg.seed, "data", e))
+                    perm_epoch = e
+                take = min(cfg.batch_size - len(idx), n_data - off)
+                idx.extend(perm[off: off + take].tolist())
+            idx_t = torch.tensor(idx)
+            x = tokens[idx_t].to(device, non_blocking=True).long()
+            y = labels[idx_t].to(device, non_blocking=True).long() if labels is not None else None
+            lr = _lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, st = maskgit_loss(model, x, y, generator=rng_rule.generator(cfg.seed, "mask", step,
+                                                                                  device=device),
+                                        label_generator=rng_rule.generator(cfg.seed, "labels", step, device=device),
+                                        check=False)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    for pe, pm in zip(ema.parameters(), model.parameters()):
+                        pe.lerp_(pm.detach(), 1 - cfg.ema_decay)
+                    for be, bm in zip(ema.buffers(), model.buffers()):
+                        be.copy_(bm)
+            step += 1
+            acc_loss += st["loss"].double()
+            acc_acc += st["acc"].double()
+            acc_n += 1
+            if bar is not None:
+                bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:  # the loop's only host syncs
+                dt = time.perf_counter() - t0
+                last = {"kind": "train", "step": step, "epoch": step * cfg.batch_size / n_data,
+                        "loss": float(acc_loss) / acc_n, "acc": float(acc_acc) / acc_n, "lr": lr,
+                        "grids_per_s": acc_n * cfg.batch_size / max(dt, 1e-9)}
+                log(last)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last['loss']:.3f}")
+                acc_loss.zero_()
+                acc_acc.zero_()
+                acc_n, t0 = 0, time.perf_counter()
+            if step in ckpt_steps:
+                path = out_dir / f"step_{step:07d}.pt"
+                save_maskgit(path, model, ema, step, opt, extra={"rng_rule": rng_rule.RNG_RULE})
+                ckpts.append(str(path))
+            if eval_fn is not None and step in eval_steps:
+                run_eval(step)
+    finally:
+        model.check_inputs = was_checking
     if bar is not None:
         bar.close()
     return {"model": model, "ema": ema, "step": step, "evals": evals, "checkpoints": ckpts, "last": last}

@@ -10,8 +10,26 @@ Multi-process (``torchrun --nproc_per_node N``; NCCL on CUDA, gloo on CPU): ever
 each epoch's permutation; after the backward passes the gradients of the AE and of the discriminator are averaged
 with ``all_reduce`` and the discriminator's BatchNorm buffers are broadcast from rank 0 — the same arithmetic as
 ``DistributedDataParallel`` (whose forward hook cannot see ``vae.encode``/``vae.decode`` calls, hence the explicit
-reduction). Each rank draws its own branch / τ / posterior noise (as the official code does per GPU). Only rank 0
+reduction). Each rank draws its own branch / τ (one per micro-batch, as the official code does per GPU). Only rank 0
 writes files.
+
+Randomness (the RNG rule of :mod:`eqvae_lib.rng`; no generator state is carried between steps):
+
+* data order: a permutation per epoch from stream ``data`` (seed, epoch); rank r takes the r-th contiguous share;
+* posterior noise: stream ``posterior`` (seed, step), drawn ON THE DEVICE for the step's global batch (world ×
+  grad_accum × micro-batch images, full latent size); process r's micro-batch a uses rows
+  ``(r·grad_accum + a)·micro …`` (a low-resolution latent uses the top-left corner of its rows);
+* the objective's own draws (branch, τ, scale): stream ``objective`` (seed, step, rank, micro-batch), a CPU
+  generator (its values steer Python control flow, so reading them never waits for the GPU).
+Hence the EQ arm and the plain control of one seed share initialisation, data order and posterior noise (common
+random numbers): with p_α = 1 and p_prior_s = 0 the EQ fine-tune IS the plain fine-tune, and the steps both run in the
+plain branch see the same noise.
+
+Host synchronisation: a step reads nothing back from the device except on logging steps (every ``log_every``
+steps): the loss terms are accumulated on the device and their interval means are logged then. On CUDA, a
+non-finite loss is therefore detected at the next logging step (the error names the interval); on the CPU every
+step is checked. TF32 is enabled for CUDA matmuls/convolutions, Adam is fused on CUDA, and ``compile=True`` runs
+the autoencoder and discriminator through ``torch.compile``.
 
 Run folder (``run_dir``)::
 
@@ -57,7 +75,9 @@ import torch.distributed as dist
 from . import autoencoders as ae
 from .runtime import RUNS_DIR, seed_everything, device as default_device
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text, git_commit
+from . import rng as rng_rule
 from .losses import BRANCHES, EQVAELoss, LossConfig
+from .perf import adam_kwargs, enable_tf32, maybe_compile
 
 
 @dataclass
@@ -84,7 +104,8 @@ class AETrainConfig:
     plateau_window: int = 5              # validations in the window
     plateau_threshold: float = 0.01      # relative improvement below which training stops
     # io
-    log_every: int = 1
+    log_every: int = 1                   # steps between log lines (means over the interval); the only host syncs
+    compile: bool = False                # torch.compile the autoencoder and the discriminator (opt-in)
     checkpoint_every_steps: int | None = None
     resume: bool = True
     measure_norm: bool | None = None     # None: measure for the kit's own models (config has latents_mean or scale 1)
@@ -171,8 +192,8 @@ class _Source:
 
 
 def _epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
-    """This rank's share of epoch ``epoch``'s permutation (a function of (seed, epoch) only)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    """This rank's share of epoch ``epoch``'s permutation (stream ``data`` of the RNG rule: (seed, epoch) only)."""
+    g = rng_rule.generator(seed, "data", epoch)
     order = torch.randperm(n, generator=g)
     per_rank = n // world
     return order[rank * per_rank: (rank + 1) * per_rank].tolist()
@@ -280,9 +301,11 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
     loss_fn = (loss_fn or EQVAELoss(cfg.loss, in_channels=in_ch)).to(dev).train()
     disc = loss_fn.discriminator
     ae_params = [p for p in model.parameters() if p.requires_grad]
-    opt_ae = torch.optim.Adam(ae_params, lr=lr, betas=cfg.betas)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=cfg.betas)
-    rng = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
+    enable_tf32(dev)
+    opt_ae = torch.optim.Adam(ae_params, lr=lr, betas=cfg.betas, **adam_kwargs(dev))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=cfg.betas, **adam_kwargs(dev))
+    for m in (model.encoder, model.decoder, disc):
+        maybe_compile(m, cfg.compile)
     use_amp = dev.type == "cuda" and cfg.bf16
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
 
@@ -300,8 +323,7 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
         disc.load_state_dict(ck["disc"])
         opt_ae.load_state_dict(ck["opt_ae"])
         opt_d.load_state_dict(ck["opt_d"])
-        rng.set_state(ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0])
-        torch.set_rng_state(ck["torch_rng"])
+        torch.set_rng_state(ck["torch_rng"])  # the loop's own draws need no state (RNG rule: per step)
         st.update(json.loads(ck["state_json"]))
         st["stop_reason"] = None  # the stopping rules are re-evaluated with this run's config
         resumed = True
@@ -325,14 +347,10 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
             log_f.flush()
 
     def save_checkpoint() -> None:
-        rngs = [rng.get_state()]
-        if world > 1:
-            gathered = [torch.empty_like(rngs[0]) for _ in range(world)]
-            dist.all_gather(gathered, rngs[0])
-            rngs = gathered
         if rank == 0:
             atomic_torch_save({"vae": model.state_dict(), "disc": disc.state_dict(), "opt_ae": opt_ae.state_dict(),
-                               "opt_d": opt_d.state_dict(), "rng": rngs, "torch_rng": torch.get_rng_state(),
+                               "opt_d": opt_d.state_dict(), "rng_rule": rng_rule.RNG_RULE,
+                               "torch_rng": torch.get_rng_state(),
                                "world_size": world, "state_json": json.dumps(st)}, ckpt_path)
 
     if not resumed:
@@ -362,6 +380,10 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
 
         pbar = tqdm(total=total, initial=st["step"], desc=f"AE {cfg.loss.objective}", dynamic_ncols=True)
 
+    check_every_step = dev.type == "cpu"  # a CPU step waits for nothing: check each loss at once there
+    acc: dict[str, torch.Tensor] = {}     # sums of the loss terms since the last log line (on the device)
+    acc_n = 0
+    nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
     t_last = time.time()
     reason = should_stop()
     while reason is None:
@@ -373,20 +395,34 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
             opt_ae.zero_grad(set_to_none=True)
             opt_d.zero_grad(set_to_none=True)
             rec: dict[str, Any] = {}
-            for _ in range(accum):
+            eps = None  # the step's posterior noise, global batch (RNG rule, stream "posterior")
+            for a in range(accum):
                 x = next(batches).to(dev, torch.float32, non_blocking=True)
+                if eps is None and not ae.is_vq(model):
+                    n_lat = x.shape[-1] // ae.downsample_factor(model)
+                    eps = torch.randn((world * accum * micro, model.config.latent_channels, n_lat, n_lat),
+                                      generator=rng_rule.generator(cfg.seed, "posterior", st["step"], device=dev),
+                                      device=dev)
+                rows = slice((rank * accum + a) * micro, (rank * accum + a + 1) * micro)
+                g_obj = rng_rule.generator(cfg.seed, "objective", st["step"], rank, a)
                 with amp():
-                    loss, logs, pair = loss_fn.generator_loss(model, x, st["step"], generator=rng)
-                if not torch.isfinite(loss):
+                    loss, logs, pair = loss_fn.generator_loss(model, x, st["step"], generator=g_obj,
+                                                              posterior_noise=None if eps is None else eps[rows])
+                if check_every_step and not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite autoencoder loss {float(loss)} at step {st['step']} "
                                              f"(branch {logs['branch']}, tau {logs['tau']}); lower the lr")
+                nonfinite |= ~torch.isfinite(loss.detach())
                 (loss / accum).backward()
                 with amp():
                     d_loss, d_logs = loss_fn.discriminator_loss(*pair, st["step"])
                 if d_loss.requires_grad:
                     (d_loss / accum).backward()
                 st["branch_counts"][logs["branch"]] += 1
-                rec = {**logs, **d_logs} if not rec else rec  # log the first micro-batch's details
+                for k, v in {**logs, **d_logs}.items():  # accumulate the numeric terms on the device
+                    if isinstance(v, torch.Tensor):
+                        acc[k] = acc[k] + v.float() if k in acc else v.float().clone()
+                acc_n += 1
+                rec = {**logs, **d_logs} if not rec else rec  # the first micro-batch's branch / τ
             if world > 1:
                 _all_reduce_grads(ae_params, world)
                 _all_reduce_grads(list(disc.parameters()), world)
@@ -398,13 +434,25 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
             st["step"] += 1
             st["step_in_epoch"] += 1
             st["images_seen"] += eff_batch
+            logging = st["step"] % cfg.log_every == 0
+            if logging:  # the only host sync of the loop: read the interval's means (before the clock is read, so
+                # that elapsed_s at a log line includes the device's work up to it)
+                if bool(nonfinite):
+                    raise FloatingPointError(f"non-finite autoencoder loss in steps {st['step'] - cfg.log_every + 1}"
+                                             f"..{st['step']} (last branch {rec['branch']}, tau {rec['tau']}); "
+                                             "lower the lr")
+                means = {k: float(v) / acc_n for k, v in acc.items()}
+                rec = {k: (means.get(k) if isinstance(v, torch.Tensor) else v) for k, v in rec.items()}
+                acc, acc_n = {}, 0
             now = time.time()
             st["elapsed_s"] += now - t_last
             t_last = now
             if pbar is not None:
                 pbar.update(1)
-                pbar.set_postfix(loss=f"{rec['loss']:.4g}", br=rec["branch"][:2])
-            if st["step"] % cfg.log_every == 0:
+            if logging:
+                if pbar is not None:  # the terms a user reads, not their total
+                    pbar.set_postfix(rec=f"{rec['nll']:.4g}", kl=f"{rec['reg']:.3g}", gan=f"{rec['g_loss']:.3g}",
+                                     disc=f"{rec['d_loss']:.3g}", br=rec["branch"][:2])
                 log({"step": st["step"], "epoch": epoch, "images_seen": st["images_seen"], "lr": lr, **rec,
                      "branch_counts": dict(st["branch_counts"]), "elapsed_s": round(st["elapsed_s"], 3)})
             if cfg.val_every and st["step"] % cfg.val_every == 0:

@@ -5,11 +5,18 @@ Protocol (EQ-VAE arXiv 2502.09509 v3, Sec. 5.1 / App. B, after DiT): AdamW lr 1e
 EMA 0.9999, no learning-rate schedule, label dropout 0.1, bf16 autocast on CUDA. Multi-GPU through ``torchrun``
 (DistributedDataParallel; NCCL on CUDA, gloo on CPU), or ``launch_spawn`` for processes without torchrun.
 
-Determinism: every random draw of a step (batch indices, timesteps, noise, label dropout, REPA posterior noise) is
-drawn for the GLOBAL batch from a generator seeded by (seed, step), and each rank takes its slice. Hence
+Determinism (the RNG rule of :mod:`eqvae_lib.rng`): every random draw of a step is drawn for the GLOBAL batch, on
+the training device, from a generator derived from (seed, stream, step) — streams ``timesteps``, ``noise``,
+``labels`` (label dropout) and ``posterior`` (REPA posterior noise); batch indices come from the ``data`` stream
+(seed, epoch) — and each rank takes its slice. Hence
 
 * a resumed run equals the uninterrupted one bit for bit on CPU (no RNG state to carry),
-* N processes compute the same update as one process with the same global batch (up to float summation order).
+* N processes compute the same update as one process with the same global batch (up to float summation order),
+* two runs with the same seed on different latents (EQ vs plain AE) share timesteps, noise and label dropout.
+
+Speed (issue 17): the step reads nothing back from the device except on logging steps (the loss is accumulated on
+the device in float64 and read every ``log_every`` steps); TF32 on CUDA; fused AdamW on CUDA; ``compile=True``
+runs the backbone through ``torch.compile`` (opt-in).
 
 Batches: each epoch is a permutation of the cache seeded by (seed, epoch); steps take consecutive global batches
 (the last incomplete batch of an epoch is dropped, as DiT's ``drop_last=True``).
@@ -37,8 +44,10 @@ import torch.distributed as dist
 
 from .runtime import device as default_device
 from .dit import DiT, GaussianDiffusion, create_diffusion, dit_model, sample_dit
+from . import rng as rng_rule
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text, git_commit
 from .latents import LatentCache, LatentNorm, decode_latents, load_latent_cache
+from .perf import adam_kwargs, enable_tf32, maybe_compile
 from .sit import LinearInterpolant, sample_sit, sit_model
 
 CHECKPOINT_FORMAT = "eqvae-gen-v1"
@@ -61,6 +70,7 @@ class TrainGenConfig:
         ckpt_steps: steps at which to evaluate (``eval_fn``) and save a checkpoint; the last step always is.
         log_every: steps between loss-log lines. seed: model init and all training randomness.
         bf16: autocast to bfloat16 on CUDA (ignored on CPU). progress: tqdm bar on rank 0.
+        compile: ``torch.compile`` the backbone (opt-in; compile time is paid once per process).
     """
     model: str = "DiT-T/2"
     method: str = "dit"
@@ -79,6 +89,7 @@ class TrainGenConfig:
     seed: int = 0
     bf16: bool = True
     progress: bool = True
+    compile: bool = False
 
     def __post_init__(self):
         if self.method not in ("dit", "sit"):
@@ -158,12 +169,19 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2 ** 63 - 1))
+def _cache_batch(cache: LatentCache, idx: torch.Tensor, eps: torch.Tensor | None, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cache.get(idx, eps)`` computed on ``device`` (the same arithmetic: z = μ + σ·ε in REPA mode, then the
+    normalisation), so that device-drawn ε never travels to the host."""
+    z = cache.latents[idx].to(device, non_blocking=True)
+    if cache.mode == "repa":
+        z = z + cache.std[idx].to(device, non_blocking=True) * eps.to(z)
+    return cache.norm.normalize(z), cache.labels[idx]
 
 
 class _Batches:
-    """Global batch indices of step ``s``: consecutive slices of a per-epoch permutation seeded by (seed, epoch)."""
+    """Global batch indices of step ``s``: consecutive slices of a per-epoch permutation (stream ``data`` of the RNG
+    rule, index: epoch)."""
 
     def __init__(self, n: int, batch: int, seed: int):
         if batch > n:
@@ -175,7 +193,7 @@ class _Batches:
     def __call__(self, step: int) -> torch.Tensor:
         epoch, k = divmod(step, self.per_epoch)
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(2 ** 62 + int(self.seed) * 1_000_003 + epoch)  # apart from steps'
+            g = rng_rule.generator(self.seed, "data", epoch)
             self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
         return self._perm[k * self.batch: (k + 1) * self.batch]
 
@@ -281,7 +299,8 @@ def train_gen(cfg: TrainGenConfig, cache: LatentCache | str | Path, run_dir: str
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, cache.latent_shape, num_classes).to(device)
         ema = copy.deepcopy(model).requires_grad_(False).eval()
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        enable_tf32(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **adam_kwargs(device))
         start, loss_acc = 0, [0.0, 0]
 
         ckpt_file = latest_checkpoint(run_dir, cfg.steps)
@@ -303,7 +322,7 @@ def train_gen(cfg: TrainGenConfig, cache: LatentCache | str | Path, run_dir: str
         if world > 1:
             dist.barrier()
 
-        net = model
+        net = maybe_compile(model, cfg.compile)
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -315,30 +334,38 @@ def train_gen(cfg: TrainGenConfig, cache: LatentCache | str | Path, run_dir: str
         t_last, steps_since = time.time(), 0
         bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.model} ({cfg.method})",
                    disable=not (cfg.progress and rank == 0), unit="step")
+        # the loss of the log interval, summed on the device (float64: the same sums as Python floats)
+        acc_sum = torch.tensor(float(loss_acc[0]), dtype=torch.float64, device=device)
+        acc_n = int(loss_acc[1])
+
+        def gen(stream: str, step: int) -> torch.Generator:
+            return rng_rule.generator(cfg.seed, stream, step, device=device)
+
         for step in range(start, cfg.steps):
-            g = _step_generator(cfg.seed, step)
             idx = batches(step)
-            t = objective.sample_t(cfg.batch_size, g)
-            noise = torch.randn((cfg.batch_size, *shape), generator=g)
-            drop = torch.rand(cfg.batch_size, generator=g) < cfg.class_dropout_prob
-            post_eps = torch.randn((cfg.batch_size, *shape), generator=g) if cache.mode == "repa" else None
-            z, y = cache.get(idx[sl], eps=None if post_eps is None else post_eps[sl])
-            kwargs = ({"y": y.to(device), "force_drop_ids": drop[sl].to(device)} if num_classes > 0
+            t = objective.sample_t(cfg.batch_size, gen("timesteps", step))
+            noise = torch.randn((cfg.batch_size, *shape), generator=gen("noise", step), device=device)
+            drop = torch.rand(cfg.batch_size, generator=gen("labels", step), device=device) < cfg.class_dropout_prob
+            post_eps = (torch.randn((cfg.batch_size, *shape), generator=gen("posterior", step), device=device)
+                        if cache.mode == "repa" else None)
+            z, y = _cache_batch(cache, idx[sl], None if post_eps is None else post_eps[sl], device)
+            kwargs = ({"y": y.to(device, non_blocking=True), "force_drop_ids": drop[sl]} if num_classes > 0
                       else {"y": None})
             with autocast:
-                loss = objective.loss(net, z.to(device), t[sl].to(device), noise[sl].to(device), kwargs).mean()
+                loss = objective.loss(net, z, t[sl], noise[sl], kwargs).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             update_ema(ema, model, cfg.ema_decay)
-            loss_acc[0] += float(loss.detach())
-            loss_acc[1] += 1
+            acc_sum += loss.detach().double()
+            acc_n += 1
             steps_since += 1
             done = step + 1
             bar.update(1)
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            if done % cfg.log_every == 0 or done == cfg.steps:  # the loop's only host syncs
+                loss_acc = [float(acc_sum), acc_n]
                 mean_loss = torch.tensor([loss_acc[0] / max(loss_acc[1], 1)], dtype=torch.float64)
                 if world > 1:
                     dist.all_reduce(mean_loss)
@@ -353,7 +380,10 @@ def train_gen(cfg: TrainGenConfig, cache: LatentCache | str | Path, run_dir: str
                     bar.set_postfix(loss=f"{float(mean_loss):.4f}")
                 if not partial:
                     loss_acc, t_last, steps_since = [0.0, 0], time.time(), 0
+                    acc_sum.zero_()
+                    acc_n = 0
             if done in cfg.ckpt_steps or done == cfg.steps:
+                loss_acc = [float(acc_sum), acc_n]
                 if rank == 0:
                     if eval_fn is not None:
                         t0 = time.time()

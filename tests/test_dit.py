@@ -222,3 +222,20 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         GaussianDiffusion(np.array([0.0, 0.1]))
     assert len(linear_betas(500)) == 500
+
+
+def test_attention_is_sdpa_and_equals_the_softmax_formula(monkeypatch):
+    from eqvae_lib.dit import Attention
+    torch.manual_seed(0)
+    att = Attention(32, 4)
+    x = torch.randn(2, 10, 32)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: (calls.append(1), sdpa(*a, **k))[1])
+    out = att(x)
+    assert calls  # the fused kernel path (flash / memory-efficient on CUDA), not a hand-written softmax
+    q, k, v = att.qkv(x).reshape(2, 10, 3, 4, 8).permute(2, 0, 3, 1, 4)
+    w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8), dim=-1)  # softmax(QKᵀ/√d) V
+    ref = att.proj((w @ v).transpose(1, 2).reshape(2, 10, 32))
+    assert torch.allclose(out, ref, atol=1e-5)

@@ -213,3 +213,32 @@ def test_token_cache_keyed_and_checked_by_tokenizer_hash(tmp_path):
     # unlabelled data
     M.save_token_cache(M.TokenCache(cache.tokens, None, cache.tokenizer_hash, 16), tmp_path / "u.safetensors")
     assert M.load_token_cache(tmp_path / "u.safetensors").labels is None
+
+
+def test_attention_is_sdpa_and_equals_the_softmax_formula(monkeypatch):
+    model = _model().train()  # training path: nn.MultiheadAttention -> F.scaled_dot_product_attention
+    layer = model.blocks.layers[0]
+    h = torch.randn(2, 17, 64)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: (calls.append(1), sdpa(*a, **k))[1])
+    out = layer.self_attn(h, h, h, need_weights=False)[0]
+    assert calls
+    mha = layer.self_attn
+    q, k, v = torch.nn.functional.linear(h, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+    split = lambda t: t.reshape(2, 17, 4, 16).transpose(1, 2)  # noqa: E731
+    w = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(16), dim=-1)
+    ref = mha.out_proj((w @ split(v)).transpose(1, 2).reshape(2, 17, 64))
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_forward_checks_can_be_switched_off_for_the_hot_path():
+    model = _model()
+    model.check_inputs = False  # what train_maskgit / sample do after validating their inputs once
+    model(torch.zeros(1, 4, 4, dtype=torch.long))
+    model.check_inputs = True
+    with pytest.raises(ValueError, match="0..16"):
+        model(torch.full((1, 4, 4), 17))
+    with pytest.raises(ValueError, match="0..15"):  # the training loop validates the whole cache up front
+        M.train_maskgit(_model(), torch.full((4, 4, 4), 16), None, M.MaskGITTrainConfig(steps=1, batch_size=2))

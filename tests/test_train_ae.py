@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from eqvae_lib import autoencoders as ae
-from eqvae_lib.losses import LossConfig
+from eqvae_lib.losses import EQVAELoss, LossConfig
 from eqvae_lib.train_ae import AETrainConfig, cli_finetune, plateau_reached, train_autoencoder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,6 +63,72 @@ def test_resume_is_bit_identical(tmp_path):
     m = ae.load_autoencoder(tmp_path / "full" / "model")
     assert ae.weights_hash(m) == a["weights_hash"] and m.config.latents_mean is not None
     assert a["latent_norm"]["measured"] and b["stop_reason"] == "max_epochs"
+
+
+class _Recorder(EQVAELoss):
+    """The real loss, recording (step, branch, posterior noise) of every micro-batch."""
+
+    def __init__(self, cfg, in_channels=1):
+        super().__init__(cfg, in_channels=in_channels)
+        self.seen = []
+
+    def generator_loss(self, vae, x, step=0, generator=None, **kw):
+        loss, logs, pair = super().generator_loss(vae, x, step, generator, **kw)
+        self.seen.append((step, logs["branch"], kw["posterior_noise"].clone()))
+        return loss, logs, pair
+
+
+def _crn_run(tmp_path, name, **loss_kw):
+    lc = LossConfig(perceptual="none", disc_ndf=8, min_latent_side=2, **loss_kw)
+    torch.manual_seed(1)  # the PatchGAN's initialisation (train_autoencoder seeds it when it builds the loss)
+    rec = _Recorder(lc)
+    cfg = _cfg(loss=lc, max_steps=6, max_epochs=None, val_every=0, measure_norm=False, seed=3)
+    train_autoencoder(_tiny(), _data(48), cfg, tmp_path / name, loss_fn=rec)
+    return rec.seen, _summary(tmp_path / name)
+
+
+def test_common_random_numbers_eq_with_p_alpha_1_is_the_plain_fine_tune(tmp_path):
+    # p_α = 1, no low-resolution branch: every batch takes the plain branch; the objective's own draws (branch)
+    # come from their own stream, so they shift nothing: the EQ fine-tune equals the plain control bit for bit
+    _, eq = _crn_run(tmp_path, "eq", objective="eq", p_alpha=1.0, p_prior_s=0.0)
+    _, plain = _crn_run(tmp_path, "plain", objective="plain")
+    assert eq["branch_counts"] == {"plain": 6, "lowres": 0, "eq": 0}
+    assert eq["weights_hash"] == plain["weights_hash"]
+    _, mixed = _crn_run(tmp_path, "mixed", objective="eq", p_alpha=0.5)
+    assert mixed["weights_hash"] != plain["weights_hash"]  # the EQ branch does change the weights
+
+
+def test_common_random_numbers_posterior_noise_at_p_alpha_half(tmp_path):
+    eq, _ = _crn_run(tmp_path, "eq", objective="eq", p_alpha=0.5, p_prior_s=0.25)
+    plain, _ = _crn_run(tmp_path, "plain", objective="plain")
+    branches = [b for _, b, _ in eq]
+    # the design of this test: plain-branch steps of the EQ arm that come after eq / low-resolution steps
+    first_other = next(i for i, b in enumerate(branches) if b != "plain")
+    shared = [i for i, b in enumerate(branches) if b == "plain" and i > first_other]
+    assert shared, branches
+    for i, b in enumerate(branches):
+        assert eq[i][0] == plain[i][0] == i
+        if b == "plain":  # both arms run the plain branch: identical posterior noise
+            assert torch.equal(eq[i][2], plain[i][2]), (i, branches)
+        else:  # the noise is still the same draw of (seed, step); the branch only decides how it is used
+            assert torch.equal(eq[i][2], plain[i][2])
+    assert not torch.equal(eq[0][2], eq[1][2])  # and it differs from step to step
+
+
+def test_log_lines_are_interval_means_and_logging_does_not_change_training(tmp_path):
+    x = _data(32)
+    lc = LossConfig(perceptual="none", disc_ndf=8, min_latent_side=2)
+    train_autoencoder(_tiny(), x, _cfg(loss=lc, max_steps=4, max_epochs=None, val_every=0, measure_norm=False),
+                      tmp_path / "every")
+    train_autoencoder(_tiny(), x, _cfg(loss=lc, max_steps=4, max_epochs=None, val_every=0, measure_norm=False,
+                                       log_every=2), tmp_path / "two")
+    assert _summary(tmp_path / "every")["weights_hash"] == _summary(tmp_path / "two")["weights_hash"]
+    every = [r for r in map(json.loads, (tmp_path / "every" / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    two = [r for r in map(json.loads, (tmp_path / "two" / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert [r["step"] for r in two] == [2, 4]
+    for r, (a, b) in zip(two, [(every[0], every[1]), (every[2], every[3])]):
+        for key in ("loss", "nll", "l1", "reg", "g_loss", "d_loss", "d_weight"):
+            assert r[key] == pytest.approx((a[key] + b[key]) / 2, rel=1e-5, abs=1e-9), key
 
 
 def test_grad_accumulation_counts_and_lr_scaling(tmp_path):
