@@ -10,7 +10,7 @@ Cache layout (``data/cache/v2/<stage>/<key hash>/``, ``key.json`` beside the art
     further epochs of a continued fine-tune),
   * the hashes of its inputs (dataset ids, the weights hash of the autoencoder it starts from or measures),
   * the code version of its stage (:func:`code_version`: a hash of the behaviour-defining modules of
-    :data:`STAGE_CODE`, normalised via ``ast`` so comments and docstrings do not count; plotting, report and records
+    :func:`stage_modules`, normalised via ``ast`` so comments and docstrings do not count; plotting, report and records
     never count),
   * the hash of ``requirements.lock``.
 A fix in ``losses.py`` therefore builds new fine-tunes, a fix in ``plotting.py`` rebuilds nothing. To clear one stage,
@@ -60,18 +60,21 @@ log = logging.getLogger("eqvae_lib.pipeline")
 CACHE = DATA_DIR / "cache"
 LAYOUT = "v2"
 
-#: behaviour-defining modules of each stage (paths relative to eqvae_lib/); their normalised source is in the key
-STAGE_CODE: dict[str, tuple[str, ...]] = {
-    "ae": ("data.py", "transforms.py", "losses.py", "autoencoders.py", "train_ae.py"),
-    "vq": ("data.py", "transforms.py", "losses.py", "autoencoders.py", "train_ae.py", "vq.py"),
-    "ae-metrics": ("transforms.py", "autoencoders.py", "metrics/batching.py", "metrics/equivariance.py",
-                   "metrics/reconstruction.py", "metrics/intrinsic_dim.py", "metrics/fid.py"),
-    "fid": ("data.py", "metrics/batching.py", "metrics/fid.py"),
-    "latents": ("data.py", "autoencoders.py", "latents.py"),
-    "gen": ("autoencoders.py", "latents.py", "dit.py", "sit.py", "train_gen.py", "metrics/batching.py",
-            "metrics/fid.py"),
-    "maskgit": ("autoencoders.py", "vq.py", "maskgit.py", "metrics/batching.py", "metrics/fid.py"),
+#: the modules that build each stage's artefacts (dotted, relative to eqvae_lib). The code version hashes these and
+#: every kit module they import, transitively (:func:`stage_modules`), so a new helper module counts without a list
+#: to maintain; the experiment layer (:data:`EXPERIMENT_LAYER`) never counts.
+STAGE_ROOTS: dict[str, tuple[str, ...]] = {
+    "ae": ("train_ae",),
+    "vq": ("train_ae", "vq"),
+    "ae-metrics": ("autoencoders", "metrics.equivariance", "metrics.reconstruction", "metrics.intrinsic_dim",
+                   "metrics.fid"),
+    "fid": ("metrics.fid",),
+    "latents": ("autoencoders", "latents"),
+    "gen": ("autoencoders", "train_gen", "latents", "dit", "sit", "metrics.fid"),
+    "maskgit": ("maskgit", "vq", "metrics.fid"),
 }
+#: configs, caches, records, verdicts, report, plotting, paper values: they cannot change an artefact
+EXPERIMENT_LAYER = ("config", "pipeline", "records", "plotting", "paper_values", "claims", "verdicts", "__main__")
 #: config fields that cannot change a result, kept out of every key
 NOT_IN_KEY = ("progress", "checkpoint_every_steps", "log_every", "resume", "num_workers")
 #: old-layout cache folders (keys without code version): refused. (``data/cache/classifier`` and ``fid_stats`` stay:
@@ -101,13 +104,64 @@ def _normalised_source(path: Path) -> str:
     return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 
+def kit_import_graph(pkg: Path | None = None) -> dict[str, set[str]]:
+    """The kit's own import graph: dotted module name (``"eqvae_lib.metrics.fid"``) -> the kit modules it imports,
+    at the top of the file or inside functions (``from . import x`` resolved to ``x``). Read with ``ast``; nothing is
+    imported. ``pkg`` (tests) replaces the package folder."""
+    pkg = Path(pkg) if pkg else Path(__file__).resolve().parent
+    paths = {}
+    for path in pkg.rglob("*.py"):
+        if "__pycache__" in path.parts:
+            continue
+        parts = list(path.relative_to(pkg.parent).with_suffix("").parts)
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in paths.items():
+        here = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = here.split(".")
+                    mod = ".".join(base[: len(base) - (node.level - 1)] + ([node.module] if node.module else []))
+                else:
+                    mod = node.module or ""
+                targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in paths else mod for a in node.names]
+            else:
+                continue
+            for t in targets:
+                while t and t not in paths:
+                    t = t.rsplit(".", 1)[0] if "." in t else ""
+                if t and t != name and t.startswith(pkg.name):
+                    deps.add(t)
+        graph[name] = deps
+    return graph
+
+
+def stage_modules(stage: str, root: str | None = None) -> tuple[str, ...]:
+    """The files (relative to the package) whose code builds ``stage``'s artefacts: :data:`STAGE_ROOTS` and every kit
+    module they import transitively, less the package ``__init__`` and the experiment layer."""
+    pkg = Path(root) if root else Path(__file__).resolve().parent
+    graph, name = kit_import_graph(pkg), pkg.name
+    skip = {name} | {f"{name}.{m}" for m in EXPERIMENT_LAYER}
+    todo, seen = [f"{name}.{m}" for m in STAGE_ROOTS[stage]], set()
+    while todo:
+        m = todo.pop()
+        if m not in seen and m not in skip:
+            seen.add(m)
+            todo.extend(graph[m])
+    return tuple(sorted(m[len(name) + 1:].replace(".", "/") + ".py" for m in seen))
+
+
 @lru_cache(maxsize=None)
 def code_version(stage: str, root: str | None = None) -> str:
-    """Hash of the normalised source of the stage's modules (:data:`STAGE_CODE`); edits to comments or docstrings
+    """Hash of the normalised source of the stage's modules (:func:`stage_modules`); edits to comments or docstrings
     do not change it. ``root`` (tests) replaces the package folder."""
     base = Path(root) if root else Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for rel in STAGE_CODE[stage]:
+    for rel in stage_modules(stage, root):
         h.update(rel.encode() + b"\0" + _normalised_source(base / rel).encode() + b"\0")
     return h.hexdigest()[:16]
 

@@ -1,52 +1,17 @@
 """The import graph of eqvae_lib: no cycles, and the method library never imports the experiment layer."""
 
-import ast
 from pathlib import Path
+
+from eqvae_lib.pipeline import EXPERIMENT_LAYER, kit_import_graph
 
 PKG = Path(__file__).resolve().parent.parent / "eqvae_lib"
 #: the experiment layer (configs/profiles, train-or-load caches, records, verdicts, report, plotting, paper values)
-EXPERIMENT = {"eqvae_lib.config", "eqvae_lib.pipeline", "eqvae_lib.records", "eqvae_lib.plotting",
-              "eqvae_lib.paper_values", "eqvae_lib.claims", "eqvae_lib.verdicts", "eqvae_lib.report",
-              "eqvae_lib.__main__"}
-
-
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join(parts)
-
-
-def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for p in PKG.rglob("*.py") if "__pycache__" not in p.parts}
+EXPERIMENT = {f"eqvae_lib.{m}" for m in EXPERIMENT_LAYER}
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> kit modules it imports (at the top or inside functions; ``from . import x`` resolved to x)."""
-    mods = _modules()
-    graph = {}
-    for name, path in mods.items():
-        pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            targets = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = pkg.split(".")
-                    base = base[: len(base) - (node.level - 1)]
-                    mod = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    mod = node.module or ""
-                targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in mods else mod for a in node.names]
-            for t in targets:
-                while t and t not in mods:
-                    t = t.rsplit(".", 1)[0] if "." in t else ""
-                if t and t != name and t.startswith("eqvae_lib"):
-                    deps.add(t)
-        graph[name] = deps
-    return graph
+    """module -> kit modules it imports (the cache's code version walks the same graph)."""
+    return kit_import_graph(PKG)
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
