@@ -60,6 +60,7 @@ data: $(STAMP)
 
 # ---------------------------------------------------------------------------------------------------- reproduce
 reproduce: $(STAMP) check-params data $(EXECUTED)
+	@if grep -q '<!-- results:$(PROFILE) -->' README.md; then $(PY) -m eqvae_lib report --profile $(PROFILE) --readme; fi
 	@echo "== $(PROFILE): executed notebooks in $(NB_OUT), records in $(RUNS)/$(PROFILE)/records, figures in figures/$(PROFILE)"
 
 # Every -p NAME VALUE of PARAMS must be a key of a stage config of the profile (eqvae_lib/config.py): checked before

@@ -1,6 +1,6 @@
 """The README's GPU table from a ``bench_gpu.py`` JSON.
 
-``python bench/gpu_table.py bench/results/bench_gpu_loops_X.json`` prints it (markdown); ``--readme README.md`` replaces the lines between ``<!-- gpu-table:start -->`` and
+``python bench/gpu_table.py bench/results/bench_gpu_loops_X.json`` (or the earlier ``bench_gpu_h200.json``) prints it (markdown); ``--readme README.md`` replaces the lines between ``<!-- gpu-table:start -->`` and
 ``<!-- gpu-table:end -->`` in that file instead (atomic write; an error names the file when the markers are missing).
 """
 
@@ -43,6 +43,31 @@ def table(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def legacy_table(res: dict) -> str:
+    """Markdown of a result file of the earlier ``bench_gpu.py`` (keys ``gen``/``sampling``/``ae``, old loops only,
+    no FLOP count): what was measured and what it means for the paper's run on that one GPU."""
+    lines = [f"Measured on one {res['device']} (torch {res['torch']}, commit {str(res['git_commit'])[:12]}, "
+             f"{res['date'][:10]}), old loops only, bf16 autocast, eager, by the earlier `bench/bench_gpu.py`.", "",
+             "| what | measured | the paper's run on this one GPU |", "|---|---|---|"]
+    for r in res.get("gen", []):
+        lines.append(f"| {r['model']} training, batch 256 | {r['latents_per_s']:.0f} latents/s ({r['step_ms']:.0f} "
+                     f"ms/step, {_num(r.get('peak_mem_GiB'), '{:.0f} GiB')}) | 400K steps: "
+                     f"{r['hours_400k_steps']:.1f} h |")
+    for r in res.get("sampling", []):
+        lines.append(f"| {r['model']} sampling, {r['sampler'].upper()}, batch {r['batch']} | "
+                     f"{r['images_per_s']:.1f} samples/s | 50K samples for gFID: {r['minutes_50k']:.0f} min |")
+    for r in res.get("ae", []):
+        lines.append(f"| EQ fine-tuning of {r['model']}, 256 px, micro-batch {r['micro_batch']}, without the LPIPS "
+                     f"term | {r['images_per_s']:.0f} img/s | 5 epochs × 10K steps at batch 160: "
+                     f"{r['hours_5x10k_steps_batch160']:.0f} h |")
+    return "\n".join(lines) + "\n"
+
+
+def render(res: dict) -> str:
+    """The table of a result file of either format."""
+    return table(res) if "models" in res else legacy_table(res)
+
+
 def replace_in(readme: Path, text: str) -> None:
     """Put ``text`` between the markers of ``readme``. Raises ValueError naming the file when they are missing."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -60,7 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("json", help="a bench_gpu.py result file")
     p.add_argument("--readme", help="replace the table between the markers in this file")
     args = p.parse_args(argv)
-    text = table(json.loads(Path(args.json).read_text()))
+    text = render(json.loads(Path(args.json).read_text()))
     if args.readme:
         replace_in(Path(args.readme), text)
     else:
