@@ -472,11 +472,27 @@ def update_readme(profile: str, readme: Path | None = None, folder: Path | None 
 
 # --- a user's run against the committed reference (issue #14, item 6) ---
 
-def compare_to_reference(user_rows: list[dict], reference_rows: list[dict]) -> list[dict]:
-    """Claim by claim, does the user's effect lie inside the reference run's interval?
+def _prediction_band(lo: float, hi: float, k_ref: Any, user: dict | None, ref: dict) -> tuple[float, float]:
+    """The reference interval [lo, hi] of a mean over ``k_ref`` replicates widened to the band of a new mean over the
+    user's k replicates (see :func:`compare_to_reference`)."""
+    k_ref = int(float(k_ref)) if k_ref not in (None, "") else 1
+    k_user = int(float(user.get("n_replicates") or 1)) if user else 1
+    widen = math.sqrt(1 + k_ref / max(k_user, 1))
+    log = str(ref.get("null_value")) in ("1", "1.0") and float(lo) > 0
+    a, b = (math.log(float(lo)), math.log(float(hi))) if log else (float(lo), float(hi))
+    mid, half = (a + b) / 2, (b - a) / 2 * widen
+    return (math.exp(mid - half), math.exp(mid + half)) if log else (mid - half, mid + half)
 
-    The reference interval is the claim's replicate interval (``effect_ci_low/high``) where there is one, else the
-    generator-seed interval conditional on one fine-tune (``cond_ci_low/high``, marked as such). Returns rows with
+
+def compare_to_reference(user_rows: list[dict], reference_rows: list[dict]) -> list[dict]:
+    """Claim by claim, does the user's effect lie inside the band the reference run predicts for it?
+
+    The reference interval is the claim's replicate interval (``effect_ci_low/high``, k = ``n_replicates``) where
+    there is one, else the generator-seed interval conditional on one fine-tune (``cond_ci_low/high``, k =
+    ``cond_k``, marked as such). A confidence interval of the reference's *mean* is too narrow for another run's
+    effect, so it is widened to the prediction band of a new mean of k_user replicates (``n_replicates`` of the user's
+    row, default 1): half-width × √(1 + k/k_user) around the interval's centre (t interval: half-width = t·sd/√k);
+    ratio claims (null value 1) on the log scale. Returns rows with
     claim, reference_effect, reference_low, reference_high, interval (``replicates``/``generator seeds only``/
     ``none``), user_effect, relative_difference ((user − reference) / |reference|: where the reference has no
     interval, this says how close a re-run came) and ``agreement``: ``inside`` / ``outside`` / ``no reference
@@ -492,9 +508,11 @@ def compare_to_reference(user_rows: list[dict], reference_rows: list[dict]) -> l
             ue = None if u is None else u.get("ours")
             re_, lo, hi, kind = ref.get("ours"), None, None, "none"
         elif ref.get("effect_ci_low") is not None and ref.get("effect_ci_high") is not None:
-            re_, lo, hi, kind = ref.get("effect"), ref["effect_ci_low"], ref["effect_ci_high"], "replicates"
+            re_, kind = ref.get("effect"), "replicates"
+            lo, hi = _prediction_band(ref["effect_ci_low"], ref["effect_ci_high"], ref.get("n_replicates"), u, ref)
         elif ref.get("cond_ci_low") is not None and ref.get("cond_ci_high") is not None:
-            re_, lo, hi, kind = ref.get("effect"), ref["cond_ci_low"], ref["cond_ci_high"], "generator seeds only"
+            re_, kind = ref.get("effect"), "generator seeds only"
+            lo, hi = _prediction_band(ref["cond_ci_low"], ref["cond_ci_high"], ref.get("cond_k"), u, ref)
         else:
             re_, lo, hi, kind = ref.get("effect"), None, None, "none"
         if re_ is None and ue is None:

@@ -231,7 +231,8 @@ def replicate_verdict(diffs: Sequence[float], *, kind: str = "difference", direc
         paper_effect: the paper's effect on the same scale, quoted in the text.
 
     Returns:
-        ``Verdict``; k < 2 → ``not testable at this scale`` ("one replicate"), never an interval.
+        ``Verdict``; k < 2 → ``not testable at this scale`` ("one replicate"), never an interval; so are k identical
+        replicates (sd = 0: no variance estimate, e.g. one cached artefact counted twice).
     """
     if kind not in ("difference", "ratio"):
         raise ValueError(f"kind must be 'difference' or 'ratio', got {kind!r}")
@@ -249,6 +250,11 @@ def replicate_verdict(diffs: Sequence[float], *, kind: str = "difference", direc
         return Verdict(NOT_TESTABLE, f"one replicate (k = 1) gives no interval: effect {_fmt(eff)} (single "
                        f"replicate) vs {_paper(paper_effect)}; needs k >= 3 replicate seeds", eff, k=1)
     t = paired_t_interval(x, alpha)
+    if t.sd <= 1e-12 * max(1.0, abs(t.mean)):  # identical replicates (up to round-off), or one artefact counted
+        # twice: no variance estimate, no interval
+        eff = float(back(t.mean))
+        return Verdict(NOT_TESTABLE, f"the k = {t.k} replicates are identical (effect {_fmt(eff)}): no variance "
+                       f"estimate, so no interval; {_paper(paper_effect)}", eff, k=t.k)
     eff, lo, hi = float(back(t.mean)), float(back(t.low)), float(back(t.high))
     mde_log = min_detectable_effect(t.sd, t.k, alpha)
     mde = float(np.exp(mde_log)) if kind == "ratio" else mde_log

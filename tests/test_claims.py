@@ -117,17 +117,51 @@ def test_records_from_tables_round_trip_and_report(tmp_path):
 
 
 def test_compare_to_reference_inside_outside_and_no_interval(tmp_path):
-    ref = [dict(claim="a", verdict=V.WITHIN_NOISE, effect=1.0, effect_ci_low=-1.0, effect_ci_high=3.0),
+    ref = [dict(claim="a", verdict=V.WITHIN_NOISE, effect=1.0, effect_ci_low=-1.0, effect_ci_high=3.0, n_replicates=3),
            dict(claim="b", verdict=V.NOT_TESTABLE, effect=2.0, effect_ci_low=None, effect_ci_high=None,
-                cond_ci_low=1.5, cond_ci_high=2.5),
+                cond_ci_low=1.5, cond_ci_high=2.5, cond_k=2),
            dict(claim="c", verdict=V.NOT_TESTABLE, effect=5.0, effect_ci_low=None, effect_ci_high=None),
-           dict(claim="d", verdict=V.NOT_TESTABLE, effect=5.0)]
-    user = [dict(claim="a", effect=2.9), dict(claim="b", effect=2.6), dict(claim="c", effect=5.0)]
+           dict(claim="d", verdict=V.NOT_TESTABLE, effect=5.0),
+           dict(claim="r", verdict=V.WITHIN_NOISE, effect=1.0, effect_ci_low=0.5, effect_ci_high=2.0, n_replicates=3,
+                null_value=1.0)]
+    user = [dict(claim="a", effect=4.9, n_replicates=1), dict(claim="b", effect=3.0), dict(claim="c", effect=5.0),
+            dict(claim="r", effect=3.9, n_replicates=3)]
     out = {r["claim"]: r for r in R.compare_to_reference(user, ref)}
+    # a: the mean's interval [-1, 3] (k = 3) widened by sqrt(1 + 3/1) = 2 around its centre for one new replicate
+    assert (out["a"]["reference_low"], out["a"]["reference_high"]) == pytest.approx((-3.0, 5.0))
     assert out["a"]["agreement"] == "inside" and out["a"]["interval"] == "replicates"
+    # b: [1.5, 2.5] over 2 generator seeds, widened by sqrt(3): [1.134, 2.866]; 3.0 lies outside
+    assert out["b"]["reference_high"] == pytest.approx(2.0 + 0.5 * math.sqrt(3))
     assert out["b"]["agreement"] == "outside" and out["b"]["interval"] == "generator seeds only"
+    # r: a ratio claim is widened on the log scale: exp(log 1 ± log 2 · sqrt(2)) = [0.375, 2.665]
+    assert out["r"]["reference_high"] == pytest.approx(math.exp(math.log(2) * math.sqrt(2)))
+    assert out["r"]["agreement"] == "outside"
     assert out["c"]["agreement"] == "no reference interval" and out["d"]["agreement"] == "not in your run"
-    assert out["c"]["relative_difference"] == 0.0 and out["a"]["relative_difference"] == pytest.approx(1.9)
+    assert out["c"]["relative_difference"] == 0.0 and out["a"]["relative_difference"] == pytest.approx(3.9)
+
+
+def test_identical_replicates_and_primary_claims_below_three_replicates_are_not_testable():
+    rec, fig7 = R.RunRecord("table1", "t", "cpu"), R.RunRecord("fig7", "t", "cpu")
+    for s, (eq, base) in enumerate([(0.25, 1.05), (0.30, 1.00)]):
+        rec.add("delta_R", eq, subject="eq", seed=s)
+        rec.add("delta_R", base, subject="base", seed=s)
+        fig7.add("latent_roughness", 0.5, subject="eq", seed=s)  # one value twice: no variance
+        fig7.add("latent_roughness", 0.9, subject="base", seed=s)
+    rows = _rows([rec, fig7])
+    assert rows["table1_delta_R"]["n_replicates"] == 2 and rows["table1_delta_R"]["verdict"] == V.NOT_TESTABLE
+    assert "needs k >= 3" in rows["table1_delta_R"]["verdict_text"]
+    assert rows["fig7_roughness"]["verdict"] == V.NOT_TESTABLE and "identical" in rows["fig7_roughness"]["verdict_text"]
+
+
+def test_the_fixed_base_pairs_with_every_finetune_seed():
+    rec = R.RunRecord("table1", "t", "cpu")
+    rec.add("delta_R", 1.05, subject="base")  # the one base autoencoder: no seed
+    for s, eq in enumerate([0.25, 0.30, 0.28]):
+        rec.add("delta_R", eq, subject="eq", seed=s)
+    row = _rows([rec])["table1_delta_R"]
+    t = V.paired_t_interval([0.25 - 1.05, 0.30 - 1.05, 0.28 - 1.05], alpha=0.05 / 6)
+    assert row["n_replicates"] == 3 and row["verdict"] == V.REPRODUCED
+    assert (row["effect_ci_low"], row["effect_ci_high"]) == pytest.approx((t.low, t.high))
 
 
 def test_compare_reference_cli_on_synthetic_records(tmp_path, capsys):

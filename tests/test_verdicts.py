@@ -127,3 +127,9 @@ def test_correlation_interval_is_fisher_z():
                               [124.2, 107.1, 112.0, 111.3, 103.5, 124.6, 100.1, 95.6], independent=True)
     assert w.word == V.WITHIN_NOISE and w.effect == pytest.approx(0.111, abs=0.01)  # cpu-full's 8 autoencoders
     assert V.correlation_verdict([1, 2, 3], [1, 2, 3], independent=True).word == V.NOT_TESTABLE  # n < 4
+
+
+def test_identical_replicates_give_no_interval():
+    v = V.replicate_verdict([-0.1, -0.1, -0.1], direction="lower")
+    assert v.word == V.NOT_TESTABLE and v.low is None and v.k == 3
+    assert V.replicate_verdict([-0.1, -0.12, -0.11], direction="lower").word == V.REPRODUCED
