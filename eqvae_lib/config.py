@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -306,6 +307,8 @@ def _validate(cls: type, values: dict[str, Any], where: str) -> Any:
         for v in items:
             if v is None or isinstance(v, (dict, bool)):
                 continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{f.name} = {v!r} ({where}): must be a finite number")
             if choices is not None and v not in choices:
                 raise ConfigError(f"{f.name} = {v!r} ({where}): allowed values are {', '.join(map(repr, choices))}")
             if isinstance(v, (int, float)) and ((lo is not None and v < lo) or (hi is not None and v > hi)):

@@ -73,8 +73,11 @@ STAGE_ROOTS: dict[str, tuple[str, ...]] = {
     "gen": ("autoencoders", "train_gen", "latents", "dit", "sit", "metrics.fid"),
     "maskgit": ("maskgit", "vq", "metrics.fid"),
 }
-#: configs, caches, records, verdicts, report, plotting, paper values: they cannot change an artefact
+#: configs, records, verdicts, report, plotting, paper values: they cannot change an artefact
 EXPERIMENT_LAYER = ("config", "pipeline", "records", "plotting", "paper_values", "claims", "verdicts", "__main__")
+#: ...except this module: it decides how artefacts are built (posterior mean or sample, derived seeds, subsets), so
+#: its code is part of every stage's code version
+BUILDER = "pipeline"
 #: config fields that cannot change a result, kept out of every key
 NOT_IN_KEY = ("progress", "checkpoint_every_steps", "log_every", "resume", "num_workers")
 #: old-layout cache folders (keys without code version): refused. (``data/cache/classifier`` and ``fid_stats`` stay:
@@ -142,11 +145,12 @@ def kit_import_graph(pkg: Path | None = None) -> dict[str, set[str]]:
 
 def stage_modules(stage: str, root: str | None = None) -> tuple[str, ...]:
     """The files (relative to the package) whose code builds ``stage``'s artefacts: :data:`STAGE_ROOTS` and every kit
-    module they import transitively, less the package ``__init__`` and the experiment layer."""
+    module they import transitively, less the package ``__init__`` and the experiment layer, plus this module
+    (:data:`BUILDER`)."""
     pkg = Path(root) if root else Path(__file__).resolve().parent
     graph, name = kit_import_graph(pkg), pkg.name
     skip = {name} | {f"{name}.{m}" for m in EXPERIMENT_LAYER}
-    todo, seen = [f"{name}.{m}" for m in STAGE_ROOTS[stage]], set()
+    todo, seen = [f"{name}.{m}" for m in STAGE_ROOTS[stage]], {f"{name}.{BUILDER}"}
     while todo:
         m = todo.pop()
         if m not in seen and m not in skip:
@@ -308,6 +312,13 @@ class AEArtefact:
     epoch: int | None = None
     key: dict | None = None
 
+    @property
+    def log_dir(self) -> Path | None:
+        """The folder whose ``log.jsonl``/``summary.json`` describe this model: ``run_dir/epoch_N`` for a fine-tune
+        (a copy taken when epoch N ended, so a later, longer run in the same folder does not change it), else
+        ``run_dir``."""
+        return self.run_dir / f"epoch_{self.epoch}" if self.run_dir and self.epoch else self.run_dir
+
 
 def loss_config(P: Config, objective: str, **overrides) -> LossConfig:
     """The :class:`~eqvae_lib.losses.LossConfig` of the ``loss`` stage for ``objective`` (``eq``/``plain``/
@@ -382,9 +393,11 @@ def train_or_load_finetuned_autoencoders(P: Config, objective: str, data: Data |
             tmp = run_dir / f".epoch_{epoch}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(run_dir / "model", tmp)
+            for name in ("summary.json", "log.jsonl"):  # this epoch's account, kept from later continuations
+                shutil.copy2(run_dir / name, tmp / name)
             tmp.rename(epoch_dir)
         vae = ae.load_autoencoder(epoch_dir).eval()
-        out.append(AEArtefact(vae, run_dir, load_summary(run_dir), ae.weights_hash(vae), epoch=epoch, key=key))
+        out.append(AEArtefact(vae, run_dir, load_summary(epoch_dir), ae.weights_hash(vae), epoch=epoch, key=key))
     return out
 
 
@@ -483,8 +496,10 @@ def train_or_load_latent_cache(P: Config, data: Data, vae):
     key that includes the AE's weights hash and the latent code version."""
     shift, scale = ae.latent_norm(vae)
     mode = P.gen.latent_mode
+    # the normalisation is config, not weights: an AE loaded with another scaling/shift factor gets its own cache
     key = artefact_key("latents", {"mode": mode, "seed": P.run.seed},
-                       {"ae": ae.weights_hash(vae), "data": data.train_id})
+                       {"ae": ae.weights_hash(vae), "data": data.train_id,
+                        "norm": [shift.tolist(), scale.tolist()]})
     labels = None
     if isinstance(data.train_x, torch.Tensor):
         labels = data.train_y if data.num_classes else torch.full_like(data.train_y, -1)

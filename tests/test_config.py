@@ -93,3 +93,9 @@ def test_cli_check_fails_fast_on_an_unknown_override():
     ok = subprocess.run([sys.executable, "-m", "eqvae_lib.config", "check", "-p", "kl_weight", "1e-5"],
                         capture_output=True, text=True, env=env, timeout=120)
     assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.parametrize("key, value", [("p_alpha", float("nan")), ("gen_lr", float("inf"))])
+def test_non_finite_numbers_are_refused(key, value):
+    with pytest.raises(C.ConfigError, match=f"{key} = .*finite"):
+        C.load_config("smoke", {key: value})
