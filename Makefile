@@ -48,7 +48,7 @@ help:
 # ---------------------------------------------------------------------------------------------------- set-up
 venv: $(STAMP)
 $(STAMP): requirements.lock pyproject.toml
-	@echo "== creating $(VENV) from requirements.lock (first time: ~2 min, ~6.7 GB)"
+	@echo "== creating $(VENV) from requirements.lock (first time: ~4 min, ~6.7 GB)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
