@@ -320,10 +320,27 @@ class AEArtefact:
         return self.run_dir / f"epoch_{self.epoch}" if self.run_dir and self.epoch else self.run_dir
 
 
+#: loss fields an objective never reads (:meth:`EQVAELoss.sample_branch` always gives "plain" for these objectives,
+#: so no τ, branch or low-resolution draw uses them); :func:`loss_config` sets them to LossConfig's defaults, so that
+#: e.g. ``-p p_alpha 0.3`` neither re-trains the base autoencoder nor the plain control
+UNUSED_LOSS_FIELDS = {
+    "plain": ("p_alpha", "p_prior_s", "family", "scale_grid", "min_scale", "min_latent_side", "explicit_lambda",
+              "explicit_stopgrad"),
+    "explicit": ("p_alpha", "p_prior_s"),
+    "eq": ("explicit_lambda", "explicit_stopgrad"),
+}
+
+
 def loss_config(P: Config, objective: str, **overrides) -> LossConfig:
     """The :class:`~eqvae_lib.losses.LossConfig` of the ``loss`` stage for ``objective`` (``eq``/``plain``/
-    ``explicit``); every field of the stage is passed (``kl_weight``, ``disc_weight``, ``explicit_lambda``...)."""
-    return LossConfig(objective=objective, **{**dataclasses.asdict(P.loss), **overrides})
+    ``explicit``); every field of the stage is passed (``kl_weight``, ``disc_weight``, ``explicit_lambda``...),
+    except those the objective never reads (:data:`UNUSED_LOSS_FIELDS`), which keep LossConfig's defaults: equal
+    objectives get equal configs, hence equal cache keys."""
+    values = {**dataclasses.asdict(P.loss), **overrides}
+    defaults = LossConfig()
+    for name in UNUSED_LOSS_FIELDS[objective]:
+        values[name] = getattr(defaults, name)
+    return LossConfig(objective=objective, **values)
 
 
 def train_or_load_base_autoencoder(P: Config, data: Data | None = None) -> AEArtefact:

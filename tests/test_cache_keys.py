@@ -133,3 +133,13 @@ def test_kl_weight_override_changes_the_finetune_loss_and_its_key():
         cfg = AETrainConfig(loss=pipeline.loss_config(P, "eq", disc_start=0), max_epochs=1)
         keys.append(pipeline.hash_obj(_ae_key(cfg, exclude=("max_epochs",))))
     assert keys[0] != keys[1]
+
+
+def test_fields_an_objective_never_reads_do_not_enter_its_config():
+    P = C.load_config("smoke")
+    Q = P.replace(p_alpha=0.3, family="scale", explicit_lambda=0.5)
+    assert pipeline.loss_config(Q, "plain") == pipeline.loss_config(P, "plain")  # base AE and plain control reused
+    assert pipeline.loss_config(Q, "eq") != pipeline.loss_config(P, "eq")
+    assert pipeline.loss_config(Q, "eq").explicit_lambda == pipeline.loss_config(P, "eq").explicit_lambda
+    assert pipeline.loss_config(Q, "explicit").explicit_lambda == 0.5
+    assert pipeline.loss_config(Q, "explicit").family == "scale"

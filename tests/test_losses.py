@@ -186,3 +186,16 @@ def test_config_errors():
     vae, loss_fn, _ = _setup()
     with pytest.raises(ValueError, match="square"):
         loss_fn.generator_loss(vae, torch.zeros(1, 3, 32, 16))
+
+
+def test_plain_objective_never_reads_the_equivariance_knobs():
+    # what pipeline.UNUSED_LOSS_FIELDS relies on: the plain objective gives the same loss whatever these fields are
+    vae, default, x = _setup(objective="plain")
+    other = EQVAELoss(LossConfig(objective="plain", perceptual="none", disc_ndf=8, p_alpha=0.1, p_prior_s=0.9, family="scale", scale_grid="continuous",
+                                 min_scale=0.5, min_latent_side=3, explicit_lambda=3.0,
+                                 explicit_stopgrad=True), in_channels=x.shape[1])
+    other.discriminator.load_state_dict(default.discriminator.state_dict())
+    for step in range(3):
+        a, _, (ta, ra) = default.generator_loss(vae, x, step, _g(step))
+        b, _, (tb, rb) = other.generator_loss(vae, x, step, _g(step))
+        assert torch.equal(a, b) and torch.equal(ra, rb) and torch.equal(ta, x)
