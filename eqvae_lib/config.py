@@ -26,12 +26,11 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Union
 
 import yaml
 
-from .losses import OBJECTIVES, PERCEPTUAL_CHOICES, LossConfig
+from .losses import PERCEPTUAL_CHOICES, LossConfig
 from .runtime import DATA_DIR, FIGURES_DIR, REPO_ROOT, RUNS_DIR, device, seed_everything  # noqa: F401 (re-export)
 from .transforms import FAMILIES, MODES
 

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

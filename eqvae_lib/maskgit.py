@@ -47,9 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import rng as rng_rule
-from . import rng as rng_rule
 from .io import atomic_path, atomic_torch_save, state_dict_hash
-from .perf import adam_kwargs, enable_tf32, maybe_compile
 from .perf import adam_kwargs, enable_tf32, maybe_compile
 
 

@@ -63,7 +63,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

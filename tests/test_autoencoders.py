@@ -1,6 +1,5 @@
 """Autoencoders (eqvae_lib.autoencoders): configs, encode/decode, normalisation, save/load, LDM round trip, errors."""
 
-import json
 import shutil
 
 import pytest

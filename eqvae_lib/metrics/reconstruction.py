@@ -19,7 +19,7 @@ Conventions (fixed, and written into every result):
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
