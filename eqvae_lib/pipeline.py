@@ -97,7 +97,13 @@ def derive_seed(seed: int, purpose: str) -> int:
 
 def _normalised_source(path: Path) -> str:
     """The module's AST without docstrings (comments are gone after parsing), as ``ast.dump`` text."""
-    tree = ast.parse(path.read_text())
+    return _normalise(path.read_text())
+
+
+@lru_cache(maxsize=None)
+def _normalise(source: str) -> str:
+    """:func:`_normalised_source` of a source text (cached by the text: every stage hashes the shared modules)."""
+    tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
@@ -122,18 +128,16 @@ def kit_import_graph(pkg: Path | None = None) -> dict[str, set[str]]:
     for name, path in paths.items():
         here = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = here.split(".")
-                    mod = ".".join(base[: len(base) - (node.level - 1)] + ([node.module] if node.module else []))
-                else:
-                    mod = node.module or ""
-                targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in paths else mod for a in node.names]
+        for level, module, names in _import_statements(path.read_text()):
+            if level is None:  # import a.b, c
+                targets = list(names)
             else:
-                continue
+                if level:
+                    base = here.split(".")
+                    mod = ".".join(base[: len(base) - (level - 1)] + ([module] if module else []))
+                else:
+                    mod = module or ""
+                targets = [f"{mod}.{a}" if f"{mod}.{a}" in paths else mod for a in names]
             for t in targets:
                 while t and t not in paths:
                     t = t.rsplit(".", 1)[0] if "." in t else ""
@@ -141,6 +145,19 @@ def kit_import_graph(pkg: Path | None = None) -> dict[str, set[str]]:
                     deps.add(t)
         graph[name] = deps
     return graph
+
+
+@lru_cache(maxsize=None)
+def _import_statements(source: str) -> tuple[tuple[int | None, str | None, tuple[str, ...]], ...]:
+    """Every import statement of a source text, at the top or inside functions: ``(None, None, names)`` for
+    ``import names``, ``(level, module, names)`` for ``from ... import names`` (cached by the text)."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out.append((None, None, tuple(a.name for a in node.names)))
+        elif isinstance(node, ast.ImportFrom):
+            out.append((node.level, node.module, tuple(a.name for a in node.names)))
+    return tuple(out)
 
 
 def stage_modules(stage: str, root: str | None = None) -> tuple[str, ...]:

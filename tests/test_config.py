@@ -25,19 +25,16 @@ def test_unknown_override_names_the_key_and_the_closest_valid_keys():
         C.load_config("smoke", {"kl_weigth": 1e-5})
 
 
-def test_type_and_range_errors_name_the_key_the_file_and_the_allowed_values(tmp_path, monkeypatch):
+@pytest.mark.parametrize("line, message", [
+    ("p_alpha: 1.5", r"p_alpha = 1.5 \(.*bad.yaml\): must lie in \[0.0, 1.0\]"),
+    ("family: rot", r"family = 'rot' .*allowed values are 'rotation', 'scale'"),
+    ("gen_steps: many", r"gen_steps = 'many' .*expected int"),
+    ("gen_stpes: 3", r"gen_stpes.*bad.yaml.*did you mean gen_steps"),
+])
+def test_type_and_range_errors_name_the_key_the_file_and_the_allowed_values(tmp_path, monkeypatch, line, message):
     monkeypatch.setattr(C, "PROFILES_DIR", tmp_path)
-    (tmp_path / "bad.yaml").write_text("p_alpha: 1.5\n")
-    with pytest.raises(C.ConfigError, match=r"p_alpha = 1.5 \(.*bad.yaml\): must lie in \[0.0, 1.0\]"):
-        C.load_config("bad")
-    (tmp_path / "bad.yaml").write_text("family: rot\n")
-    with pytest.raises(C.ConfigError, match=r"family = 'rot' .*allowed values are 'rotation', 'scale'"):
-        C.load_config("bad")
-    (tmp_path / "bad.yaml").write_text("gen_steps: many\n")
-    with pytest.raises(C.ConfigError, match=r"gen_steps = 'many' .*expected int"):
-        C.load_config("bad")
-    (tmp_path / "bad.yaml").write_text("gen_stpes: 3\n")
-    with pytest.raises(C.ConfigError, match=r"gen_stpes.*bad.yaml.*did you mean gen_steps"):
+    (tmp_path / "bad.yaml").write_text(line + "\n")
+    with pytest.raises(C.ConfigError, match=message):
         C.load_config("bad")
 
 
