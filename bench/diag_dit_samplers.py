@@ -2,7 +2,7 @@
 (profile ``cpu``: about 5 minutes on 2 cores when notebook 07's runs are cached; missing ones are trained first).
 
 Takes the final EMA checkpoint of the DiT-T/2 that notebook 07 trained on the base autoencoder's latents (seed
-``gen_seeds[0]``), samples ``--n`` images with each sampler below from the same label and noise seed, and measures gFID
+``replicate_seeds[0]``), samples ``--n`` images with each sampler below from the same label and noise seed, and measures gFID
 with the profile's FID extractor against the profile's reference statistics, plus the sampling time.
 Samplers: DDIM with 25 (the ``cpu`` profile's), 50 and 100 steps, DDPM with 250 steps (the paper's), and for the
 SiT of the same AE and seed, Heun with 13 (the profile's) and 50 steps. Then the spread that the sample draw alone
@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     vae = base.model
     extractor = pipeline.feature_extractor(P, data)
     reference = pipeline.reference_stats(P, data, extractor)
-    seed = P["gen_seeds"][0]
+    seed = P["replicate_seeds"][0]
     res = {"profile": args.profile, "n": args.n, "seed": seed, "ae": base.hash, "metric": extractor.metric_name,
            "git_commit": git_commit(), "rows": []}
     print(f"| model | sampler | sample seed | gFID ({extractor.metric_name}, n={args.n}) | sampling s |\n"

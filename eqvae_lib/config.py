@@ -50,12 +50,22 @@ def knob(default: Any = None, *, choices: tuple | None = None, lo: float | None 
 # ---------------------------------------------------------------------------------------------------- stages
 @dataclass(frozen=True)
 class RunConfig:
-    """Settings of every stage. ``seed``: the root seed (every other seed is derived by :func:`derive_seed`);
-    ``progress``: tqdm bars; ``checkpoint_every_steps``: checkpoint cadence of the AE trainings (for resuming only)."""
+    """Settings of every stage. ``seed``: the root seed of the base autoencoder and the data (every other seed is
+    derived by :func:`derive_seed`); ``replicate_seeds``: the replicates of the comparisons — replicate ``s`` is one
+    fine-tune per arm (EQ, plain control) of the fixed base with training seed ``s`` plus each generator trained on
+    it with seed ``s`` (the base arm's replicate ``s`` is the generator with seed ``s``); the arms of one replicate
+    share data order and posterior noise (common random numbers, :mod:`eqvae_lib.rng`); ``progress``: tqdm bars;
+    ``checkpoint_every_steps``: checkpoint cadence of the AE trainings (for resuming only)."""
 
     seed: int = knob(0, lo=0)
+    replicate_seeds: list[int] = knob(factory=lambda: [0], lo=0)
     progress: bool = True
     checkpoint_every_steps: int = knob(500, lo=1)
+
+    def __post_init__(self):
+        seeds = list(self.replicate_seeds)
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"replicate_seeds = {seeds!r}: give at least one seed, each once (e.g. [0, 1, 2])")
 
 
 @dataclass(frozen=True)
@@ -77,16 +87,18 @@ class DataConfig:
 @dataclass(frozen=True)
 class BaseAEConfig:
     """The base autoencoder (stand-in for SD-VAE): loaded from ``base_vae`` when set, else ``ae_arch`` pretrained with
-    the plain objective until the validation L1 plateaus (``pretrain_plateau_*``, checked every
-    ``pretrain_val_every`` steps) or a cap (``pretrain_max_minutes``, ``pretrain_max_epochs``) is reached. The GAN term
-    starts at step ``pretrain_disc_start``. ``pretrain_lr`` None = the official scaled lr."""
+    the plain objective until the validation L1 (on ``val_size`` held-out test images) plateaus (``pretrain_plateau_*``,
+    checked every ``pretrain_val_every`` steps) or a cap (``pretrain_max_steps`` optimizer steps,
+    ``pretrain_max_epochs`` epochs; None = no cap) is reached. Caps are counted in steps/epochs only, never minutes,
+    so the base does not depend on the machine's speed. The GAN term starts at step ``pretrain_disc_start``.
+    ``pretrain_lr`` None = the official scaled lr (constant: no schedule)."""
 
     base_vae: str | None = None
     ae_arch: str = "small-f4"
     latent_channels: int = knob(4, lo=1)
     pretrain_batch: int = knob(64, lo=1)
     pretrain_lr: float | None = knob(None, lo=0.0)
-    pretrain_max_minutes: float = knob(40.0, lo=0.0)
+    pretrain_max_steps: int | None = knob(None, lo=1)
     pretrain_max_epochs: float | None = knob(3, lo=0.0)
     pretrain_disc_start: int = knob(1500, lo=0)
     pretrain_val_every: int = knob(250, lo=1)
@@ -117,8 +129,12 @@ LossStageConfig = _loss_stage()
 @dataclass(frozen=True)
 class FinetuneConfig:
     """EQ-VAE / plain / explicit fine-tuning of the base AE (Table 6 protocol): ``finetune_epochs`` epochs over the
-    first ``finetune_subset`` training images at batch ``finetune_batch`` and lr ``finetune_lr`` (None = the
-    official scaled lr). Ablations (notebook 09): ``ablations`` (labels of :func:`pipeline.ablation_variants`,
+    first ``finetune_subset`` training images at batch ``finetune_batch`` and lr ``finetune_lr`` (None = the base's
+    final pretraining lr, read from its log: the fine-tune continues the base's training; a number = that lr, e.g.
+    the official 4.5e-6 × batch). ``finetune_disc``: the PatchGAN the fine-tune starts from — ``"warm"`` = the base's
+    discriminator (saved with the base; new Adam state), as a continued LDM training would, ``"fresh"`` = a newly
+    initialised one (the only choice for a loaded ``base_vae``: released SD-VAE weights ship no discriminator).
+    Ablations (notebook 09): ``ablations`` (labels of :func:`pipeline.ablation_variants`,
     None = all) for ``ablation_epochs`` epochs each, with a DiT run each when ``ablation_gfid``. The matched-rFID
     comparison (notebook 07) fine-tunes EQ-VAE at most ``matched_rfid_max_extra_epochs`` epochs further."""
 
@@ -126,6 +142,7 @@ class FinetuneConfig:
     finetune_epochs: int = knob(3, lo=1)
     finetune_batch: int = knob(32, lo=1)
     finetune_lr: float | None = knob(None, lo=0.0)
+    finetune_disc: str = knob("warm", choices=("warm", "fresh"))
     ablation_epochs: int = knob(1, lo=1)
     ablations: list[str] | None = None
     ablation_gfid: bool = False
@@ -154,7 +171,7 @@ class MetricsConfig:
 class GeneratorConfig:
     """DiT / SiT on cached latents (``latent_mode``): ``gen_model`` trained ``gen_steps`` steps (batch ``gen_batch``,
     lr ``gen_lr``, EMA ``gen_ema``), gFID on ``gen_fid_n`` samples at every ``gen_eval_steps`` step, one run per seed
-    of ``gen_seeds``; samplers ``dit_sampler``/``sit_sampler`` with ``*_sample_steps`` steps; SiT runs when ``sit``."""
+    of ``replicate_seeds`` (stage ``run``); samplers ``dit_sampler``/``sit_sampler`` with ``*_sample_steps`` steps; SiT runs when ``sit``."""
 
     latent_mode: str = knob("official", choices=("official", "repa"))
     gen_model: str = "DiT-T/2"
@@ -170,7 +187,6 @@ class GeneratorConfig:
     dit_sample_steps: int = knob(50, lo=1)
     sit_sampler: str = knob("heun", choices=("euler", "heun"))
     sit_sample_steps: int = knob(50, lo=1)
-    gen_seeds: list[int] = knob(factory=lambda: [0])
     learn_sigma: bool = False
     sit: bool = False
 
@@ -178,13 +194,13 @@ class GeneratorConfig:
 @dataclass(frozen=True)
 class VQConfig:
     """The discrete path (notebook 10): a ``vq_arch`` tokenizer with ``vq_codebook_size`` codes pretrained like the
-    base AE (``vq_pretrain_max_minutes``/``vq_pretrain_max_epochs`` replace the base AE's caps when set) and
+    base AE (``vq_pretrain_max_steps``/``vq_pretrain_max_epochs`` replace the base AE's caps when set) and
     fine-tuned ``vq_finetune_epochs`` epochs; a ``maskgit_model`` trained ``maskgit_epochs`` epochs (batch, lr, EMA),
     evaluated after every epoch of ``maskgit_eval_epochs`` with ``maskgit_decode_steps`` decoding steps."""
 
     vq_arch: str = "vq-f4"
     vq_codebook_size: int = knob(256, lo=2)
-    vq_pretrain_max_minutes: float | None = knob(None, lo=0.0)
+    vq_pretrain_max_steps: int | None = knob(None, lo=1)
     vq_pretrain_max_epochs: float | None = knob(None, lo=0.0)
     vq_finetune_epochs: int = knob(3, lo=1)
     maskgit_model: str = "maskgit-small"
@@ -199,12 +215,15 @@ class VQConfig:
 @dataclass(frozen=True)
 class PilotConfig:
     """The design pilot (notebook 00): throughput of ``pilot_steps`` training steps at batch ``pilot_batch`` for each
-    of ``pilot_candidates`` (dicts with dataset, image_size, arch), projected to ``pilot_pretrain_images`` images."""
+    of ``pilot_candidates`` (dicts with dataset, image_size, arch), projected to ``pilot_pretrain_images`` images; a
+    candidate fits when the projection is at most ``pilot_budget_minutes`` (a design rule for this machine only: the
+    training itself is capped in steps/epochs, never minutes)."""
 
     pilot_candidates: list[dict] = knob(factory=list)
     pilot_steps: int = knob(12, lo=1)
     pilot_batch: int = knob(32, lo=1)
     pilot_pretrain_images: int = knob(150000, lo=1)
+    pilot_budget_minutes: float = knob(40.0, lo=0.0)
 
 
 STAGES: dict[str, type] = {"run": RunConfig, "data": DataConfig, "base_ae": BaseAEConfig, "loss": LossStageConfig,
@@ -224,9 +243,21 @@ def closest_keys(key: str, n: int = 3) -> list[str]:
     return difflib.get_close_matches(key, list(KEY_STAGE) + ["profile"], n=n, cutoff=0.5)
 
 
+#: keys of older profiles -> what replaces them (named in the unknown-key error)
+REMOVED_KEYS = {
+    "pretrain_max_minutes": "caps are counted in steps or epochs only (a result must not depend on the machine's "
+                            "speed): use pretrain_max_steps and/or pretrain_max_epochs",
+    "vq_pretrain_max_minutes": "caps are counted in steps or epochs only (a result must not depend on the machine's "
+                               "speed): use vq_pretrain_max_steps and/or vq_pretrain_max_epochs",
+    "gen_seeds": "replaced by replicate_seeds (stage run): one seed per replicate of every arm",
+}
+
+
 def unknown_key_error(key: str, where: str) -> ConfigError:
     near = closest_keys(key)
     hint = f"; did you mean {', '.join(near)}?" if near else ""
+    if key in REMOVED_KEYS:
+        hint = f": removed — {REMOVED_KEYS[key]}{hint.replace(';', '.', 1) if hint else '.'}"
     return ConfigError(f"{key!r} ({where}) is not a key of any stage{hint} Valid keys are the fields of "
                        f"eqvae_lib.config's stage classes (python -m eqvae_lib.config keys).")
 
@@ -255,7 +286,7 @@ def _matches(value: Any, hint: Any) -> bool:
 
 
 def _coerce(value: Any, hint: Any) -> Any:
-    """papermill passes lists as strings (``-p gen_seeds '[0, 1]'``) and ``None`` as the string ``'None'`` sometimes;
+    """papermill passes lists as strings (``-p replicate_seeds '[0, 1]'``) and ``None`` as the string ``'None'`` sometimes;
     YAML-parse a string when the field is not a string; make floats of ints for float fields."""
     if isinstance(value, str) and not _matches(value, hint):
         parsed = _parse_scalar(value)

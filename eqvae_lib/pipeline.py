@@ -49,7 +49,7 @@ from .metrics import equivariance as eqm
 from .metrics import fid as fidm
 from .metrics import intrinsic_dim as idm
 from .metrics import reconstruction as recm
-from .train_ae import AETrainConfig, finetune, load_summary, pretrain
+from .train_ae import AETrainConfig, finetune, load_discriminator, load_summary, pretrain
 from .train_gen import (TrainGenConfig, latest_checkpoint, load_gen_checkpoint, sample_from_checkpoint, sample_images,
                         train_gen)
 from .transforms import scale_range
@@ -317,9 +317,10 @@ def dataset_label(P: Config) -> str:
 class AEArtefact:
     """A trained or loaded autoencoder: ``model`` (diffusers AutoencoderKL / VQModel, eval mode), ``run_dir`` (its
     cache folder; None for a model loaded from ``base_vae``), ``summary`` (train_ae's summary: steps, stop reason,
-    plateau trace, final validation; None when loaded), ``hash`` (weights hash), ``source`` (``"kit"`` or the
-    ``base_vae`` it was loaded from), ``epoch`` (fine-tunes: epochs done; None for a base) and ``key`` (its cache
-    key)."""
+    plateau trace, final validation, ``wall_time_s`` = seconds of training; None when loaded), ``hash`` (weights
+    hash), ``source`` (``"kit"`` or the ``base_vae`` it was loaded from), ``epoch`` (fine-tunes: epochs done; None for
+    a base), ``key`` (its cache key) and ``seed`` (fine-tunes: the replicate seed = its training seed; the base: the
+    run seed; None when loaded)."""
 
     model: Any
     run_dir: Path | None
@@ -328,6 +329,13 @@ class AEArtefact:
     source: str = "kit"
     epoch: int | None = None
     key: dict | None = None
+    seed: int | None = None
+
+    @property
+    def wall_s(self) -> float | None:
+        """Seconds of training that built this model (validation excluded; for a fine-tune: epochs 1..epoch,
+        accumulated over continuations); None for a loaded model."""
+        return None if self.summary is None else float(self.summary["wall_time_s"])
 
     @property
     def log_dir(self) -> Path | None:
@@ -362,16 +370,18 @@ def loss_config(P: Config, objective: str, **overrides) -> LossConfig:
 
 def train_or_load_base_autoencoder(P: Config, data: Data | None = None) -> AEArtefact:
     """The base autoencoder (the stand-in for SD-VAE): loaded from ``base_vae`` when set (paper profile: a diffusers
-    folder, LDM checkpoint or hub id), else pretrained from scratch on the profile's training images until the
-    validation L1 plateaus (rule and cap from the ``base_ae`` stage) and cached. May train for up to
-    ``pretrain_max_minutes``."""
+    folder, LDM checkpoint or hub id), else pretrained from scratch (seed ``run.seed``) on the profile's training
+    images until the validation L1 on ``val_size`` test images plateaus, or a cap in steps / epochs
+    (``pretrain_max_steps``, ``pretrain_max_epochs``; never minutes) is reached, and cached with its PatchGAN
+    discriminator (the warm start of the fine-tunes). The summary's ``stop_reason`` says which rule stopped it
+    (``plateau`` / ``max_steps`` / ``max_epochs``). May train for many minutes."""
     b = P.base_ae
     if b.base_vae:
         vae = ae.load_autoencoder(b.base_vae).eval()
         return AEArtefact(vae, None, None, ae.weights_hash(vae), source=b.base_vae)
     data = data or load_data(P)
     cfg = AETrainConfig(loss=loss_config(P, "plain", disc_start=b.pretrain_disc_start), batch_size=b.pretrain_batch,
-                        lr=b.pretrain_lr, max_epochs=b.pretrain_max_epochs, max_time_s=60 * b.pretrain_max_minutes,
+                        lr=b.pretrain_lr, max_steps=b.pretrain_max_steps, max_epochs=b.pretrain_max_epochs,
                         plateau=True, val_every=b.pretrain_val_every, val_size=P.data.val_size,
                         plateau_window=b.pretrain_plateau_window, plateau_threshold=b.pretrain_plateau_threshold,
                         seed=P.run.seed, checkpoint_every_steps=P.run.checkpoint_every_steps, export_ldm=False,
@@ -383,47 +393,105 @@ def train_or_load_base_autoencoder(P: Config, data: Data | None = None) -> AEArt
     run_dir = cache_dir("ae-base", key)
     if not (run_dir / "summary.json").exists():
         announce(f"base autoencoder {b.ae_arch} pretrained on {len(data.train_x)} images until the plateau",
-                 f"at most {b.pretrain_max_minutes:g} min or {b.pretrain_max_epochs} epochs")
+                 f"at most {b.pretrain_max_steps} steps or {b.pretrain_max_epochs} epochs (None = no cap)")
         pretrain(data.train_x, cfg, run_dir, val=data.test_x, **arch)
     vae = ae.load_autoencoder(run_dir / "model").eval()
-    return AEArtefact(vae, run_dir, load_summary(run_dir), ae.weights_hash(vae), key=key)
+    return AEArtefact(vae, run_dir, load_summary(run_dir), ae.weights_hash(vae), key=key, seed=cfg.seed)
+
+
+def base_final_lr(base: AEArtefact) -> float:
+    """The learning rate of the base's last optimizer step, read from its ``log.jsonl`` (the kit's bases use a
+    constant lr, so this is the pretraining lr — read, not assumed).
+
+    Raises:
+        ValueError: the base was loaded (``base_vae``), so no training log exists: set ``finetune_lr`` explicitly.
+    """
+    if base.run_dir is None or not (base.run_dir / "log.jsonl").is_file():
+        raise ValueError(f"finetune_lr None means 'continue at the base's final lr', but the base ({base.source}) has "
+                         "no training log; set finetune_lr (e.g. the official 4.5e-6 x batch, as the paper profile "
+                         "does)")
+    df = read_train_log(base.run_dir)
+    if df.empty or "lr" not in df:
+        raise ValueError(f"{base.run_dir / 'log.jsonl'} has no per-step lr; set finetune_lr explicitly")
+    return float(df["lr"].iloc[-1])
+
+
+def finetune_lr(P: Config, base: AEArtefact) -> tuple[float, str]:
+    """The fine-tunes' lr and where it comes from: ``finetune_lr`` when set (``"finetune_lr (profile/override)"``),
+    else the base's final lr (:func:`base_final_lr`; ``"the base's final lr (log.jsonl)"``)."""
+    if P.finetune.finetune_lr is not None:
+        return float(P.finetune.finetune_lr), "finetune_lr (profile / override)"
+    return base_final_lr(base), f"the base's final lr (base {base.hash}, read from its log.jsonl)"
+
+
+def finetune_discriminator(P: Config, base: AEArtefact) -> tuple[Path | None, str]:
+    """``(disc_init, label)`` of the fine-tunes' PatchGAN per ``finetune_disc``: ``"warm"`` = the base's saved
+    discriminator (``disc_init`` = the base's run folder; label ``"warm (base <hash>)"``), ``"fresh"`` = a new one
+    (``None``, ``"fresh"``).
+
+    Raises:
+        ValueError: warm requested but the base has no saved discriminator (loaded from ``base_vae``, or a run folder
+            without ``discriminator.safetensors``) — never a silent fallback to a fresh one.
+    """
+    if P.finetune.finetune_disc == "fresh":
+        return None, "fresh"
+    if base.run_dir is None:
+        raise ValueError(f"finetune_disc is 'warm' but the base autoencoder was loaded from {base.source}, which ships "
+                         "no discriminator; set finetune_disc: fresh (and say so: the protocols differ)")
+    load_discriminator(base.run_dir)  # raises ValueError naming the folder when the weights are missing
+    return base.run_dir, f"warm (base {base.hash})"
 
 
 def train_or_load_finetuned_autoencoders(P: Config, objective: str, data: Data | None = None,
                                          base: AEArtefact | None = None, tag: str = "", epochs: int | None = None,
-                                         **loss_overrides) -> list[AEArtefact]:
+                                         seed: int | None = None, **loss_overrides) -> list[AEArtefact]:
     """Fine-tune the base autoencoder for ``epochs`` (default ``finetune_epochs``) epochs over the first
     ``finetune_subset`` training images with ``objective`` (``"eq"`` = EQ-VAE Eq. 7, ``"plain"`` = the Table 6
     control with the same budget, ``"explicit"`` = Table 7), keeping the model after every epoch. May train for
     minutes (logged with an estimate first).
 
+    ``seed`` is the replicate seed (None = the first of ``replicate_seeds``): the fine-tune's training seed, hence
+    its data order, posterior noise and objective draws (:mod:`eqvae_lib.rng`) and a fresh PatchGAN's
+    initialisation; the arms of one seed share data order and posterior noise (common random numbers). The lr is
+    ``finetune_lr`` or, when None, the base's final lr (:func:`finetune_lr`); the PatchGAN starts warm from the
+    base's or fresh (``finetune_disc``, :func:`finetune_discriminator`). The summary of each epoch carries
+    ``discriminator`` (``"warm (base <hash>)"`` / ``"fresh"``), ``lr_source`` and ``replicate_seed``.
+
     Returns:
-        one :class:`AEArtefact` per epoch 1..N (``epoch`` set). Epoch 0 is the base model itself.
+        one :class:`AEArtefact` per epoch 1..N (``epoch`` and ``seed`` set). Epoch 0 is the base model itself.
+
+    Raises:
+        ValueError: warm discriminator requested but the base has none saved; ``finetune_lr`` None for a loaded base.
     """
     data = data or load_data(P)
     base = base if base is not None else train_or_load_base_autoencoder(P, data)
     f = P.finetune
+    seed = int(P.run.replicate_seeds[0] if seed is None else seed)
     loss = loss_config(P, objective, disc_start=0, **loss_overrides)
     n_sub = min(f.finetune_subset, len(data.train_x))
     n_epochs = int(epochs or f.finetune_epochs)
-    cfg = AETrainConfig(loss=loss, batch_size=f.finetune_batch, lr=f.finetune_lr, max_epochs=n_epochs,
-                        seed=P.run.seed, val_every=0, val_size=P.data.val_size, export_ldm=False, measure_norm=None,
+    lr, lr_source = finetune_lr(P, base)
+    disc_init, disc_label = finetune_discriminator(P, base)
+    notes = {"discriminator": disc_label, "lr_source": lr_source, "replicate_seed": seed}
+    cfg = AETrainConfig(loss=loss, batch_size=f.finetune_batch, lr=lr, max_epochs=n_epochs,
+                        seed=seed, val_every=0, val_size=P.data.val_size, export_ldm=False, measure_norm=None,
                         checkpoint_every_steps=P.run.checkpoint_every_steps, progress=P.run.progress)
     # max_epochs is not part of the key: the model after epoch e does not depend on how many epochs follow (constant
     # lr, no schedule), so a longer run continues the same folder.
-    key = artefact_key("ae", {"train": dataclasses.asdict(cfg), "subset": n_sub, "tag": tag},
+    key = artefact_key("ae", {"train": dataclasses.asdict(cfg), "subset": n_sub, "tag": tag,
+                              "finetune_disc": f.finetune_disc},
                        {"base": base.hash, "train": data.train_id, "val": data.test_id}, exclude=("max_epochs",))
     run_dir = cache_dir(f"ae-{objective}", key)
     out = []
     for epoch in range(1, n_epochs + 1):
         epoch_dir = run_dir / f"epoch_{epoch}"
         if not (epoch_dir / "config.json").exists():
-            announce(f"{objective} fine-tune of the base AE, epoch {epoch} of {n_epochs} over {n_sub} images",
-                     f"{n_sub // f.finetune_batch} steps")
+            announce(f"{objective} fine-tune of the base AE (seed {seed}, discriminator {disc_label}, lr {lr:.3g}), "
+                     f"epoch {epoch} of {n_epochs} over {n_sub} images", f"{n_sub // f.finetune_batch} steps")
             # a fresh copy: training changes the model in place, and the base must stay the base
             vae = ae.load_autoencoder(base.run_dir / "model") if base.run_dir else copy.deepcopy(base.model)
             finetune(vae, Data.subset(data.train_x, n_sub), dataclasses.replace(cfg, max_epochs=epoch), run_dir,
-                     val=data.test_x)
+                     val=data.test_x, disc_init=disc_init, notes=notes)
             tmp = run_dir / f".epoch_{epoch}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(run_dir / "model", tmp)
@@ -431,17 +499,20 @@ def train_or_load_finetuned_autoencoders(P: Config, objective: str, data: Data |
                 shutil.copy2(run_dir / name, tmp / name)
             tmp.rename(epoch_dir)
         vae = ae.load_autoencoder(epoch_dir).eval()
-        out.append(AEArtefact(vae, run_dir, load_summary(epoch_dir), ae.weights_hash(vae), epoch=epoch, key=key))
+        out.append(AEArtefact(vae, run_dir, load_summary(epoch_dir), ae.weights_hash(vae), epoch=epoch, key=key,
+                              seed=seed))
     return out
 
 
-def train_or_load_autoencoder_suite(P: Config, data: Data | None = None) -> dict[str, AEArtefact]:
-    """The three autoencoders every comparison uses: ``{"base", "plain", "eq"}`` (the fine-tuned ones after the last
-    epoch). Trains what notebooks 01/02 would build when it is not cached."""
+def train_or_load_autoencoder_suite(P: Config, data: Data | None = None, seed: int | None = None
+                                    ) -> dict[str, AEArtefact]:
+    """The three autoencoders of replicate ``seed`` (None = the first of ``replicate_seeds``) that every comparison
+    uses: ``{"base", "plain", "eq"}`` (the fine-tuned ones of that seed after the last epoch; the base is the same
+    for every seed). Trains what notebooks 01/02 would build when it is not cached."""
     data = data or load_data(P)
     base = train_or_load_base_autoencoder(P, data)
-    return {"base": base, "plain": train_or_load_finetuned_autoencoders(P, "plain", data, base)[-1],
-            "eq": train_or_load_finetuned_autoencoders(P, "eq", data, base)[-1]}
+    return {"base": base, "plain": train_or_load_finetuned_autoencoders(P, "plain", data, base, seed=seed)[-1],
+            "eq": train_or_load_finetuned_autoencoders(P, "eq", data, base, seed=seed)[-1]}
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -674,16 +745,16 @@ def design_pilot(P: Config) -> pd.DataFrame:
 
 def design_choice(df, P: Config) -> dict:
     """Apply the design rule to :func:`design_pilot`'s table: keep candidates with ≥ 4 admissible scales (4-cell
-    floor) whose projected pretraining time fits ``pretrain_max_minutes``; prefer labelled data (the paper's
+    floor) whose projected pretraining time fits ``pilot_budget_minutes``; prefer labelled data (the paper's
     generators are class-conditional, and a classifier gives the fast FID its class structure), then the largest
     latent grid, then the fastest. Returns ``{"chosen", "matches_profile", "text"}``."""
     df = df.assign(labelled=df["config"].str.startswith("fashion-mnist"))
-    ok = df[(df["n_scales_floor4"] >= 4) & (df["pretrain_min_projected"] <= P.base_ae.pretrain_max_minutes)]
+    ok = df[(df["n_scales_floor4"] >= 4) & (df["pretrain_min_projected"] <= P.pilot.pilot_budget_minutes)]
     profile_cfg = f"{P.data.dataset} {P.data.image_size}px {P.base_ae.ae_arch}"
     if ok.empty:
         return {"chosen": None, "matches_profile": False,
                 "text": "No candidate fits the pretraining budget on this machine: lower pilot_pretrain_images or "
-                        "raise pretrain_max_minutes."}
+                        "raise pilot_budget_minutes."}
     best = ok.sort_values(["labelled", "latent_side", "img_per_s"], ascending=[False, False, False]).iloc[0]
     match = best["config"] == profile_cfg
     text = (f"Chosen by the rule: {best['config']} (latent {best['latent']}, {best['img_per_s']:.0f} img/s, "
@@ -768,12 +839,13 @@ def reference_stats(P: Config, data: Data, extractor, n: int | None = None):
 def train_or_load_base_vq(P: Config, data: Data) -> AEArtefact:
     """The base VQ autoencoder (stand-in for the paper's VQ-GAN): ``vq_arch`` with ``vq_codebook_size`` codes,
     pretrained with the plain objective (VQ loss in place of KL) and dead-code restarts until the validation plateau
-    (the base AE's rule; ``vq_pretrain_max_minutes``/``_epochs`` replace its caps when set). May train for minutes."""
+    (the base AE's rule; ``vq_pretrain_max_steps``/``_epochs`` replace its caps when set; caps in steps/epochs only).
+    May train for minutes."""
     b, v = P.base_ae, P.vq
-    max_minutes = v.vq_pretrain_max_minutes if v.vq_pretrain_max_minutes is not None else b.pretrain_max_minutes
+    max_steps = v.vq_pretrain_max_steps if v.vq_pretrain_max_steps is not None else b.pretrain_max_steps
     max_epochs = v.vq_pretrain_max_epochs if v.vq_pretrain_max_epochs is not None else b.pretrain_max_epochs
     cfg = AETrainConfig(loss=loss_config(P, "plain", disc_start=b.pretrain_disc_start), batch_size=b.pretrain_batch,
-                        lr=b.pretrain_lr, max_epochs=max_epochs, max_time_s=60 * max_minutes, plateau=True,
+                        lr=b.pretrain_lr, max_steps=max_steps, max_epochs=max_epochs, plateau=True,
                         val_every=b.pretrain_val_every, val_size=P.data.val_size,
                         plateau_window=b.pretrain_plateau_window, plateau_threshold=b.pretrain_plateau_threshold,
                         seed=P.run.seed, export_ldm=False, checkpoint_every_steps=P.run.checkpoint_every_steps,
@@ -785,7 +857,7 @@ def train_or_load_base_vq(P: Config, data: Data) -> AEArtefact:
     run_dir = cache_dir("vq-base", key)
     if not (run_dir / "summary.json").exists():
         announce(f"base VQ {v.vq_arch} ({v.vq_codebook_size} codes) pretrained until the plateau",
-                 f"at most {max_minutes:g} min or {max_epochs} epochs")
+                 f"at most {max_steps} steps or {max_epochs} epochs (None = no cap)")
         pretrain_vq(data.train_x, cfg, run_dir, val=data.test_x, **arch)
     vq = ae.load_autoencoder(run_dir / "model").eval()
     return AEArtefact(vq, run_dir, load_summary(run_dir), ae.weights_hash(vq), key=key)
@@ -796,8 +868,9 @@ def train_or_load_finetuned_vq(P: Config, data: Data, objective: str, base: AEAr
     ``vq_finetune_epochs`` epochs over the first ``finetune_subset`` training images (same budget for both)."""
     f = P.finetune
     n_sub = min(f.finetune_subset, len(data.train_x))
+    lr, _ = finetune_lr(P, base)  # None = the base VQ's final lr; the VQ path keeps a fresh PatchGAN (summary says so)
     cfg = AETrainConfig(loss=loss_config(P, objective, disc_start=0), batch_size=f.finetune_batch,
-                        lr=f.finetune_lr, max_epochs=P.vq.vq_finetune_epochs, seed=P.run.seed, val_every=0,
+                        lr=lr, max_epochs=P.vq.vq_finetune_epochs, seed=P.run.seed, val_every=0,
                         val_size=P.data.val_size, export_ldm=False,
                         checkpoint_every_steps=P.run.checkpoint_every_steps, progress=P.run.progress)
     key = artefact_key("vq", {"train": dataclasses.asdict(cfg), "subset": n_sub},

@@ -341,7 +341,7 @@ def records_from_tables(profile: str, folder: Path) -> list[RunRecord]:
     """Rebuild the result records of a committed reference run from its committed tables, for runs whose JSON records
     were not committed: metrics from ``folder/measurements.csv`` (or a ``results.csv`` still in the per-metric
     format), title / scale / provenance from ``folder/report.md``, the sample-count parameters (``eval_n``, ``id_n``,
-    ``gen_fid_n``, ``inception_n``, ``gen_seeds``) from ``profiles/<profile>.yaml``. Each record's ``origin`` says so;
+    ``gen_fid_n``, ``inception_n``, ``replicate_seeds``) from ``profiles/<profile>.yaml``. Each record's ``origin`` says so;
     the old verdict words are dropped (they are recomputed from the claim table).
 
     Raises:
@@ -374,7 +374,7 @@ def records_from_tables(profile: str, folder: Path) -> list[RunRecord]:
                     meta[claim].update(commit=p["commit"], wall=float(p["wall"]) * 60, seeds=json.loads(p["seeds"]),
                                        inputs=dict(kv.split("=", 1) for kv in p["inputs"].split(", ") if "=" in kv))
     prof = load_profile(profile)
-    params = {k: prof[k] for k in ("eval_n", "id_n", "gen_fid_n", "inception_n", "gen_seeds") if k in prof}
+    params = {k: prof[k] for k in ("eval_n", "id_n", "gen_fid_n", "inception_n", "replicate_seeds") if k in prof}
     out = []
     for claim, part in df.groupby("claim", sort=True):
         info = meta.get(claim, {})

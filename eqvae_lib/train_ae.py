@@ -39,9 +39,13 @@ Run folder (``run_dir``)::
     log.jsonl       one line per optimizer step: losses, branch + τ, adaptive weight, discriminator logits
                     real / fake, lr, images seen; validation lines (``"val": {...}``) and the plateau decision
     model/          final autoencoder, diffusers format (latent normalisation stored in its config)
+    discriminator.safetensors, discriminator_config.json
+                    the final PatchGAN (weights; class, in_channels, ndf, n_layers and weights hash beside them), so a
+                    fine-tune can start from it (``disc_init``: a warm discriminator, :func:`load_discriminator`)
     model.ckpt      LDM-layout export (kl-f8-type models with mid-block attention only)
     summary.json    config, steps, images seen, epochs, wall time, stop reason, branch counts, plateau rule + trace,
-                    final validation, weights hash, latent normalisation, perceptual network
+                    final validation, weights hash, latent normalisation, perceptual network, discriminator start
+                    (``discriminator_init``: ``fresh`` or ``warm``, its weights hash at step 0), the caller's notes
 
 Resume: when ``checkpoint.pt`` exists (and ``cfg.resume``), training continues from it and — on CPU with
 ``deterministic=True`` — ends with weights bit-identical to an uninterrupted run (data order is a function of
@@ -52,7 +56,13 @@ Plateau rule (pretraining): every ``val_every`` steps the L1 (and PSNR) of ``D(m
 batch is measured; training stops when the relative improvement of the best value over the last ``plateau_window``
 measurements, compared with the value just before that window, is below ``plateau_threshold``. Only measurements
 after the GAN switches on (``loss.disc_start``) count: the adversarial term raises L1 at first. Caps: ``max_steps``,
-``max_epochs``, ``max_time_s``. The rule, every measurement and the decision are logged and put in the summary.
+``max_epochs`` (and ``max_time_s``, for the command line's ``--time`` only: the kit's pipeline never sets it, so its
+results do not depend on the machine's speed). The stop reason (``plateau`` / ``max_steps`` / ``max_epochs`` /
+``max_time``), the rule, every measurement and the decision are logged and put in the summary.
+
+Warm discriminator: ``disc_init`` (a run folder holding ``discriminator.safetensors``) makes the loss's PatchGAN start
+from those weights instead of a fresh initialisation; its Adam state starts new (moments zero), as the autoencoder's
+does in a fine-tune. The architecture beside the weights must equal the loss's (else ValueError).
 """
 
 from __future__ import annotations
@@ -70,10 +80,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file as load_safetensors, save_file as save_safetensors
 
 from . import autoencoders as ae
 from .runtime import RUNS_DIR, seed_everything, device as default_device
-from .io import atomic_torch_save, atomic_write_json, atomic_write_text, git_commit
+from .io import atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text, git_commit, state_dict_hash
 from . import rng as rng_rule
 from .losses import BRANCHES, EQVAELoss, LossConfig
 from .perf import adam_kwargs, enable_tf32, maybe_compile
@@ -256,9 +267,59 @@ def _can_export_ldm(vae) -> bool:
         return False
 
 
+DISC_WEIGHTS, DISC_CONFIG = "discriminator.safetensors", "discriminator_config.json"
+
+
+def discriminator_config(disc: torch.nn.Module, loss_cfg: LossConfig, in_channels: int) -> dict:
+    """The architecture of the loss's PatchGAN (what rebuilds it: ``NLayerDiscriminator(in_channels, ndf,
+    n_layers)``) and its weights hash."""
+    return {"class": type(disc).__name__, "in_channels": int(in_channels), "ndf": int(loss_cfg.disc_ndf),
+            "n_layers": int(loss_cfg.disc_layers), "weights_hash": state_dict_hash(disc)}
+
+
+def save_discriminator(disc: torch.nn.Module, folder: str | os.PathLike, config: dict) -> Path:
+    """Write the PatchGAN's state dict to ``folder/discriminator.safetensors`` and ``config`` (see
+    :func:`discriminator_config`) to ``folder/discriminator_config.json``, both atomically. Returns the weights
+    path."""
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in disc.state_dict().items()}
+    with atomic_path(folder / DISC_WEIGHTS) as tmp:
+        save_safetensors(state, str(tmp))
+    atomic_write_json(folder / DISC_CONFIG, config)
+    return folder / DISC_WEIGHTS
+
+
+def load_discriminator(folder: str | os.PathLike, expected: dict | None = None) -> tuple[dict, dict]:
+    """The PatchGAN weights saved in ``folder`` by :func:`save_discriminator`: ``(state_dict, config)``.
+
+    Args:
+        folder: a run folder of :func:`train_autoencoder` (e.g. the base autoencoder's).
+        expected: the architecture the weights must have (keys ``class``, ``in_channels``, ``ndf``, ``n_layers``).
+
+    Raises:
+        ValueError: ``folder`` holds no discriminator weights (a model loaded from elsewhere, or trained by an older
+            kit version): use a fresh discriminator instead (``finetune_disc: fresh``); or the saved architecture
+            differs from ``expected``.
+    """
+    folder = Path(folder)
+    wpath, cpath = folder / DISC_WEIGHTS, folder / DISC_CONFIG
+    if not wpath.is_file() or not cpath.is_file():
+        raise ValueError(f"a warm discriminator was requested, but {folder} holds no saved discriminator "
+                         f"({DISC_WEIGHTS} + {DISC_CONFIG}); retrain that base with this kit version, or start the "
+                         "fine-tune from a fresh PatchGAN (finetune_disc: fresh)")
+    config = json.loads(cpath.read_text())
+    if expected is not None:
+        diff = {k: (config.get(k), v) for k, v in expected.items() if k != "weights_hash" and config.get(k) != v}
+        if diff:
+            raise ValueError(f"the discriminator saved in {folder} does not match the fine-tune's loss "
+                             f"(saved, wanted): {diff}; use the same disc_ndf / disc_layers, or finetune_disc: fresh")
+    return load_safetensors(str(wpath)), config
+
+
 # ------------------------------------------------------------------------------------------------ the loop
 def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike, val=None,
-                      loss_fn: EQVAELoss | None = None) -> Path:
+                      loss_fn: EQVAELoss | None = None, disc_init: str | os.PathLike | None = None,
+                      notes: dict | None = None) -> Path:
     """Train ``vae`` (``AutoencoderKL`` or ``VQModel``; modified in place) with ``cfg`` and write the run folder.
 
     Args:
@@ -270,12 +331,17 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
         val: held-out images (same forms) for validation / the plateau rule; default: the first ``val_size``
             training images (then the summary says ``val_source: "train"``).
         loss_fn: a prepared :class:`EQVAELoss` (default: built from ``cfg.loss``).
+        disc_init: a run folder with a saved discriminator (:func:`save_discriminator`): the PatchGAN starts from
+            it (warm; new Adam state) instead of a fresh initialisation. Ignored when resuming (the checkpoint
+            holds the discriminator).
+        notes: JSON-serialisable facts the caller wants in ``summary.json`` (e.g. where the lr came from).
 
     Returns:
         ``run_dir`` (``summary.json`` there describes the run).
 
     Raises:
-        ValueError: too few images for one step, a checkpoint from another world size, non-square images.
+        ValueError: too few images for one step, a checkpoint from another world size, non-square images,
+            ``disc_init`` without saved discriminator weights or with another architecture.
         FloatingPointError: a non-finite loss (names the step and branch).
     """
     run_dir = Path(run_dir)
@@ -299,6 +365,13 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
     in_ch = model.config.in_channels
     loss_fn = (loss_fn or EQVAELoss(cfg.loss, in_channels=in_ch)).to(dev).train()
     disc = loss_fn.discriminator
+    disc_cfg = discriminator_config(disc, cfg.loss, in_ch)
+    if disc_init is not None:
+        state, saved = load_discriminator(disc_init, expected=disc_cfg)
+        disc.load_state_dict(state)
+        disc_origin = {"mode": "warm", "from": str(disc_init), "weights_hash": state_dict_hash(disc)}
+    else:
+        disc_origin = {"mode": "fresh", "weights_hash": disc_cfg["weights_hash"]}
     ae_params = [p for p in model.parameters() if p.requires_grad]
     enable_tf32(dev)
     opt_ae = torch.optim.Adam(ae_params, lr=lr, betas=cfg.betas, **adam_kwargs(dev))
@@ -315,6 +388,7 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
     resumed = False
     if cfg.resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        disc_origin = ck["disc_origin"] if isinstance(ck.get("disc_origin"), dict) else disc_origin
         if ck["world_size"] != world:
             raise ValueError(f"{ckpt_path} was written by {ck['world_size']} process(es), this run has {world}; "
                              "resume with the same number of processes or start a new run folder")
@@ -350,11 +424,13 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
             atomic_torch_save({"vae": model.state_dict(), "disc": disc.state_dict(), "opt_ae": opt_ae.state_dict(),
                                "opt_d": opt_d.state_dict(), "rng_rule": rng_rule.RNG_RULE,
                                "torch_rng": torch.get_rng_state(),
-                               "world_size": world, "state_json": json.dumps(st)}, ckpt_path)
+                               "world_size": world, "state_json": json.dumps(st), "disc_origin": disc_origin},
+                              ckpt_path)
 
     if not resumed:
         log({"step": 0, "event": "start", "lr": lr, "effective_batch": eff_batch, "world_size": world,
              "steps_per_epoch": steps_per_epoch, "perceptual": cfg.loss.perceptual, "objective": cfg.loss.objective,
+             "discriminator_init": disc_origin, "notes": notes or {},
              "plateau_rule": _plateau_rule_text(cfg) if cfg.plateau else None})
     else:
         log({"step": st["step"], "event": "resume", "epoch": st["epoch"], "step_in_epoch": st["step_in_epoch"]})
@@ -489,6 +565,7 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
             ae.measure_latent_norm(model, src.first(cfg.norm_images), latent="sample", seed=cfg.seed)
         shift, scale = ae.latent_norm(model)
         model_dir = ae.save_autoencoder(model, run_dir / "model")
+        save_discriminator(disc, run_dir, discriminator_config(disc, cfg.loss, in_ch))
         export = cfg.export_ldm if cfg.export_ldm is not None else _can_export_ldm(model)
         ldm_path = str(ae.export_ldm_checkpoint(model, run_dir / "model.ckpt")) if export else None
         summary = {
@@ -503,6 +580,7 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
                                                                     "measured": bool(measure)},
             "downsample_factor": ae.downsample_factor(model), "model_dir": str(model_dir), "ldm_checkpoint": ldm_path,
             "git_commit": git_commit(), "device": str(dev),
+            "discriminator_init": disc_origin, "discriminator_final_hash": state_dict_hash(disc), **(notes or {}),
         }
         atomic_write_json(run_dir / "summary.json", summary)
         log({"step": st["step"], "event": "end", "stop_reason": reason, "final_val": final_val})
@@ -516,8 +594,8 @@ def _plateau_rule_text(cfg: AETrainConfig) -> str:
     return (f"every {cfg.val_every} steps: L1 of D(mean E(x)) on {cfg.val_size} held-out images (only those after "
             f"the GAN starts at step {cfg.loss.disc_start} count); stop when "
             f"(v[-{cfg.plateau_window + 1}] - min(last {cfg.plateau_window})) / v[-{cfg.plateau_window + 1}] < "
-            f"{cfg.plateau_threshold}; caps max_steps={cfg.max_steps}, max_epochs={cfg.max_epochs}, "
-            f"max_time_s={cfg.max_time_s}")
+            f"{cfg.plateau_threshold}; caps max_steps={cfg.max_steps}, max_epochs={cfg.max_epochs}"
+            + (f", max_time_s={cfg.max_time_s}" if cfg.max_time_s is not None else ""))
 
 
 def _cfg_dict(cfg: AETrainConfig) -> dict:
@@ -541,12 +619,14 @@ def pretrain(train, cfg: AETrainConfig, run_dir, arch: str = "small-f4", val=Non
     return train_autoencoder(vae, train, cfg, run_dir, val=val)
 
 
-def finetune(vae, train, cfg: AETrainConfig, run_dir, val=None) -> Path:
+def finetune(vae, train, cfg: AETrainConfig, run_dir, val=None, disc_init=None, notes: dict | None = None) -> Path:
     """Fine-tune a loaded autoencoder: EQ-VAE (``cfg.loss.objective="eq"``), the plain control (``"plain"``) or the
-    explicit variant (``"explicit"``). ``vae`` may be a model or a path / hub id for ``load_autoencoder``."""
+    explicit variant (``"explicit"``). ``vae`` may be a model or a path / hub id for ``load_autoencoder``;
+    ``disc_init`` (the base's run folder) starts from its saved PatchGAN (warm), None from a fresh one; ``notes`` go
+    into the summary (:func:`train_autoencoder`)."""
     if isinstance(vae, (str, os.PathLike)):
         vae = ae.load_autoencoder(vae)
-    return train_autoencoder(vae, train, cfg, run_dir, val=val)
+    return train_autoencoder(vae, train, cfg, run_dir, val=val, disc_init=disc_init, notes=notes)
 
 
 # ---------------------------------------------------------------------------------------------- command line

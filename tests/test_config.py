@@ -48,8 +48,8 @@ def test_loss_knobs_that_were_ignored_now_reach_the_loss_config():
 
 
 def test_papermill_style_values_are_parsed_and_ints_become_floats():
-    P = C.load_config("smoke", {"gen_seeds": "[0, 1, 2]", "gen_steps": 9, "gen_lr": 1})
-    assert P.gen.gen_seeds == [0, 1, 2] and P.gen.gen_steps == 9 and isinstance(P.gen.gen_lr, float)
+    P = C.load_config("smoke", {"replicate_seeds": "[0, 1, 2]", "gen_steps": 9, "gen_lr": 1})
+    assert P.run.replicate_seeds == [0, 1, 2] and P.gen.gen_steps == 9 and isinstance(P.gen.gen_lr, float)
 
 
 def test_inherit_reads_the_base_profile_first():
@@ -96,3 +96,19 @@ def test_cli_check_fails_fast_on_an_unknown_override():
 def test_non_finite_numbers_are_refused(key, value):
     with pytest.raises(C.ConfigError, match=f"{key} = .*finite"):
         C.load_config("smoke", {key: value})
+
+
+@pytest.mark.parametrize("key, replacement", [("pretrain_max_minutes", "pretrain_max_steps"),
+                                              ("vq_pretrain_max_minutes", "vq_pretrain_max_steps"),
+                                              ("gen_seeds", "replicate_seeds")])
+def test_a_removed_key_of_an_old_profile_says_what_replaces_it(tmp_path, monkeypatch, key, replacement):
+    monkeypatch.setattr(C, "PROFILES_DIR", tmp_path)
+    (tmp_path / "old.yaml").write_text(f"inherit: smoke\n{key}: 3\n")
+    with pytest.raises(C.ConfigError, match=f"{key}.*removed.*{replacement}"):
+        C.load_config("old")
+
+
+@pytest.mark.parametrize("seeds", [[], [0, 0]])
+def test_replicate_seeds_must_be_distinct_and_not_empty(seeds):
+    with pytest.raises(C.ConfigError, match="replicate_seeds"):
+        C.load_config("smoke", {"replicate_seeds": seeds})

@@ -40,17 +40,17 @@ def test_design_rule_prefers_the_largest_grid_that_fits():
         dict(config="b 64px", latent="4x16x16", latent_side=16, n_scales_floor4=12, img_per_s=50, pretrain_min_projected=50),
         dict(config="c 16px", latent="4x4x4", latent_side=4, n_scales_floor4=0, img_per_s=400, pretrain_min_projected=6),
     ])
-    P = build_config({"image_size": 32, "ae_arch": "", "pretrain_max_minutes": 20, "pilot_pretrain_images": 1})
+    P = build_config({"image_size": 32, "ae_arch": "", "pilot_budget_minutes": 20, "pilot_pretrain_images": 1})
     choice = pipeline.design_choice(df, P)
     assert choice["chosen"] == "a 32px"  # b does not fit 20 min, c has no admissible scale
-    assert pipeline.design_choice(df, P.replace(pretrain_max_minutes=60))["chosen"] == "b 64px"
+    assert pipeline.design_choice(df, P.replace(pilot_budget_minutes=60))["chosen"] == "b 64px"
     # labelled data first: a slightly faster unlabelled candidate of the same grid loses
     df2 = pd.DataFrame([
         dict(config="photo-crops 32px small-f4", latent="4x8x8", latent_side=8, n_scales_floor4=4, img_per_s=170,
              pretrain_min_projected=14),
         dict(config="fashion-mnist 32px small-f4", latent="4x8x8", latent_side=8, n_scales_floor4=4, img_per_s=165,
              pretrain_min_projected=15)])
-    P = build_config({"dataset": "fashion-mnist", "image_size": 32, "ae_arch": "small-f4", "pretrain_max_minutes": 20,
+    P = build_config({"dataset": "fashion-mnist", "image_size": 32, "ae_arch": "small-f4", "pilot_budget_minutes": 20,
                       "pilot_pretrain_images": 1})
     choice = pipeline.design_choice(df2, P)
     assert choice["chosen"] == "fashion-mnist 32px small-f4" and choice["matches_profile"]

@@ -1,0 +1,148 @@
+"""The autoencoder side of protocol v2 (issue 15) through the pipeline: replicate seeds, a warm discriminator saved
+with the base, the fine-tune lr continuing the base's, caps in steps, on a tiny synthetic problem in tmp_path."""
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from eqvae_lib import pipeline, train_ae
+from eqvae_lib.config import build_config
+
+TINY = dict(dataset="fashion-mnist", image_size=16, channels=1, n_train=64, n_test=32, val_size=16, seed=0,
+            replicate_seeds=[0, 1], progress=False, ae_arch="small-f4", perceptual="none", disc_ndf=8,
+            min_latent_side=2, pretrain_batch=16, pretrain_lr=3.3e-4, pretrain_max_steps=4, pretrain_max_epochs=None,
+            pretrain_disc_start=2, pretrain_val_every=2, pretrain_plateau_window=2, pretrain_plateau_threshold=0.0,
+            finetune_subset=32, finetune_batch=16, finetune_epochs=1, finetune_lr=None, finetune_disc="warm")
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(96, 1, 16, 16, generator=g) * 2 - 1
+    y = torch.arange(96) % 10
+    return pipeline.Data(x[:64], y[:64], x[64:], y[64:], "synthetic", 16, 10, "train-id", "test-id")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One base autoencoder for the module (4 steps), in its own cache."""
+    root = tmp_path_factory.mktemp("ae") / "cache"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(pipeline, "CACHE", root)
+    try:
+        base = pipeline.train_or_load_base_autoencoder(build_config(TINY), _data())
+    finally:
+        mp.undo()
+    return root, base
+
+
+@pytest.fixture
+def cache(built, monkeypatch):
+    monkeypatch.setattr(pipeline, "CACHE", built[0])
+    return built[0]
+
+
+@pytest.fixture
+def orders(monkeypatch):
+    """Every epoch permutation drawn by train_ae, as (seed, epoch, indices)."""
+    seen = []
+    real = train_ae._epoch_indices
+
+    def spy(n, seed, epoch, rank, world):
+        out = real(n, seed, epoch, rank, world)
+        seen.append((seed, epoch, out))
+        return out
+
+    monkeypatch.setattr(train_ae, "_epoch_indices", spy)
+    return seen
+
+
+def test_base_stops_at_its_step_cap_and_saves_its_discriminator(cache, built):
+    base = built[1]
+    s = base.summary
+    assert s["steps"] == 4 and s["stop_reason"] == "max_steps" and s["config"]["max_time_s"] is None
+    assert base.seed == 0 and base.wall_s == s["wall_time_s"] > 0
+    cfg = json.loads((base.run_dir / "discriminator_config.json").read_text())
+    assert (cfg["class"], cfg["in_channels"], cfg["ndf"], cfg["n_layers"]) == ("NLayerDiscriminator", 1, 8, 3)
+    state = load_file(str(base.run_dir / "discriminator.safetensors"))
+    ck = torch.load(base.run_dir / "checkpoint.pt", weights_only=True)  # the discriminator at the end of training
+    assert state.keys() == ck["disc"].keys() and all(torch.equal(state[k], ck["disc"][k]) for k in state)
+    assert cfg["weights_hash"] == s["discriminator_final_hash"]
+
+
+def test_replicate_seeds_set_the_finetune_seed_key_and_weights_and_arms_share_data_order(cache, built, orders, monkeypatch):
+    P, data = build_config(TINY), _data()
+    base = built[1]
+    orders.clear()
+    plain0 = pipeline.train_or_load_finetuned_autoencoders(P, "plain", data, base)  # seed None = replicate_seeds[0]
+    eq0 = pipeline.train_or_load_finetuned_autoencoders(P, "eq", data, base, seed=0)
+    plain1 = pipeline.train_or_load_finetuned_autoencoders(P, "plain", data, base, seed=1)
+    assert [a.seed for a in plain0 + eq0 + plain1] == [0, 0, 1]
+    assert plain0[-1].summary["config"]["seed"] == 0 and plain1[-1].summary["config"]["seed"] == 1
+    assert plain0[-1].summary["replicate_seed"] == 0 and plain1[-1].summary["replicate_seed"] == 1
+    assert plain1[-1].key != plain0[-1].key and plain1[-1].hash != plain0[-1].hash
+    # common random numbers: the plain and EQ fine-tunes of seed 0 walk the data in the same order; seed 1 does not
+    by_seed = {}
+    for seed, epoch, idx in orders:
+        by_seed.setdefault(seed, []).append(idx)
+    assert len(by_seed[0]) == 2 and by_seed[0][0] == by_seed[0][1]
+    assert by_seed[1][0] != by_seed[0][0]
+    # the same seed again, built from empty caches elsewhere: the same key and the same weights
+    monkeypatch.setattr(pipeline, "CACHE", cache.parent / "cache2")
+    again = pipeline.train_or_load_finetuned_autoencoders(P, "plain", data, base, seed=0)
+    assert again[-1].key == plain0[-1].key and again[-1].hash == plain0[-1].hash
+    assert again[-1].run_dir != plain0[-1].run_dir  # really built again
+    monkeypatch.setattr(pipeline, "CACHE", cache)
+    suite = pipeline.train_or_load_autoencoder_suite(P, data, seed=1)
+    assert suite["plain"].hash == plain1[-1].hash and suite["eq"].seed == 1
+
+
+def test_warm_discriminator_starts_from_the_base_and_fresh_does_not(cache, built, monkeypatch):
+    P, data = build_config(TINY), _data()
+    base = built[1]
+    saved = load_file(str(base.run_dir / "discriminator.safetensors"))
+    at_step0 = []
+    real = train_ae.EQVAELoss.generator_loss
+
+    def spy(self, vae, x, step=0, generator=None, **kw):
+        if step == 0 and not at_step0:
+            at_step0.append({k: v.detach().clone() for k, v in self.discriminator.state_dict().items()})
+        return real(self, vae, x, step, generator, **kw)
+
+    monkeypatch.setattr(train_ae.EQVAELoss, "generator_loss", spy)
+    warm = pipeline.train_or_load_finetuned_autoencoders(P, "plain", data, base, tag="disc")[-1]  # not cached yet
+    assert all(torch.equal(at_step0[0][k], saved[k]) for k in saved)
+    assert warm.summary["discriminator"] == f"warm (base {base.hash})"
+    assert warm.summary["discriminator_init"]["mode"] == "warm"
+    at_step0.clear()
+    fresh = pipeline.train_or_load_finetuned_autoencoders(P.replace(finetune_disc="fresh"), "plain", data, base,
+                                                          tag="disc")[-1]
+    assert not all(torch.equal(at_step0[0][k], saved[k]) for k in saved)
+    assert fresh.summary["discriminator"] == "fresh" and fresh.key != warm.key
+    # warm requested, no weights saved with the base: a clear error, never a fresh discriminator in its place
+    bare = cache.parent / "base-without-discriminator"
+    shutil.copytree(base.run_dir, bare, ignore=shutil.ignore_patterns("discriminator.safetensors"))
+    with pytest.raises(ValueError, match="finetune_disc: fresh") as e:
+        pipeline.train_or_load_finetuned_autoencoders(P, "eq", data, dataclasses.replace(base, run_dir=bare))
+    assert str(bare) in str(e.value)
+    loaded = pipeline.AEArtefact(base.model, None, None, base.hash, source="some/hub-id")
+    with pytest.raises(ValueError, match="some/hub-id.*finetune_disc: fresh"):
+        pipeline.train_or_load_finetuned_autoencoders(P.replace(finetune_lr=1e-4), "eq", data, loaded)
+
+
+def test_finetune_lr_none_continues_at_the_base_logged_final_lr(cache, built):
+    P, data = build_config(TINY), _data()
+    base = built[1]
+    logged = [json.loads(ln) for ln in (base.run_dir / "log.jsonl").read_text().splitlines()]
+    last = [r for r in logged if "loss" in r and "event" not in r][-1]["lr"]
+    assert pipeline.base_final_lr(base) == last == pytest.approx(3.3e-4)
+    ft = pipeline.train_or_load_finetuned_autoencoders(P, "plain", data, base)[-1]
+    assert ft.summary["lr"] == last and "base's final lr" in ft.summary["lr_source"]
+    lr, source = pipeline.finetune_lr(P.replace(finetune_lr=1e-5), base)
+    assert lr == 1e-5 and "finetune_lr" in source
+    loaded = pipeline.AEArtefact(base.model, None, None, base.hash, source="some/hub-id")
+    with pytest.raises(ValueError, match="set finetune_lr"):
+        pipeline.finetune_lr(P, loaded)
