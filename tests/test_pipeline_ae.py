@@ -146,3 +146,21 @@ def test_finetune_lr_none_continues_at_the_base_logged_final_lr(cache, built):
     loaded = pipeline.AEArtefact(base.model, None, None, base.hash, source="some/hub-id")
     with pytest.raises(ValueError, match="set finetune_lr"):
         pipeline.finetune_lr(P, loaded)
+
+
+def test_saved_discriminator_round_trips_and_a_different_architecture_is_refused(tmp_path):
+    from eqvae_lib.losses import LossConfig, NLayerDiscriminator
+
+    torch.manual_seed(3)
+    disc, lc = NLayerDiscriminator(1, 8, 3), LossConfig(disc_ndf=8, disc_layers=3)
+    cfg = train_ae.discriminator_config(disc, lc, 1)
+    train_ae.save_discriminator(disc, tmp_path, cfg)
+    state, saved = train_ae.load_discriminator(tmp_path, expected=cfg)
+    other = NLayerDiscriminator(1, 8, 3)
+    other.load_state_dict(state)
+    assert train_ae.state_dict_hash(other) == saved["weights_hash"] == cfg["weights_hash"]
+    with pytest.raises(ValueError, match="ndf"):
+        train_ae.load_discriminator(tmp_path, expected=train_ae.discriminator_config(
+            NLayerDiscriminator(1, 16, 3), LossConfig(disc_ndf=16), 1))
+    with pytest.raises(ValueError, match="finetune_disc: fresh"):
+        train_ae.load_discriminator(tmp_path / "nothing-here")
