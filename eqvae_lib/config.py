@@ -257,7 +257,7 @@ def unknown_key_error(key: str, where: str) -> ConfigError:
     near = closest_keys(key)
     hint = f"; did you mean {', '.join(near)}?" if near else ""
     if key in REMOVED_KEYS:
-        hint = f": removed — {REMOVED_KEYS[key]}{hint.replace(';', '.', 1) if hint else '.'}"
+        hint = f": removed — {REMOVED_KEYS[key]}{hint.replace('; did', '. Did', 1) if hint else '.'}"
     return ConfigError(f"{key!r} ({where}) is not a key of any stage{hint} Valid keys are the fields of "
                        f"eqvae_lib.config's stage classes (python -m eqvae_lib.config keys).")
 
