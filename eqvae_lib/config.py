@@ -154,7 +154,9 @@ class MetricsConfig:
     """Autoencoder metrics: Δ and decoder PSNR on ``eval_n`` test images at ``eval_scales``; rFID/PSNR/SSIM/LPIPS from
     the ``recon_latent`` latent; FID features ``fid_extractor`` (the kit's classifier trained on
     ``classifier_n_train`` images for ``classifier_epochs`` epochs, or Inception); TwoNN on ``id_n`` latents with
-    ``id_bootstrap`` resamples; an extra Inception-FID headline on ``inception_n`` samples (0 = off)."""
+    ``id_bootstrap`` resamples, and paired TwoNN of every autoencoder and of the images on the same first test
+    images at each size of ``id_sizes`` (None = ``[id_n, id_n // 2]``); an extra Inception-FID headline on
+    ``inception_n`` samples (0 = off)."""
 
     eval_n: int = knob(1000, lo=1)
     eval_scales: list[float] = knob(factory=lambda: [0.25, 0.5, 0.75])
@@ -164,6 +166,7 @@ class MetricsConfig:
     classifier_epochs: int = knob(3, lo=1)
     id_n: int = knob(2000, lo=3)
     id_bootstrap: int = knob(200, lo=0)
+    id_sizes: list[int] | None = knob(None, lo=3)
     inception_n: int = knob(0, lo=0)
 
 

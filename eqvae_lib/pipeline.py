@@ -48,6 +48,8 @@ from .maskgit import (MaskGITTrainConfig, build_maskgit, build_token_cache, deco
 from .metrics import equivariance as eqm
 from .metrics import fid as fidm
 from .metrics import intrinsic_dim as idm
+from .metrics import latent as latm
+from .metrics.batching import iter_batches
 from .metrics import reconstruction as recm
 from .train_ae import AETrainConfig, finetune, load_discriminator, load_summary, pretrain
 from .train_gen import (TrainGenConfig, latest_checkpoint, load_gen_checkpoint, sample_from_checkpoint, sample_images,
@@ -67,7 +69,7 @@ STAGE_ROOTS: dict[str, tuple[str, ...]] = {
     "ae": ("train_ae",),
     "vq": ("train_ae", "vq"),
     "ae-metrics": ("autoencoders", "metrics.equivariance", "metrics.reconstruction", "metrics.intrinsic_dim",
-                   "metrics.fid"),
+                   "metrics.fid", "metrics.latent"),
     "fid": ("metrics.fid",),
     "latents": ("autoencoders", "latents"),
     "gen": ("autoencoders", "train_gen", "latents", "dit", "sit", "metrics.fid"),
@@ -552,30 +554,80 @@ def feature_extractor(P: Config, data: Data | None = None, kind: str | None = No
                               cache_dir=fid_cache_dir())
 
 
+def paper_eval_scales(latent_side: int) -> list[float]:
+    """The paper's T_S = {0.25, 0.5, 0.75} (App. C.3) restricted to the scales the latent grid admits (latent side ·
+    s an integer ≥ 1; all three for the kit's 8×8 and 16×16 latents and SD-VAE's 32×32)."""
+    return [s for s in eqm.DEFAULT_SCALES if abs(latent_side * s - round(latent_side * s)) < 1e-9
+            and round(latent_side * s) >= 1]
+
+
+def trained_scales(P: Config, latent_side: int) -> list[float]:
+    """The isotropic scales s = m / n the EQ fine-tune draws (the ``loss`` stage's grid: m from
+    :func:`eqvae_lib.transforms.scale_range` with ``min_scale`` and ``min_latent_side``; the continuous grid is
+    rounded to the same m); ``[]`` when the family has no scales (``rotation``)."""
+    if "scale" not in P.loss.family and "anisotropic" not in P.loss.family:
+        return []
+    lo, hi = scale_range(latent_side, P.loss.min_scale, P.loss.min_latent_side)
+    return [m / latent_side for m in range(lo, hi + 1)]
+
+
+def id_sizes(P: Config, n_available: int) -> list[int]:
+    """The sample sizes of the paired TwoNN (``id_sizes``, default ``[id_n, id_n // 2]``), each capped at the
+    ``n_available`` test images, duplicates dropped, largest first."""
+    m = P.metrics
+    sizes = m.id_sizes or [m.id_n, m.id_n // 2]
+    return sorted({min(int(k), n_available) for k in sizes if k >= 3}, reverse=True)
+
+
 def autoencoder_metrics(P: Config, data: Data, vae, extractor=None, which: tuple[str, ...] = (
         "equivariance", "decoder", "reconstruction", "intrinsic_dim")) -> dict:
     """Every autoencoder-side number of the paper for one AE on the profile's test images, cached as JSON (keyed by
-    the ``metrics`` stage, the interpolation mode, the AE's weights, the data, the extractor and the metric code).
+    the ``metrics`` stage, the interpolation mode, the trained scale grid, the AE's weights, the data, the extractor
+    and the metric code).
+
+    Evaluation noise is common to every autoencoder and replicate (common random numbers, issue #14): the same first
+    test images, the posterior samples of the reconstructions drawn with ``run.seed`` (never a replicate seed), the
+    same bootstrap seed.
 
     Parts (each a dict from :mod:`eqvae_lib.metrics`):
-      * ``equivariance``: Δ_R, Δ_S and per-τ values (App. C.3) on ``eval_n`` images, posterior mean.
+      * ``equivariance``: Δ_R, Δ_S and per-τ values (App. C.3) on ``eval_n`` images, posterior mean; evaluated on
+        ``eval_scales`` ∪ the paper's T_S (:func:`paper_eval_scales`) ∪ the EQ fine-tune's trained scales
+        (:func:`trained_scales`, also for the base and the plain control, so all are compared on one set). ``delta_S``
+        stays the mean over ``eval_scales``; added: ``delta_S_paper`` (over T_S, with s = 0.25), ``delta_S_trained``
+        (over the trained scales; None for a family without scales), ``paper_scales``, ``trained_scales``.
       * ``decoder``: PSNR (and rFID with ``extractor``) of D(τ∘E(x)) against τ∘x per scale / rotation (Fig. 3).
       * ``reconstruction``: rFID, PSNR, SSIM, LPIPS of D(E(x)) (Table 12) from the latent ``recon_latent``.
       * ``intrinsic_dim``: TwoNN (+ bootstrap interval, MLE cross-check) on ``id_n`` flattened latents (Table 5).
+      * ``intrinsic_dim_sizes``: ``[{"size": m, **TwoNN result}]``, paired TwoNN on the first m test images for
+        each m of :func:`id_sizes` (:func:`eqvae_lib.metrics.intrinsic_dim.twonn_at_sizes`, posterior mean).
+      * ``latent``: on ``eval_n`` images, ``roughness`` and ``roughness_interior`` (border ring removed) of the
+        normalised posterior mean, and ``posterior_noise_fraction`` (raw posterior; None for a VQ model) —
+        :mod:`eqvae_lib.metrics.latent`.
+
+    Raises:
+        ValueError: an unknown part.
     """
     m = P.metrics
     n = min(m.eval_n, len(data.test_x))
     x = Data.subset(data.test_x, n)
+    side = P.data.image_size // ae.downsample_factor(vae)
+    paper_s, trained_s = paper_eval_scales(side), trained_scales(P, side)
     scales = tuple(m.eval_scales)
     mode = P.loss.interpolation
-    key = artefact_key("ae-metrics", {"metrics": dataclasses.asdict(m), "interpolation": mode, "seed": P.run.seed},
+    key = artefact_key("ae-metrics", {"metrics": dataclasses.asdict(m), "interpolation": mode, "seed": P.run.seed,
+                                      "trained_scales": trained_s},
                        {"ae": ae.weights_hash(vae), "test": data.test_id,
                         "extractor": getattr(extractor, "weights_hash", None)})
     path = cache_dir("ae-metrics", key) / "metrics.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     for part in [w for w in which if w not in results]:
         if part == "equivariance":
-            results[part] = eqm.equivariance_error(x, encoder(vae), scales=scales, mode=mode)
+            all_s = sorted(set(scales) | set(paper_s) | set(trained_s))
+            r = eqm.equivariance_error(x, encoder(vae), scales=all_s, mode=mode)
+            r.update(delta_S=eqm.delta_over_scales(r, scales), delta_S_paper=eqm.delta_over_scales(r, paper_s),
+                     delta_S_trained=eqm.delta_over_scales(r, trained_s), paper_scales=paper_s,
+                     trained_scales=trained_s, eval_scales=list(scales))
+            results[part] = r
         elif part == "decoder":
             results[part] = eqm.decoder_equivariance(x, encoder(vae), decoder(vae), scales=scales, mode=mode,
                                                      extractor=extractor)
@@ -588,10 +640,87 @@ def autoencoder_metrics(P: Config, data: Data, vae, extractor=None, which: tuple
             z = idm.latent_points(Data.subset(data.test_x, k), enc)
             results[part] = idm.intrinsic_dimension(z, n=k, seed=P.run.seed, n_bootstrap=m.id_bootstrap,
                                                     inputs=enc.inputs)
+        elif part == "intrinsic_dim_sizes":
+            sizes = id_sizes(P, len(data.test_x))
+            enc = encoder(vae)
+            z = idm.latent_points(Data.subset(data.test_x, sizes[0]), enc)
+            results[part] = [{"size": k, **r} for k, r in idm.twonn_at_sizes(
+                z, sizes, seed=P.run.seed, n_bootstrap=m.id_bootstrap, inputs=enc.inputs).items()]
+        elif part == "latent":
+            results[part] = latent_statistics(vae, x)
         else:
             raise ValueError(f"unknown metric part {part!r}")
         atomic_write_json(path, results)
     return {k: v for k, v in results.items() if k in which}
+
+
+@torch.no_grad()
+def latent_statistics(vae, images, batch_size: int = 250) -> dict:
+    """Roughness (all cells and interior cells) of the normalised posterior mean and the posterior-noise fraction of
+    the raw posterior of ``vae`` on ``images`` (``[N, C, H, W]`` in [-1, 1] or a Dataset; N ≥ 2), see
+    :mod:`eqvae_lib.metrics.latent`. Returns ``{"roughness", "roughness_interior", "posterior_noise_fraction"
+    (None for VQ), "mean_posterior_var", "mean_signal_var", "n", "latent", "definition"}``."""
+    means, stds = [], []
+    for xb in iter_batches(images, batch_size):
+        post = ae.encode_posterior(vae, xb.float())
+        if isinstance(post, torch.Tensor):
+            means.append(post)
+        else:
+            means.append(post.mean)
+            stds.append(post.std)
+    mu = torch.cat(means)
+    z = ae.normalize(vae, mu)
+    out = {"roughness": latm.latent_roughness(z), "roughness_interior": latm.latent_roughness(z, interior=True),
+           "posterior_noise_fraction": None, "n": int(len(mu)), "latent": "normalised posterior mean (roughness); "
+           "raw posterior (noise fraction)"}
+    if stds:
+        f = latm.posterior_noise_fraction(mu, torch.cat(stds))
+        out.update(posterior_noise_fraction=f["fraction"], mean_posterior_var=f["mean_posterior_var"],
+                   mean_signal_var=f["mean_signal_var"], definition=f["definition"])
+    return out
+
+
+def data_intrinsic_dimension(P: Config, data: Data) -> dict:
+    """TwoNN of the test images themselves, on the same first images and sizes as the autoencoders'
+    ``intrinsic_dim_sizes`` (:func:`id_sizes`): ``{"pixels": [{"size", **result}], "pooled2x2": [...]}`` — raw
+    pixels (C·H·W values) and 2×2 average-pooled images (C·H/2·W/2), the reference a latent's ID is read against.
+    Cached as JSON by the metrics stage and the data."""
+    m = P.metrics
+    sizes = id_sizes(P, len(data.test_x))
+    key = artefact_key("ae-metrics", {"metrics": dataclasses.asdict(m), "seed": P.run.seed, "what": "data TwoNN"},
+                       {"test": data.test_id})
+    path = cache_dir("ae-metrics", key) / "data_id.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    x = Data.batch(data.test_x, sizes[0]).float()
+    out = {}
+    for name, pts in (("pixels", x), ("pooled2x2", torch.nn.functional.avg_pool2d(x, 2))):
+        out[name] = [{"size": k, **r} for k, r in idm.twonn_at_sizes(
+            pts, sizes, seed=P.run.seed, n_bootstrap=m.id_bootstrap,
+            inputs={"points": f"test images, {name}", "data": data.test_id}).items()]
+    atomic_write_json(path, out)
+    return out
+
+
+def replicate_suites(P: Config, data: Data) -> dict[int, dict[str, AEArtefact]]:
+    """``{s: {"base", "plain", "eq"}}`` for every replicate seed s of ``run.replicate_seeds`` (issue #14: a replicate
+    of an arm is one fine-tune of the one base with seed s; the base is the same artefact in every entry). May train
+    the missing fine-tunes (minutes each, logged)."""
+    return {int(s): train_or_load_autoencoder_suite(P, data, seed=int(s)) for s in P.run.replicate_seeds}
+
+
+def replicate_metrics(P: Config, data: Data, suites: dict[int, dict[str, AEArtefact]], extractor=None,
+                      which: tuple[str, ...] = ("equivariance",)) -> list[tuple[str, int | None, dict]]:
+    """:func:`autoencoder_metrics` of every arm and replicate: ``[(name, seed, result)]`` with the base measured
+    ONCE (``seed`` None: one fixed comparator, which :mod:`eqvae_lib.claims` pairs with every replicate seed) and
+    ``plain`` / ``eq`` once per replicate seed (``seed`` = s). Evaluation noise is the same for all
+    (:func:`autoencoder_metrics`)."""
+    first = next(iter(suites.values()))
+    out = [("base", None, autoencoder_metrics(P, data, first["base"].model, extractor, which=which))]
+    for s, suite in suites.items():
+        for name in ("plain", "eq"):
+            out.append((name, s, autoencoder_metrics(P, data, suite[name].model, extractor, which=which)))
+    return out
 
 
 # -------------------------------------------------------------------------------------------------- generative
@@ -829,9 +958,10 @@ def ablation_variants(P: Config) -> dict[str, tuple[str, dict, Any, str]]:
 
 
 def reference_stats(P: Config, data: Data, extractor, n: int | None = None):
-    """FID reference statistics of the first ``n`` (default ``gen_fid_n``) test images for ``extractor``, cached
-    under a key of the data, the extractor's weights and n (:func:`eqvae_lib.metrics.fid.reference_statistics`)."""
-    return fidm.reference_statistics(Data.subset(data.test_x, n or P.gen.gen_fid_n), extractor,
+    """FID reference statistics of the first ``n`` test images for ``extractor`` — by default ALL the profile's test
+    images (``n_test``; issue #14: a reference of the first 1000 images had class counts 87–115) —, cached under a key
+    of the data, the extractor's weights and n (:func:`eqvae_lib.metrics.fid.reference_statistics`)."""
+    return fidm.reference_statistics(Data.subset(data.test_x, n), extractor,
                                      cache_dir=fid_cache_dir(), verbose=P.run.progress)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from .config import FIGURES_DIR
+from .metrics import latent as latent_metrics
 from .io import atomic_path, atomic_write_json
 
 COLORS = {"base": "#7f7f7f", "plain": "#1f77b4", "eq": "#d62728", "paper": "#2ca02c"}
@@ -88,7 +89,4 @@ def latent_pca_rgb(z):
 def latent_roughness(z) -> float:
     """Mean squared difference between neighbouring latent cells (horizontal and vertical), divided by the latent's
     variance: 0 for a constant latent, about 2 for white noise. Lower = smoother. Input ``[B, c, h, w]``."""
-    z = z.detach().float()
-    dx = (z[..., :, 1:] - z[..., :, :-1]).pow(2).mean()
-    dy = (z[..., 1:, :] - z[..., :-1, :]).pow(2).mean()
-    return float((dx + dy) / 2 / z.var().clamp_min(1e-12))
+    return latent_metrics.latent_roughness(z)  # one definition: eqvae_lib.metrics.latent

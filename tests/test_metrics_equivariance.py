@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from eqvae_lib.metrics.equivariance import decoder_equivariance, equivariance_error, transformed_decodings
+from eqvae_lib.metrics.equivariance import (decoder_equivariance, delta_over_scales, equivariance_error, scale_label,
+                                            transformed_decodings)
 from eqvae_lib.transforms import Transform
 
 
@@ -94,3 +95,18 @@ def test_transformed_decodings_shapes():
     d = transformed_decodings(x, pool_encoder, upsample_decoder, Transform(k=2, sx=0.5, sy=0.5))
     assert d["target"].shape == (2, 3, 16, 16)
     assert d["decode_transformed_latent"].shape == d["decode_latent_of_transformed"].shape == (2, 3, 16, 16)
+
+
+def test_delta_over_scales_is_the_mean_of_the_chosen_scales():
+    # pooling encoder, bilinear: 0.5 is exact (dyadic), 0.75 and 0.25 are not; per-scale values differ
+    res = equivariance_error(images(), pool_encoder, kinds=("scale",), scales=(0.25, 0.5, 0.75), mode="bilinear")
+    per = res["per_transform"]
+    assert scale_label(0.5) == "s0.50" and per["s0.50"] < 1e-10 < per["s0.75"]
+    assert delta_over_scales(res, [0.5, 0.75]) == pytest.approx((per["s0.50"] + per["s0.75"]) / 2)
+    assert delta_over_scales(res, [0.25, 0.5, 0.75]) == pytest.approx(res["delta_S"])
+    assert delta_over_scales(res, [0.75]) == pytest.approx(per["s0.75"])
+    assert delta_over_scales(res, []) is None
+    with pytest.raises(ValueError, match="not evaluated"):
+        delta_over_scales(res, [0.625])
+    with pytest.raises(ValueError, match="share labels"):
+        delta_over_scales(res, [0.5, 0.501])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from eqvae_lib.metrics.intrinsic_dim import intrinsic_dimension, latent_points
+from eqvae_lib.metrics.intrinsic_dim import intrinsic_dimension, latent_points, twonn_at_sizes
 
 
 @pytest.mark.parametrize("d", [2, 5])
@@ -99,3 +99,17 @@ def test_near_duplicate_tolerance_is_relative_to_the_data_scale():
         assert res["n_near_duplicates"] == 10, s
     close = np.concatenate([x, x[:10] + 1e-3 * np.abs(x).max()])  # distinct points, well above round-off
     assert intrinsic_dimension(close, n_bootstrap=0, mle=False)["n_near_duplicates"] == 0
+
+
+def test_twonn_at_sizes_uses_nested_prefixes_of_a_known_manifold():
+    rng = np.random.default_rng(3)
+    pts = rng.standard_normal((1200, 4)) @ rng.standard_normal((4, 40))  # 4-dim subspace of R^40
+    res = twonn_at_sizes(pts, [1200, 600], seed=0, n_bootstrap=0, mle=False)
+    assert list(res) == [1200, 600]
+    for m, r in res.items():
+        assert r["n_points"] == m and r["twonn"] == pytest.approx(4, rel=0.12)
+    # the smaller size is the FIRST 600 points (paired across autoencoders), not a random subset
+    assert res[600]["twonn"] == pytest.approx(intrinsic_dimension(pts[:600], n_bootstrap=0, mle=False)["twonn"])
+    assert res[600]["twonn"] != pytest.approx(intrinsic_dimension(pts[600:], n_bootstrap=0, mle=False)["twonn"])
+    with pytest.raises(ValueError, match=r"must lie in \[3, 1200\]"):
+        twonn_at_sizes(pts, [2000])

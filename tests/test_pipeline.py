@@ -63,3 +63,28 @@ def test_data_subset_and_batch_for_tensors_and_datasets():
     sub = pipeline.Data.subset(ds, 2)
     assert len(sub) == 2
     assert torch.equal(pipeline.Data.batch(ds, 4), x[:4])
+
+
+def test_evaluation_scale_sets_and_id_sizes():
+    P = build_config({"min_latent_side": 4, "min_scale": 0.25, "family": "rotation+scale", "id_n": 200})
+    assert pipeline.paper_eval_scales(8) == [0.25, 0.5, 0.75]  # the paper's T_S on the 8x8 latent
+    assert pipeline.paper_eval_scales(6) == [0.5]  # 6 * 0.25 and 6 * 0.75 are not whole cells
+    assert pipeline.trained_scales(P, 8) == [0.5, 0.625, 0.75, 0.875]  # m = 4..7 of 8 (floor of 4 cells)
+    assert pipeline.trained_scales(P.replace(min_latent_side=1), 8) == [m / 8 for m in range(2, 8)]
+    assert pipeline.trained_scales(P.replace(family="rotation"), 8) == []
+    assert pipeline.id_sizes(P, 1000) == [200, 100]
+    assert pipeline.id_sizes(P, 150) == [150, 100]
+    assert pipeline.id_sizes(P.replace(id_sizes=[50, 400, 50]), 1000) == [400, 50]
+
+
+def test_reference_stats_default_is_all_test_images(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(pipeline.fidm, "reference_statistics", lambda x, ext, cache_dir, verbose: seen.append(len(x)))
+    monkeypatch.setattr(pipeline, "fid_cache_dir", lambda: tmp_path)
+    x = torch.zeros(37, 1, 4, 4)
+    data = pipeline.Data(x, torch.zeros(37, dtype=torch.long), x, torch.zeros(37, dtype=torch.long), "d", 4, 10,
+                         "a", "b")
+    P = build_config({"gen_fid_n": 10})
+    pipeline.reference_stats(P, data, None)
+    pipeline.reference_stats(P, data, None, n=5)
+    assert seen == [37, 5]  # all test images by default (not gen_fid_n), the first n when given

@@ -110,6 +110,30 @@ def equivariance_error(images: torch.Tensor | Dataset, encode_fn: EncodeFn, *,
             "inputs": describe_inputs(images, encode_fn, inputs, n, shape)}
 
 
+def scale_label(scale: float, mode: str = "bilinear") -> str:
+    """The ``per_transform`` label of the isotropic scale ``scale`` in :func:`equivariance_error`'s result
+    (``"s0.25"``)."""
+    return evaluation_set(("scale",), (float(scale),), mode)[0].describe()
+
+
+def delta_over_scales(result: dict, scales: Sequence[float]) -> float | None:
+    """Δ_S over a chosen set of scales: the mean of ``result["per_transform"]`` (an :func:`equivariance_error`
+    result) over the labels of ``scales`` — e.g. the paper's T_S = {0.25, 0.5, 0.75} or the scales a fine-tune trained
+    on. ``None`` for an empty ``scales``.
+
+    Raises:
+        ValueError: a scale that was not evaluated (naming it and the evaluated ones), or two scales sharing one label.
+    """
+    labels = [scale_label(s, result.get("mode", "bilinear")) for s in scales]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"scales {list(scales)} share labels {labels}: evaluate scales at least 0.01 apart")
+    missing = [s for s, lab in zip(scales, labels) if lab not in result["per_transform"]]
+    if missing:
+        raise ValueError(f"scales {missing} were not evaluated (evaluated: {result.get('scales')}); pass them to "
+                         "equivariance_error(scales=...)")
+    return float(np.mean([result["per_transform"][lab] for lab in labels])) if labels else None
+
+
 @torch.no_grad()
 def decoder_equivariance(images: torch.Tensor | Dataset, encode_fn: EncodeFn, decode_fn: DecodeFn, *,
                          scales: Sequence[float] = DEFAULT_SCALES, rotations: bool = True,

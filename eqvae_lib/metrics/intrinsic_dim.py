@@ -197,6 +197,34 @@ def intrinsic_dimension(latents: torch.Tensor | np.ndarray, n: int | None = None
             "seconds": time.time() - t0}
 
 
+def twonn_at_sizes(points: torch.Tensor | np.ndarray, sizes: list[int] | tuple[int, ...], seed: int = 0,
+                   n_bootstrap: int = 0, **kwargs) -> dict[int, dict]:
+    """TwoNN of nested prefixes of ``points``: for each m in ``sizes`` the estimate on the FIRST m points (all
+    distinct ones, :func:`intrinsic_dimension` with ``n = m``). Called with points of the same images in the same
+    order for every autoencoder (and for the images themselves), the estimates are paired: at each size every
+    estimate sees the same images, so a difference between autoencoders is not a difference of image samples, and the
+    change from the smaller to the larger size shows the estimator's dependence on the sample size (TwoNN is biased
+    low when the points are too few for the manifold's dimension).
+
+    Args:
+        points: ``[N, ...]`` (each row flattened to one point), in a fixed image order.
+        sizes: prefix lengths m (each 3 ≤ m ≤ N).
+        seed, n_bootstrap, kwargs: passed to :func:`intrinsic_dimension` (``mle``, ``ci`` ...).
+
+    Returns:
+        ``{m: intrinsic_dimension result}`` in the order of ``sizes``.
+
+    Raises:
+        ValueError: a size outside [3, N].
+    """
+    n = len(points)
+    bad = [m for m in sizes if not 3 <= int(m) <= n]
+    if bad:
+        raise ValueError(f"TwoNN sizes {bad} must lie in [3, {n}] (the number of points given)")
+    return {int(m): intrinsic_dimension(points[: int(m)], n=int(m), seed=seed, n_bootstrap=n_bootstrap, **kwargs)
+            for m in sizes}
+
+
 @torch.no_grad()
 def latent_points(images, encode_fn, batch_size: int = 64, device=None) -> torch.Tensor:
     """Encode all images (tensor ``[N, C, H, W]`` in [-1, 1] or Dataset) → flattened latents ``[N, c·h·w]`` (CPU)."""
