@@ -682,7 +682,7 @@ def latent_statistics(vae, images, batch_size: int = 250) -> dict:
 
 def data_intrinsic_dimension(P: Config, data: Data) -> dict:
     """TwoNN of the test images themselves, on the same first images and sizes as the autoencoders'
-    ``intrinsic_dim_sizes`` (:func:`id_sizes`): ``{"pixels": [{"size", **result}], "pooled2x2": [...]}`` — raw
+    ``intrinsic_dim_sizes`` (:func:`id_sizes`): ``{"pixels": [{"size", **result}], "pooled 2x2": [...]}`` — raw
     pixels (C·H·W values) and 2×2 average-pooled images (C·H/2·W/2), the reference a latent's ID is read against.
     Cached as JSON by the metrics stage and the data."""
     m = P.metrics
@@ -694,7 +694,7 @@ def data_intrinsic_dimension(P: Config, data: Data) -> dict:
         return json.loads(path.read_text())
     x = Data.batch(data.test_x, sizes[0]).float()
     out = {}
-    for name, pts in (("pixels", x), ("pooled2x2", torch.nn.functional.avg_pool2d(x, 2))):
+    for name, pts in (("pixels", x), ("pooled 2x2", torch.nn.functional.avg_pool2d(x, 2))):
         out[name] = [{"size": k, **r} for k, r in idm.twonn_at_sizes(
             pts, sizes, seed=P.run.seed, n_bootstrap=m.id_bootstrap,
             inputs={"points": f"test images, {name}", "data": data.test_id}).items()]
@@ -720,6 +720,16 @@ def replicate_metrics(P: Config, data: Data, suites: dict[int, dict[str, AEArtef
     for s, suite in suites.items():
         for name in ("plain", "eq"):
             out.append((name, s, autoencoder_metrics(P, data, suite[name].model, extractor, which=which)))
+    return out
+
+
+def replicate_values(reps: list[tuple[str, int | None, dict]], get) -> dict[str, list[float]]:
+    """``{arm: [get(result) for each replicate]}`` of :func:`replicate_metrics`' list, arms in its order (the base:
+    one value), e.g. ``replicate_values(reps, lambda r: r["equivariance"]["delta_R"])`` for bar plots with replicate
+    dots."""
+    out: dict[str, list[float]] = {}
+    for name, _, r in reps:
+        out.setdefault(name, []).append(get(r))
     return out
 
 
