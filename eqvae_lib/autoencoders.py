@@ -610,7 +610,8 @@ def load_autoencoder(path_or_hub_id: str | os.PathLike, original_config: str | o
         ``AutoencoderKL`` or ``VQModel`` according to ``_class_name``;
       * an LDM-format single file (``.ckpt``/``.safetensors``/``.pt``, keys ``encoder.…`` or
         ``first_stage_model.…``). A file written by :func:`export_ldm_checkpoint` carries its diffusers config and
-        is rebuilt from it exactly (unless ``original_config`` is given, which then wins). A foreign file is converted by ``AutoencoderKL.from_single_file`` with
+        is rebuilt from it exactly; a given ``original_config`` wins, with a
+        ``UserWarning`` naming each normalisation field that this changes. A foreign file is converted by ``AutoencoderKL.from_single_file`` with
         ``original_config`` (default: the shipped kl-f8 yaml, :data:`KL_F8_LDM_YAML`; pass your own yaml path/dict
         for another LDM architecture); its ``scale_factor`` becomes ``scaling_factor``, its ``resolution`` the
         ``sample_size``, no shift, no per-channel mean/std — named in a one-line :class:`AssumedDefaultsWarning`
@@ -733,6 +734,14 @@ def _ldm_config_dict(original_config) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+#: Config fields of an autoencoder that are not in its weights (latent normalisation, image size).
+_NORMALISATION_FIELDS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std", "sample_size")
+
+
+def _jsonable(v):
+    return list(v) if isinstance(v, (tuple, list)) else v
+
+
 def _load_ldm_file(path: Path, original_config=None, assume_warning: bool = True):
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
@@ -757,6 +766,14 @@ def _load_ldm_file(path: Path, original_config=None, assume_warning: bool = True
     resolution = params.get("first_stage_config", {}).get("params", {}).get("ddconfig", {}).get("resolution")
     if resolution:
         model.register_to_config(sample_size=int(resolution))
+    if kit_config is not None:  # original_config wins over the file's own config: say what that changes
+        changed = {k: (kit_config.get(k), model.config.get(k)) for k in _NORMALISATION_FIELDS
+                   if _jsonable(kit_config.get(k)) != _jsonable(model.config.get(k))}
+        if changed:
+            warnings.warn(f"{path} carries its own config (written by export_ldm_checkpoint); the original_config you "
+                          "passed replaces it, which changes " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in
+                                                                            changed.items())
+                          + " — drop original_config to use the file's own", UserWarning, stacklevel=3)
     if assume_warning and original_config is None:
         warnings.warn(f"{path} carries no latent normalisation or sample size; assuming SD-v1 kl-f8 defaults "
                       f"scaling_factor={model.config.scaling_factor}, shift_factor=None, no per-channel "

@@ -311,7 +311,7 @@ IMAGE_MODE_CONVERSIONS = {
     "I;16L": "16-bit grey scaled by 255/65535 to 8 bit, repeated to RGB",
     "I;16B": "16-bit grey scaled by 255/65535 to 8 bit, repeated to RGB",
     "I;16N": "16-bit grey scaled by 255/65535 to 8 bit, repeated to RGB",
-    "I": "32-bit integer grey read as 16-bit (values must lie in 0..65535), scaled by 255/65535, repeated to RGB",
+    "I": "32-bit integer grey of the stated bit depth (int_bits 8: as is; 16: scaled by 255/65535), repeated to RGB",
     "F": "32-bit float grey read as [0, 1] (values must lie in it), scaled by 255, repeated to RGB",
 }
 
@@ -324,19 +324,35 @@ class UnsupportedImageError(ValueError):
     """An image whose mode or value range the kit cannot map to 8-bit RGB; the message names the file and mode."""
 
 
-def to_rgb8(im, path: str | os.PathLike = "<image>"):
+def _int_note(int_bits: int) -> str:
+    return (f"32-bit integer grey read as {int_bits}-bit" + (", scaled by 255/65535" if int_bits == 16 else "")
+            + ", repeated to RGB")
+
+
+def to_rgb8(im, path: str | os.PathLike = "<image>", int_bits: int | None = None):
     """Convert a PIL image of any supported mode to 8-bit ``RGB`` with the right value range.
 
     Every mode's rule is in :data:`IMAGE_MODE_CONVERSIONS` (16-bit grey ``I;16``/``I;16B``/``I;16L``: ``v/257``
-    rounded, so a 16-bit ramp ``257·k`` gives the 8-bit ramp ``k``; ``I`` as 16-bit; ``F`` as [0, 1]; alpha dropped;
-    grey repeated to RGB). 16-bit RGB PNGs are already reduced to 8-bit ``RGB`` by PIL when opened.
+    rounded, so a 16-bit ramp ``257·k`` gives the 8-bit ramp ``k``; ``F`` as [0, 1]; alpha dropped; grey repeated to
+    RGB). 16-bit RGB PNGs are already reduced to 8-bit ``RGB`` by PIL when opened.
+
+    Mode ``I`` (32-bit integer grey, e.g. from a TIFF) does not carry the image's bit depth: the same pixel value 200
+    is near-white in an 8-bit image and near-black in a 16-bit one. It is therefore refused unless ``int_bits``
+    (8 or 16) says which; 16-bit grey PNGs open as ``I;16`` and need no ``int_bits``.
+
+    Args:
+        im: a PIL image.
+        path: the file's name, for messages.
+        int_bits: bit depth of mode-``I`` images (8: values 0..255 kept; 16: 0..65535 scaled by 255/65535); ignored
+            for other modes.
 
     Returns:
         ``(rgb_image, note)``: a PIL ``RGB`` image of the same size and the conversion applied (None for RGB).
 
     Raises:
-        UnsupportedImageError: another mode (e.g. ``I;16S``, ``LAB``, ``HSV``), or ``I``/``F`` values outside the
-            range above — naming the file and the mode.
+        UnsupportedImageError: another mode (e.g. ``I;16S``, ``LAB``, ``HSV``), mode ``I`` without ``int_bits``,
+            or ``I``/``F`` values outside the range above — naming the file and the mode.
+        ValueError: ``int_bits`` other than None, 8 or 16.
     """
     from PIL import Image
 
@@ -344,7 +360,15 @@ def to_rgb8(im, path: str | os.PathLike = "<image>"):
     if mode not in IMAGE_MODE_CONVERSIONS:
         raise UnsupportedImageError(f"{path}: image mode {mode!r} is not supported (supported: "
                                     f"{', '.join(IMAGE_MODE_CONVERSIONS)}); convert it to 8-bit RGB or 16-bit grey")
+    if int_bits not in (None, 8, 16):
+        raise ValueError(f"int_bits must be 8 or 16 (the bit depth of mode-'I' images), got {int_bits!r}")
     note = IMAGE_MODE_CONVERSIONS[mode]
+    if mode == "I":
+        if int_bits is None:
+            raise UnsupportedImageError(f"{path}: image mode 'I' (32-bit integer grey) does not say its bit depth; "
+                                        "pass int_bits=8 or int_bits=16 (ImageFolder(..., int_bits=...)), or save the "
+                                        "images as 8-bit grey (L) or 16-bit grey PNG (I;16)")
+        note = _int_note(int_bits)
     if mode == "RGB":
         return im.convert("RGB"), None  # a loaded copy (the file may be closed after this)
     if mode.startswith("I") or mode == "F":
@@ -352,6 +376,8 @@ def to_rgb8(im, path: str | os.PathLike = "<image>"):
         a = a.astype(np.float64)
         if mode == "F":
             lo, hi, top = 0.0, 1.0, 1.0
+        elif mode == "I" and int_bits == 8:
+            lo, hi, top = 0.0, 255.0, 255.0
         else:
             lo, hi, top = 0.0, 65535.0, 65535.0
         if a.size and (not np.isfinite(a).all() or a.min() < lo or a.max() > hi):
@@ -388,7 +414,8 @@ class ImageFolder(Dataset):
     Conversions: every image becomes 8-bit RGB by :func:`to_rgb8` (grey repeated to RGB, alpha dropped, 16-bit grey
     scaled by 255/65535, palette expanded, CMYK by PIL's formula — :data:`IMAGE_MODE_CONVERSIONS`), then resized and
     cropped (``crop``). ``self.conversions`` counts the files per conversion applied; :meth:`describe` says all of it
-    in one dict for records. A mode the kit cannot map (or ``I``/``F`` values outside their range) is refused.
+    in one dict for records. A mode the kit cannot map is refused, and so are ``I``/``F`` values outside their range
+    and mode ``I`` without ``int_bits`` (8 or 16; the mode does not carry its bit depth).
 
     Items: ``(x, label)``; ``x`` float32 ``[3, size, size]`` in ``[-1, 1]``.
 
@@ -398,7 +425,7 @@ class ImageFolder(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, size: int = 256, crop: str = "center", hflip: float = 0.0,
-                 verify: str = "full", seed: int = 0):
+                 verify: str = "full", seed: int = 0, int_bits: int | None = None):
         from PIL import Image
 
         self.root = Path(root)
@@ -422,12 +449,12 @@ class ImageFolder(Dataset):
                     mode = im.mode
                     if verify == "full":
                         im.load()
-                        note = to_rgb8(im, p)[1]  # refuses unsupported modes / value ranges, naming the file
+                        note = to_rgb8(im, p, int_bits)[1]  # refuses unsupported modes / value ranges, naming the file
                     else:
                         im.verify()
-                        if mode not in IMAGE_MODE_CONVERSIONS:
-                            to_rgb8(im, p)
-                        note = IMAGE_MODE_CONVERSIONS[mode]
+                        if mode not in IMAGE_MODE_CONVERSIONS or (mode == "I" and int_bits is None):
+                            to_rgb8(im, p, int_bits)  # raises, naming the file
+                        note = _int_note(int_bits) if mode == "I" else IMAGE_MODE_CONVERSIONS[mode]
             except UnsupportedImageError:
                 raise
             except Exception:  # noqa: BLE001 - PIL raises many types for bad files
@@ -444,7 +471,7 @@ class ImageFolder(Dataset):
         if not self.files:
             raise DatasetNotFoundError(f"image folder {self.root} holds no readable image "
                                        f"(extensions {', '.join(sorted(set(e.lower() for e in IMAGE_EXTENSIONS)))})")
-        self.size, self.crop, self.hflip, self.seed = size, crop, hflip, seed
+        self.size, self.crop, self.hflip, self.seed, self.int_bits = size, crop, hflip, seed, int_bits
         self._epoch = 0
 
     def __len__(self) -> int:
@@ -469,7 +496,7 @@ class ImageFolder(Dataset):
         path = self.files[i]
         try:
             with Image.open(path) as im:
-                img = to_rgb8(im, path)[0]
+                img = to_rgb8(im, path, self.int_bits)[0]
         except UnsupportedImageError:
             raise
         except Exception as e:  # noqa: BLE001

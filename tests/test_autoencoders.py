@@ -1,6 +1,7 @@
 """Autoencoders (eqvae_lib.autoencoders): configs, encode/decode, normalisation, save/load, LDM round trip, errors."""
 
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -138,6 +139,23 @@ def test_ldm_file_of_wrong_architecture_names_first_tensor(tmp_path):
     assert ae.weights_hash(back) == ae.weights_hash(small)
     with pytest.raises(ValueError, match="mid-block attention"):
         ae.export_ldm_checkpoint(ae.build_autoencoder("small-f4"), tmp_path / "x.ckpt")
+
+
+def test_original_config_over_an_embedded_config_names_what_it_changes(tmp_path):
+    """A kit file carries its normalisation; an original_config passed anyway wins, but never silently."""
+    small = ae.build_autoencoder("small-f4", in_channels=3, block_out_channels=(32, 64, 64),
+                                 mid_block_add_attention=True)
+    small.register_to_config(scaling_factor=0.5, shift_factor=0.1)
+    path = ae.export_ldm_checkpoint(small, tmp_path / "small.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the file's own config: no warning, normalisation kept
+        kept = ae.load_autoencoder(path)
+    assert (kept.config.scaling_factor, kept.config.shift_factor) == (0.5, 0.1)
+    # the LDM yaml carries scale_factor (kept: 0.5) but no shift: the shift is lost, and the warning says so
+    with pytest.warns(UserWarning, match=r"carries its own config.*changes shift_factor 0\.1 -> None") as caught:
+        back = ae.load_autoencoder(path, original_config=ae.ldm_original_config(small))
+    assert "scaling_factor" not in str(caught[0].message)
+    assert ae.weights_hash(back) == ae.weights_hash(small) and back.config.scaling_factor == 0.5
 
 
 def test_vq_model_encode_decode():

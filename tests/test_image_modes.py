@@ -32,7 +32,8 @@ def _variants() -> dict[str, tuple[Image.Image, str]]:
         "I;16 (16-bit PNG)": (Image.fromarray(g16), ".png"),
         "I;16B": (Image.frombytes("I;16B", (S, S), g16.astype(">u2").tobytes()), ".tif"),
         "I;16L": (Image.frombytes("I;16L", (S, S), g16.astype("<u2").tobytes()), ".tif"),
-        "I (32-bit)": (Image.fromarray(g16.astype(np.int32), "I"), ".tif"),
+        "I (32-bit, 16-bit values)": (Image.fromarray(g16.astype(np.int32), "I"), ".tif"),
+        "I (32-bit, 8-bit values)": (Image.fromarray(RAMP.astype(np.int32), "I"), ".tif"),
         "F (float in [0, 1])": (Image.fromarray(RAMP.astype(np.float32) / 255, "F"), ".tif"),
         "CMYK": (Image.fromarray(cmyk, "CMYK"), ".tif"),
     }
@@ -47,7 +48,8 @@ def test_grey_ramp_loads_identically_in_every_mode(tmp_path):
         im.save(folder / f"ramp{suffix}")
         with Image.open(folder / f"ramp{suffix}") as back:
             modes_seen.add(back.mode)
-        ds = ImageFolder(folder, size=S, crop="center")
+        bits = 8 if "8-bit values" in label else 16  # mode I carries no bit depth: the caller states it
+        ds = ImageFolder(folder, size=S, crop="center", int_bits=bits)
         x = ds[0][0]
         assert x.shape == (3, S, S)
         u8 = torch.round((x + 1) * 127.5).to(torch.uint8)
@@ -73,7 +75,9 @@ def test_out_of_range_and_unknown_modes_are_refused_by_name(tmp_path):
     with pytest.raises(UnsupportedImageError, match=r"hdr\.tif.*'F'"):
         ImageFolder(tmp_path, size=S)
     with pytest.raises(UnsupportedImageError, match=r"x\.png.*'I'.*outside"):
-        to_rgb8(Image.fromarray(np.full((4, 4), -5, np.int32), "I"), "x.png")
+        to_rgb8(Image.fromarray(np.full((4, 4), -5, np.int32), "I"), "x.png", int_bits=16)
+    with pytest.raises(UnsupportedImageError, match=r"x\.png.*'I'.*outside"):  # 16-bit values said to be 8-bit
+        to_rgb8(Image.fromarray(np.full((4, 4), 4000, np.int32), "I"), "x.png", int_bits=8)
     with pytest.raises(UnsupportedImageError, match=r"y\.tif.*'HSV'"):
         to_rgb8(Image.new("HSV", (4, 4)), "y.tif")
 
@@ -102,3 +106,16 @@ def test_16_bit_rgb_png_loads_as_the_same_ramp(tmp_path):
     assert len(x) == 2
     a, b = (torch.round((x[i][0] + 1) * 127.5).to(torch.uint8) for i in range(2))
     assert torch.equal(a, b) and a[0, 0].tolist() == RAMP[0].tolist()
+
+
+@pytest.mark.parametrize("verify", ["full", "header"])
+def test_mode_I_without_a_bit_depth_is_refused_by_name(tmp_path, verify):
+    """The same pixel value 200 is near-white at 8 bits and near-black at 16: mode I does not say which, so the kit
+    refuses to guess (before the fix an 8-bit image in mode I loaded almost black)."""
+    Image.fromarray(RAMP.astype(np.int32), "I").save(tmp_path / "ct.tif")
+    with pytest.raises(UnsupportedImageError, match=r"ct\.tif.*'I'.*int_bits"):
+        ImageFolder(tmp_path, size=S, verify=verify)
+    with pytest.raises(ValueError, match="int_bits must be 8 or 16"):
+        to_rgb8(Image.fromarray(RAMP.astype(np.int32), "I"), "ct.tif", int_bits=12)
+    ds = ImageFolder(tmp_path, size=S, verify=verify, int_bits=8)
+    assert torch.round((ds[0][0][0, 0] + 1) * 127.5).to(torch.uint8).tolist() == RAMP[0].tolist()
