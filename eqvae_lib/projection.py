@@ -41,10 +41,11 @@ import torch
 from . import autoencoders as ae
 from .config import KEY_STAGE, RUNS_DIR, Config, _parse_scalar, load_config
 from .data import get_dataset
-from .io import atomic_write_json
+from .io import atomic_write_json, hash_obj
 from .losses import EQVAELoss
 from .metrics.fid import ClassifierNet
 from .pipeline import loss_config
+from .runtime import device as runtime_device
 from .train_gen import TrainGenConfig, build_model, make_objective, sample_latents, update_ema
 
 PKG_DIR = Path(__file__).resolve().parent
@@ -444,16 +445,24 @@ def format_minutes(row: dict) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- measuring
-def _timed(step: Callable[[int], int], seconds: float, warmup: int = 1, min_steps: int = 1) -> tuple[float, int,
-                                                                                                        float]:
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _timed(step: Callable[[int], int], seconds: float, warmup: int = 1, min_steps: int = 1,
+           dev: torch.device = torch.device("cpu")) -> tuple[float, int, float]:
     """Run ``step(i)`` (returns items done) ``warmup`` times untimed, then until ``seconds`` passed and at least
-    ``min_steps`` steps ran. Returns ``(items/s, timed steps, timed seconds)``."""
+    ``min_steps`` steps ran (the device synchronised before each clock read). Returns ``(items/s, timed steps,
+    timed seconds)``."""
     for i in range(warmup):
         step(i)
+    _sync(dev)
     n_items, n_steps, t0 = 0, 0, time.perf_counter()
     while n_steps < min_steps or time.perf_counter() - t0 < seconds:
         n_items += step(warmup + n_steps)
         n_steps += 1
+        _sync(dev)
     dt = time.perf_counter() - t0
     return n_items / dt, n_steps, dt
 
@@ -469,7 +478,7 @@ def _images(P: Config, n: int) -> torch.Tensor:
 def _ae_step_fn(P: Config, vae, x: torch.Tensor, objective: str, disc_start: int, batch: int) -> Callable[[int], int]:
     """One AE training step as train_ae runs it (generator loss + backward + Adam, discriminator loss + step)."""
     vae = copy.deepcopy(vae).train()
-    loss_fn = EQVAELoss(loss_config(P, objective, disc_start=disc_start), in_channels=x.shape[1]).train()
+    loss_fn = EQVAELoss(loss_config(P, objective, disc_start=disc_start), in_channels=x.shape[1]).to(x.device).train()
     opt = torch.optim.Adam(vae.parameters(), lr=1e-5, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=1e-5, betas=(0.5, 0.9))
     g = torch.Generator().manual_seed(0)
@@ -491,8 +500,8 @@ def _ae_step_fn(P: Config, vae, x: torch.Tensor, objective: str, disc_start: int
     return step
 
 
-def measure_throughput(P: Config, seconds: float = 3.0, progress: bool = True, only: tuple[str, ...] | None = None
-                       ) -> dict[str, dict]:
+def measure_throughput(P: Config, seconds: float = 3.0, progress: bool = True, only: tuple[str, ...] | None = None,
+                       device: str | torch.device | None = None) -> dict[str, dict]:
     """Time each stage type of the profile ``P`` on this machine for about ``seconds`` each (after one untimed
     warm-up step), with the profile's architecture, image size, batch sizes, generator model, sampler and sampler
     steps (freshly initialised weights: the cost of a step does not depend on them).
@@ -500,51 +509,54 @@ def measure_throughput(P: Config, seconds: float = 3.0, progress: bool = True, o
     Returns:
         ``{stage: {"rate": items/s, "unit": ..., "batch": b, "steps": timed steps, "seconds": timed s}}`` for the
         stage types of :data:`STAGE_UNITS` the profile uses (``gen_*_sit`` only when SiT runs; ``features``:
-        the classifier extractor's network; Inception is not measured). ``only``: measure these stage types only.
+        the classifier extractor's network; Inception is not measured). ``only``: measure these stage types only;
+        ``device``: where to measure (default: where the kit trains, :func:`eqvae_lib.runtime.device`).
     May take about a minute (≈ 12 stage types × ``seconds``, plus warm-ups).
     """
     torch.manual_seed(0)
     k = knobs_of(P)
     b, g = P.base_ae, P.gen
     out: dict[str, dict] = {}
+    dev = runtime_device(device)
 
     def want(stage):
         return only is None or stage in only
 
     def put(stage, batch, result):
         rate, steps, dt = result
-        out[stage] = {"rate": rate, "unit": STAGE_UNITS[stage], "batch": batch, "steps": steps, "seconds": dt}
+        out[stage] = {"rate": rate, "unit": STAGE_UNITS[stage], "batch": batch, "steps": steps, "seconds": dt,
+                      "device": str(dev)}
         if progress:
             print(f"  {stage:18s} {rate:9.1f} {STAGE_UNITS[stage]} (batch {batch}, {steps} steps in {dt:.1f} s)",
                   flush=True)
 
     nb = max(b.pretrain_batch, P.finetune.finetune_batch, 64)
-    x = _images(P, 2 * nb)
+    x = _images(P, 2 * nb).to(dev)
     ch = x.shape[1]
     vae = ae.build_autoencoder(b.ae_arch, in_channels=ch, out_channels=ch, latent_channels=b.latent_channels,
-                               sample_size=P.data.image_size)
+                               sample_size=P.data.image_size).to(dev)
     for stage, objective, disc_start, batch in (
             ("ae_pretrain", "plain", 10 ** 9, b.pretrain_batch), ("ae_pretrain_gan", "plain", 0, b.pretrain_batch),
             ("ae_finetune_plain", "plain", 0, P.finetune.finetune_batch),
             ("ae_finetune_eq", "eq", 0, P.finetune.finetune_batch)):
         if want(stage):
-            put(stage, batch, _timed(_ae_step_fn(P, vae, x, objective, disc_start, batch), seconds))
+            put(stage, batch, _timed(_ae_step_fn(P, vae, x, objective, disc_start, batch), seconds, dev=dev))
     vae.eval()
     eb = 64
     with torch.no_grad():
         z = ae.encode(vae, x[:eb], "mean")
         if want("encode"):
-            put("encode", eb, _timed(lambda i: len(ae.encode(vae, x[:eb], "sample")), seconds))
+            put("encode", eb, _timed(lambda i: len(ae.encode(vae, x[:eb], "sample")), seconds, dev=dev))
         if want("decode"):
-            put("decode", eb, _timed(lambda i: len(ae.decode(vae, z)), seconds))
-        net = ClassifierNet(ch).eval()
+            put("decode", eb, _timed(lambda i: len(ae.decode(vae, z)), seconds, dev=dev))
+        net = ClassifierNet(ch).to(dev).eval()
         u = ((x[:eb].clamp(-1, 1) + 1) * 127.5).round()
         if want("features"):
-            put("features", eb, _timed(lambda i: len(net.features(u / 127.5 - 1.0)), seconds))
-    net = ClassifierNet(ch).train()
+            put("features", eb, _timed(lambda i: len(net.features(u / 127.5 - 1.0)), seconds, dev=dev))
+    net = ClassifierNet(ch).train()  # the classifier trains on the CPU (metrics.fid.train_classifier)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     yb = torch.randint(0, 10, (128,))
-    xc = x[:128] if len(x) >= 128 else x.repeat(math.ceil(128 / len(x)), 1, 1, 1)[:128]
+    xc = (x[:128] if len(x) >= 128 else x.repeat(math.ceil(128 / len(x)), 1, 1, 1)[:128]).cpu()
 
     def cls_step(i):
         loss = torch.nn.functional.cross_entropy(net(xc), yb)
@@ -559,24 +571,24 @@ def measure_throughput(P: Config, seconds: float = 3.0, progress: bool = True, o
     for method in k.gen_methods:
         cfg = TrainGenConfig(model=g.gen_model, method=method, learn_sigma=g.learn_sigma, steps=1,
                              batch_size=g.gen_batch)
-        model = build_model(cfg, shape, 10)
+        model = build_model(cfg, shape, 10).to(dev)
         ema = copy.deepcopy(model).requires_grad_(False)
         objective = make_objective(cfg)
         gopt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        zb = torch.randn(g.gen_batch, *shape)
-        yb2 = torch.randint(0, 10, (g.gen_batch,))
+        zb = torch.randn(g.gen_batch, *shape, device=dev)
+        yb2 = torch.randint(0, 10, (g.gen_batch,), device=dev)
 
         def gen_step(i, model=model, ema=ema, objective=objective, gopt=gopt, zb=zb, yb2=yb2):
-            gen = torch.Generator().manual_seed(i)
+            gen = torch.Generator(dev).manual_seed(i)
             t = objective.sample_t(len(zb), gen)
-            loss = objective.loss(model, zb, t, torch.randn(zb.shape, generator=gen), {"y": yb2}).mean()
+            loss = objective.loss(model, zb, t, torch.randn(zb.shape, generator=gen, device=dev), {"y": yb2}).mean()
             gopt.zero_grad(set_to_none=True)
             loss.backward()
             gopt.step()
             update_ema(ema, model, 0.99)
             return len(zb)
         if want(f"gen_train_{method}"):
-            put(f"gen_train_{method}", g.gen_batch, _timed(gen_step, seconds))
+            put(f"gen_train_{method}", g.gen_batch, _timed(gen_step, seconds, dev=dev))
         sampler, steps = (g.dit_sampler, g.dit_sample_steps) if method == "dit" else (g.sit_sampler,
                                                                                        g.sit_sample_steps)
         ema.eval()
@@ -586,9 +598,9 @@ def measure_throughput(P: Config, seconds: float = 3.0, progress: bool = True, o
             with torch.no_grad():
                 zs, _ = sample_latents(ema, sb, method=method, sampler=sampler, steps=steps, batch_size=sb,
                                        generator=torch.Generator().manual_seed(i), progress=False)
-                return len(ae.decode(vae, zs))
+                return len(ae.decode(vae, zs.to(dev)))
         if want(f"gen_sample_{method}"):
-            put(f"gen_sample_{method}", sb, _timed(sample_step, seconds))
+            put(f"gen_sample_{method}", sb, _timed(sample_step, seconds, dev=dev))
     return out
 
 
@@ -598,11 +610,18 @@ def throughput_path(profile: str) -> Path:
     return RUNS_DIR / profile / "throughput.json"
 
 
-def save_throughput(profile: str, measured: dict[str, dict], path: Path | None = None) -> Path:
-    """Write ``measured`` (:func:`measure_throughput`) with the machine's description, atomically."""
-    path = path or throughput_path(profile)
-    atomic_write_json(path, {"profile": profile, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                             "machine": machine(), "stages": measured})
+def _measured_config(P: Config) -> str:
+    """The identity of what :func:`measure_throughput` measures for ``P`` (the profile's resolved configuration)."""
+    return hash_obj(P.flat())
+
+
+def save_throughput(P: Config, measured: dict[str, dict], path: Path | None = None) -> Path:
+    """Write ``measured`` (:func:`measure_throughput` of ``P``) with the machine's description and the identity of
+    ``P``'s configuration, atomically (default :func:`throughput_path`)."""
+    path = path or throughput_path(P.profile)
+    atomic_write_json(path, {"profile": P.profile, "config": _measured_config(P),
+                             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+                             "stages": measured})
     return path
 
 
@@ -618,19 +637,23 @@ def library_mtime(pkg: Path = PKG_DIR) -> float:
     return max(p.stat().st_mtime for p in pkg.rglob("*.py"))
 
 
-def load_throughput(profile: str, path: Path | None = None) -> dict[str, dict] | None:
-    """The stored throughput of ``profile`` when the file exists and is younger than every library file, else None
-    (a stale or unreadable file is ignored with a printed reason)."""
-    path = path or throughput_path(profile)
+def load_throughput(P: Config, path: Path | None = None) -> dict[str, dict] | None:
+    """The stored throughput of ``P`` (default :func:`throughput_path`) when the file exists, was measured for the same
+    configuration and is younger than every library file; else None (a stale, foreign or unreadable file is ignored
+    with a printed reason)."""
+    path = path or throughput_path(P.profile)
     if not path.is_file():
         return None
     if path.stat().st_mtime < library_mtime():
         print(f"{path} is older than the library code: measuring again")
         return None
     try:
-        stages = json.loads(path.read_text())["stages"]
-        return {s: v for s, v in stages.items() if s in STAGE_UNITS and v["rate"] > 0}
-    except (ValueError, KeyError, TypeError) as e:
+        stored = json.loads(path.read_text())
+        if stored.get("config") != _measured_config(P):
+            print(f"{path} was measured for another configuration: measuring again")
+            return None
+        return {s: v for s, v in stored["stages"].items() if s in STAGE_UNITS and v["rate"] > 0}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         print(f"{path} is unreadable ({e}): measuring again")
         return None
 
@@ -662,12 +685,12 @@ def cli_project(argv: list[str]) -> int:
     if unknown:
         raise ValueError(f"unknown notebooks {unknown}; known: {', '.join(NOTEBOOKS)}")
     knobs_of(P)  # bad values fail before measuring
-    measured = None if args.measure else load_throughput(P.profile)
+    measured = None if args.measure else load_throughput(P)
     source = str(throughput_path(P.profile))
     if measured is None:
         print(f"measuring this machine's throughput for profile {P.profile} (~{12 * args.seconds + 30:.0f} s)")
         measured = measure_throughput(P, seconds=args.seconds)
-        source = f"measured now, stored in {save_throughput(P.profile, measured)}"
+        source = f"measured now, stored in {save_throughput(P, measured)}"
     table = projection_table(P, measured, notebooks)
     print(f"Projected wall time per notebook, profile {P.profile}, this machine (throughput: {source}):")
     for r in table.itertuples():

@@ -106,15 +106,17 @@ def test_project_arithmetic_cap_and_missing_rate():
         pr.project(model, {"encode": 0.0})
 
 
-def test_stored_throughput_is_reused_only_when_younger_than_the_library(tmp_path):
+def test_stored_throughput_is_reused_only_for_the_same_config_and_when_younger_than_the_library(tmp_path):
     path = tmp_path / "throughput.json"
+    P = build_config(SYNTH)
     measured = {"encode": {"rate": 12.5, "unit": "images/s"}}
-    pr.save_throughput("smoke", measured, path)
+    pr.save_throughput(P, measured, path)
     assert json.loads(path.read_text())["machine"]["cpus"] == os.cpu_count()
-    assert pr.load_throughput("smoke", path) == measured
+    assert pr.load_throughput(P, path) == measured
+    assert pr.load_throughput(P.replace(gen_batch=16), path) is None
     old = pr.library_mtime() - 10
     os.utime(path, (old, old))
-    assert pr.load_throughput("smoke", path) is None
+    assert pr.load_throughput(P, path) is None
 
 
 def test_measure_throughput_selected_stages():
