@@ -73,7 +73,8 @@ def test_ddpm_sampling_matches_diffusers(learn_sigma):
                           variance_type="learned_range" if learn_sigma else "fixed_large")
     sched.set_timesteps(timesteps=kept[::-1])
     ref = _diffusers_loop(sched, model, noise.clone(), sched.timesteps, torch.Generator().manual_seed(7))
-    ours = sample_dit(model, 3, sampler="ddpm", steps=10, noise=noise.clone(), generator=torch.Generator().manual_seed(7))
+    ours = sample_dit(model, 3, sampler="ddpm", steps=10, noise=noise.clone(),
+                      generator=torch.Generator().manual_seed(7))
     assert not torch.allclose(ours, noise, atol=0.1)  # the loop did something
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
 
@@ -130,7 +131,8 @@ def official_dit_layout(depth: int, hidden: int, patch: int, in_channels: int = 
                     b + "mlp.fc1.weight": (h, D), b + "mlp.fc1.bias": (h,),
                     b + "mlp.fc2.weight": (D, h), b + "mlp.fc2.bias": (D,),
                     b + "adaLN_modulation.1.weight": (6 * D, D), b + "adaLN_modulation.1.bias": (6 * D,)})
-    out.update({"final_layer.linear.weight": (patch * patch * c_out, D), "final_layer.linear.bias": (patch * patch * c_out,),
+    out.update({"final_layer.linear.weight": (patch * patch * c_out, D),
+                "final_layer.linear.bias": (patch * patch * c_out,),
                 "final_layer.adaLN_modulation.1.weight": (2 * D, D), "final_layer.adaLN_modulation.1.bias": (2 * D,)})
     return out
 
