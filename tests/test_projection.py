@@ -3,6 +3,9 @@ the arithmetic of counts / rates with a cap, the stored throughput's freshness r
 
 import json
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +136,18 @@ def test_cli_bad_input_exits_2(argv, named, capsys):
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and named in err and "error" in err
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_reproduce_prints_the_projection_first_and_never_fails_on_it():
+    """``make reproduce`` runs the projection once, after the checks and before the first notebook; a failing
+    projection (here: PY=false) prints why and the target still succeeds."""
+    dry = subprocess.run(["make", "-n", "reproduce", "PROFILE=smoke", "STAMP=", "PY=echo"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert dry.count("eqvae_lib project --profile smoke --notebooks 00_design_pilot.ipynb") == 1
+    assert dry.index("eqvae_lib project") < dry.index("papermill")
+    run = subprocess.run(["make", "-s", "project", "STAMP=", "PY=false"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0 and "projection of the wall times failed (exit 1" in run.stdout
