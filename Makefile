@@ -68,7 +68,8 @@ reproduce: $(STAMP) check-params data project $(EXECUTED)
 # the profile's configuration implies), printed once before the notebooks run. It never fails the build: when it
 # cannot measure, it says why and the notebooks run anyway.
 project: $(STAMP)
-	@$(PY) -m eqvae_lib project --profile $(PROFILE) --notebooks $(notdir $(NOTEBOOKS)) $(PARAMS) \
+	@$(PY) -m eqvae_lib project --profile $(PROFILE) $(if $(filter smoke,$(PROFILE)),--seconds 0.5) \
+	    --notebooks $(notdir $(NOTEBOOKS)) $(PARAMS) \
 	    || echo "== projection of the wall times failed (exit $$?; see above); running the notebooks anyway"
 
 # Every -p NAME VALUE of PARAMS must be a key of a stage config of the profile (eqvae_lib/config.py): checked before
