@@ -34,9 +34,10 @@ export TQDM_MININTERVAL ?= 15
 LAB_IP     ?= 127.0.0.1
 LAB_ARGS   := --notebook-dir=notebooks --no-browser --ip=$(LAB_IP) $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: help venv data reproduce test unit-test nb-test lab lab-command check-params clean bench strip
+.PHONY: help venv data reproduce project test unit-test nb-test lab lab-command check-params clean bench strip
 help:
 	@echo "make reproduce [PROFILE=smoke|cpu|cpu-full|paper] [PARAMS='-p name value ...'] [FORCE=1]"
+	@echo "make project   projected wall time of each notebook of PROFILE on this machine (make reproduce prints it)"
 	@echo "make test      unit tests + notebooks under the smoke profile (= make unit-test nb-test)"
 	@echo "make venv      create .venv from requirements.lock (every target does this when needed)"
 	@echo "make data      fetch Fashion-MNIST (Debian package as root, else download into data/)"
@@ -59,9 +60,17 @@ data: $(STAMP)
 	$(PY) -m eqvae_lib.data fetch
 
 # ---------------------------------------------------------------------------------------------------- reproduce
-reproduce: $(STAMP) check-params data $(EXECUTED)
+reproduce: $(STAMP) check-params data project $(EXECUTED)
 	@if grep -q '<!-- results:$(PROFILE) -->' README.md; then $(PY) -m eqvae_lib report --profile $(PROFILE) --readme; fi
 	@echo "== $(PROFILE): executed notebooks in $(NB_OUT), records in $(RUNS)/$(PROFILE)/records, figures in figures/$(PROFILE)"
+
+# The projected wall time of each notebook on this machine (eqvae_lib/projection.py: measured throughput x the work
+# the profile's configuration implies), printed once before the notebooks run. It never fails the build: when it
+# cannot measure, it says why and the notebooks run anyway.
+project: $(STAMP)
+	@$(PY) -m eqvae_lib project --profile $(PROFILE) $(if $(filter smoke,$(PROFILE)),--seconds 0.5) \
+	    --notebooks $(notdir $(NOTEBOOKS)) $(PARAMS) \
+	    || echo "== projection of the wall times failed (exit $$?; see above); running the notebooks anyway"
 
 # Every -p NAME VALUE of PARAMS must be a key of a stage config of the profile (eqvae_lib/config.py): checked before
 # any notebook runs, so a misspelled override fails in seconds instead of being ignored.

@@ -8,6 +8,7 @@ Commands:
   report     rebuild the report tables from the result records of a profile
   compare-reference  say, claim by claim, whether your run's effects lie inside the committed reference intervals
   fetch-data make Fashion-MNIST available offline
+  project    projected wall time of each notebook of a profile on this machine (measured throughput x step counts)
 
 Exit codes: 0 success, 2 bad input (one line on stderr: missing path, not a checkpoint, a pickle the kit will not
 execute, an image it cannot convert, a bad value).
@@ -25,6 +26,7 @@ COMMANDS = {
     "report": ("eqvae_lib.records", "cli_report"),
     "compare-reference": ("eqvae_lib.records", "cli_compare_reference"),
     "fetch-data": ("eqvae_lib.data", "_main"),
+    "project": ("eqvae_lib.projection", "cli_project"),
 }
 
 

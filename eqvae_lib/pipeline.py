@@ -76,7 +76,8 @@ STAGE_ROOTS: dict[str, tuple[str, ...]] = {
     "maskgit": ("maskgit", "vq", "metrics.fid"),
 }
 #: configs, records, verdicts, report, plotting, paper values: they cannot change an artefact
-EXPERIMENT_LAYER = ("config", "pipeline", "records", "plotting", "paper_values", "claims", "verdicts", "__main__")
+EXPERIMENT_LAYER = ("config", "pipeline", "records", "plotting", "paper_values", "claims", "verdicts", "__main__",
+                    "projection")
 #: ...except this module: it decides how artefacts are built (posterior mean or sample, derived seeds, subsets), so
 #: its code is part of every stage's code version
 BUILDER = "pipeline"

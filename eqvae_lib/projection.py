@@ -1,0 +1,701 @@
+"""This machine's throughput per stage type, and each notebook's projected wall time from a profile's configuration.
+
+Wall-time promises must be projections: users' machines differ by 5x (the AE training step of the ``cpu`` profile ran
+at 181 images/s on the reference machine and at 34 images/s on a loaded 2-core one). So
+
+1. :func:`measure_throughput` times, on this machine, a few seconds of each stage type of a profile with the profile's
+   own model sizes and batch sizes (warm-up excluded): AE pretraining step without and with the GAN, AE fine-tune step
+   (plain and EQ objective), the generator training step of each method, generator sampling with the profile's sampler
+   (decoding included), latent encoding / decoding, FID features and the classifier training of the fast FID
+   extractor. Rates are items/s (images, or latents for generator training).
+2. :func:`work_table` — the count model, in ONE function — lists per notebook the work it builds when the notebooks
+   run in order from empty caches (an artefact built by an earlier notebook is reused, not counted twice): items of
+   each stage type, from the typed config (step/epoch caps, replicate seeds, checkpoints, FID sample counts).
+3. :func:`project` divides counts by rates: seconds per notebook. Where the count is a cap (the base AE stops at a
+   validation plateau before its cap; a time cap), the row says "at most".
+
+Every config key the count model reads is read in :func:`knobs_of` (one place, so a renamed key changes one line).
+Not modelled (said in the rows' notes): TwoNN bootstrap arithmetic, LPIPS of the reconstruction metrics, Inception
+features (``inception_n``; ``fid_extractor: inception``), the VQ / MaskGIT notebook 10, figure drawing and process
+start-up (~10 s per notebook).
+
+CLI: ``python -m eqvae_lib project --profile P`` prints the projection (reusing the throughput notebook 00 stored in
+``runs/<profile>/throughput.json`` when that file is younger than every file of the library, else measuring, ~1 min).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import autoencoders as ae
+from .config import KEY_STAGE, RUNS_DIR, Config, _parse_scalar, load_config
+from .data import get_dataset
+from .io import atomic_write_json, hash_obj
+from .losses import EQVAELoss
+from .metrics.fid import ClassifierNet
+from .pipeline import loss_config
+from .runtime import device as runtime_device
+from .train_gen import TrainGenConfig, build_model, make_objective, sample_latents, update_ema
+
+PKG_DIR = Path(__file__).resolve().parent
+#: number of images of the full splits when ``n_train`` / ``n_test`` are None
+DATASET_SIZES = {"fashion-mnist": (60000, 10000)}
+#: notebooks in the order ``make reproduce`` runs them
+NOTEBOOKS = ("00_design_pilot", "01_data_and_base_ae", "02_finetune", "03_equivariance_failure",
+             "04_table1_reconstruction", "05_latent_pca", "06_intrinsic_dimension", "07_generative_comparison",
+             "08_gfid_per_epoch", "09_ablations", "10_discrete_vq_maskgit", "99_report")
+#: the rotations every equivariance evaluation adds to the scales (90°, 180°, 270°)
+N_ROTATIONS = 3
+#: warm-up steps of the pilot's measure_train_throughput
+PILOT_WARMUP = 3
+
+
+# ------------------------------------------------------------------------------------------------------ knobs
+@dataclass(frozen=True)
+class Knobs:
+    """The config values the count model reads (see :func:`knobs_of` for their keys). Counts of images, steps,
+    epochs; ``ae_seeds``: the replicate seeds of the fine-tunes; ``gen_seeds``: the seeds of the generator runs on
+    each AE; ``fig5_epochs``: the EQ fine-tune epochs notebook 08 evaluates (0 = the base)."""
+
+    dataset: str
+    image_size: int
+    n_train: int
+    n_test: int
+    val_size: int
+    pretrain_batch: int
+    pretrain_max_epochs: float | None
+    pretrain_max_minutes: float
+    pretrain_disc_start: int
+    pretrain_val_every: int
+    finetune_subset: int
+    finetune_epochs: int
+    finetune_batch: int
+    ae_seeds: tuple[int, ...]
+    gen_seeds: tuple[int, ...]
+    gen_methods: tuple[str, ...]
+    gen_steps: int
+    gen_batch: int
+    gen_eval_steps: tuple[int, ...]
+    gen_fid_n: int
+    eval_n: int
+    n_eval_scales: int
+    id_n: int
+    fid_extractor: str
+    classifier_n_train: int | None
+    classifier_epochs: int
+    n_ablations_new: int
+    ablation_epochs: int
+    ablation_gfid: bool
+    inception_n: int
+    matched_rfid_max_extra_epochs: int
+    fig5_epochs: tuple[int, ...]
+    pilot_candidate_sizes: tuple[int, ...]
+    pilot_steps: int
+    pilot_batch: int
+
+
+def _key(P: Config, key: str, default: Any) -> Any:
+    """``P[key]`` when ``key`` is a key of a stage today, else ``default`` (keys other helpers add or remove)."""
+    return P[key] if key in KEY_STAGE else default
+
+
+def knobs_of(P: Config) -> Knobs:
+    """Every config value :func:`work_table` uses, read here and only here.
+
+    Assumptions (today's keys; the newer ones are read when the config has them):
+      * fine-tune replicates: ``replicate_seeds`` when it exists, else one (the fine-tunes use ``seed``);
+      * generator seeds: ``replicate_seeds`` when it exists, else ``gen_seeds``;
+      * generator methods: ``gen_methods`` when it exists, else ``["dit"]`` plus ``"sit"`` when ``sit``;
+      * Fig. 5 epochs: ``fig5_epochs`` when it exists, else 0..``finetune_epochs``;
+      * ablations: the labels of ``ablations`` (None = all seven) minus the default variant, which is the EQ
+        fine-tune's epoch 1 (cached) when ``ablation_epochs`` is 1.
+    """
+    d, b, f, m, g, pl = P.data, P.base_ae, P.finetune, P.metrics, P.gen, P.pilot
+    full = DATASET_SIZES.get(d.dataset)
+    if full is None and (d.n_train is None or d.n_test is None):
+        raise ValueError(f"dataset {d.dataset!r}: set n_train and n_test (the projection needs the image counts)")
+    n_train = min(d.n_train, full[0]) if full and d.n_train else (d.n_train or full[0])
+    n_test = min(d.n_test, full[1]) if full and d.n_test else (d.n_test or full[1])
+    replicates = _key(P, "replicate_seeds", None)
+    ae_seeds = tuple(replicates) if replicates is not None else (P.run.seed,)
+    gen_seeds = tuple(replicates) if replicates is not None else tuple(_key(P, "gen_seeds", [0]))
+    methods = _key(P, "gen_methods", None)
+    methods = tuple(methods) if methods is not None else ("dit",) + (("sit",) if _key(P, "sit", False) else ())
+    fig5 = _key(P, "fig5_epochs", None)
+    fig5 = tuple(int(e) for e in fig5) if fig5 is not None else tuple(range(0, f.finetune_epochs + 1))
+    labels = list(f.ablations) if f.ablations is not None else 7 * [""]
+    n_new = len(labels) - (1 if "rotation+scale (default)" in labels and f.ablation_epochs == 1 else 0)
+    return Knobs(
+        dataset=d.dataset, image_size=d.image_size, n_train=n_train, n_test=n_test, val_size=d.val_size,
+        pretrain_batch=b.pretrain_batch, pretrain_max_epochs=b.pretrain_max_epochs,
+        pretrain_max_minutes=b.pretrain_max_minutes, pretrain_disc_start=b.pretrain_disc_start,
+        pretrain_val_every=b.pretrain_val_every, finetune_subset=f.finetune_subset,
+        finetune_epochs=f.finetune_epochs, finetune_batch=f.finetune_batch, ae_seeds=ae_seeds, gen_seeds=gen_seeds,
+        gen_methods=methods, gen_steps=g.gen_steps, gen_batch=g.gen_batch,
+        gen_eval_steps=tuple(sorted({int(s) for s in g.gen_eval_steps if s <= g.gen_steps} | {g.gen_steps})),
+        gen_fid_n=g.gen_fid_n, eval_n=m.eval_n, n_eval_scales=len(m.eval_scales), id_n=m.id_n,
+        fid_extractor=m.fid_extractor, classifier_n_train=m.classifier_n_train,
+        classifier_epochs=m.classifier_epochs, n_ablations_new=n_new, ablation_epochs=f.ablation_epochs,
+        ablation_gfid=f.ablation_gfid, inception_n=m.inception_n,
+        matched_rfid_max_extra_epochs=f.matched_rfid_max_extra_epochs, fig5_epochs=fig5,
+        pilot_candidate_sizes=tuple(int(c["image_size"]) for c in pl.pilot_candidates),
+        pilot_steps=pl.pilot_steps, pilot_batch=pl.pilot_batch)
+
+
+# ------------------------------------------------------------------------------------------------ count model
+#: stage type -> unit of its rate (items/s)
+STAGE_UNITS = {
+    "ae_pretrain": "images/s", "ae_pretrain_gan": "images/s", "ae_finetune_plain": "images/s",
+    "ae_finetune_eq": "images/s", "encode": "images/s", "decode": "images/s", "features": "images/s",
+    "classifier_train": "images/s", **{f"gen_train_{m}": "latents/s" for m in ("dit", "sit")},
+    **{f"gen_sample_{m}": "images/s" for m in ("dit", "sit")},
+}
+
+
+@dataclass(frozen=True)
+class Work:
+    """One line of the count model: ``notebook`` builds ``count`` items of stage type ``stage`` (unit of
+    :data:`STAGE_UNITS`); ``at_most``: the count is a cap; ``what``: the artefact, for the reader."""
+
+    notebook: str
+    stage: str
+    count: float
+    what: str
+    at_most: bool = False
+
+
+@dataclass(frozen=True)
+class Cap:
+    """A wall-clock cap of one notebook's stage (the base AE's ``pretrain_max_minutes``): the projection of the
+    ``stages`` of ``notebook`` is at most ``seconds``."""
+
+    notebook: str
+    stages: tuple[str, ...]
+    seconds: float
+
+
+@dataclass
+class CountModel:
+    """:func:`work_table`'s answer: the work lines, the caps, and notes per notebook (what is not modelled)."""
+
+    work: list[Work]
+    caps: list[Cap] = field(default_factory=list)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+    unmodelled: tuple[str, ...] = ()
+
+
+def work_table(k: Knobs) -> CountModel:
+    """THE count model: per notebook (in ``make reproduce`` order, from empty caches), the items of each stage type it
+    builds. An artefact (AE, latent cache, generator curve, metric part, extractor, reference statistics) is counted
+    in the first notebook that needs it only (``built``), as the cache makes later notebooks load it.
+
+    Per artefact:
+      * base AE pretraining: S = ceil(max_epochs · floor(n_train / batch)) steps at most (a plateau stops it
+        earlier); min(S, disc_start) steps without the GAN, the rest with it; a validation of ``val_size`` images
+        (encode + decode) every ``val_every`` steps; at most ``pretrain_max_minutes`` of training.
+      * fine-tune (objective o, seed s): floor(finetune_subset / batch) steps per epoch, with the GAN (disc_start 0);
+        one validation (``val_size`` images) per epoch.
+      * latent cache of an AE: ``n_train`` encodes.
+      * generator curve (method, AE, seed): ``gen_steps`` · ``gen_batch`` latents of training; per evaluation step
+        (``gen_eval_steps`` ∪ {gen_steps}) ``gen_fid_n`` samples (sampler + decode) and their FID features.
+      * reference statistics: ``gen_fid_n`` test-image features. Classifier extractor: ``classifier_epochs`` ·
+        0.9 · (``classifier_n_train`` or ``n_train``) training images.
+      * metric parts per AE (``eval_n`` images, T = len(eval_scales) + 3 rotations): equivariance T+1 encodes each;
+        decoder: encode + T decodes + 2T features; reconstruction: encode + decode + 2 features; intrinsic dim:
+        ``id_n`` encodes.
+    """
+    work: list[Work] = []
+    caps: list[Cap] = []
+    notes: dict[str, list[str]] = {}
+    built: set = set()
+    T = k.n_eval_scales + N_ROTATIONS
+    last = k.finetune_epochs
+
+    def add(nb, stage, count, what, at_most=False):
+        if count:
+            work.append(Work(nb, stage, float(count), what, at_most))
+
+    def need(nb, art, fn):
+        """Build artefact ``art`` in notebook ``nb`` by calling ``fn(nb)`` unless an earlier notebook built it."""
+        if art not in built:
+            built.add(art)
+            fn(nb)
+
+    def base_ae(nb):
+        spe = k.n_train // k.pretrain_batch
+        steps = math.ceil(k.pretrain_max_epochs * spe) if k.pretrain_max_epochs is not None else None
+        if steps is None:
+            notes.setdefault(nb, []).append("base AE: no epoch cap; the time cap bounds the projection")
+            steps = 10 ** 9
+        pre = min(steps, k.pretrain_disc_start)
+        add(nb, "ae_pretrain", pre * k.pretrain_batch, f"base AE: {pre} steps without the GAN", True)
+        add(nb, "ae_pretrain_gan", (steps - pre) * k.pretrain_batch, f"base AE: {steps - pre} steps with the GAN",
+            True)
+        n_val = steps // k.pretrain_val_every if k.pretrain_val_every else 0
+        add(nb, "encode", n_val * k.val_size, f"base AE: {n_val} validations", True)
+        add(nb, "decode", n_val * k.val_size, f"base AE: {n_val} validations", True)
+        caps.append(Cap(nb, ("ae_pretrain", "ae_pretrain_gan", "encode", "decode"), 60 * k.pretrain_max_minutes))
+
+    def finetune(objective, seed, epochs, label=""):
+        def build(nb):
+            steps = epochs * (min(k.finetune_subset, k.n_train) // k.finetune_batch)
+            stage = "ae_finetune_eq" if objective == "eq" else "ae_finetune_plain"
+            add(nb, stage, steps * k.finetune_batch, f"{label or objective} fine-tune seed {seed}: {steps} steps")
+            add(nb, "encode", epochs * k.val_size, f"{label or objective} fine-tune: validations")
+            add(nb, "decode", epochs * k.val_size, f"{label or objective} fine-tune: validations")
+        return build
+
+    def ft_all(nb, objective, seed, epochs):
+        """A fine-tune run of ``epochs`` epochs; epochs already built by a shorter run are not counted again."""
+        done = max([a[3] for a in built if a[0] == "ft" and a[1:3] == (objective, seed)] + [0])
+        if epochs > done:
+            finetune(objective, seed, epochs - done)(nb)
+        built.update(("ft", objective, seed, e) for e in range(1, epochs + 1))
+
+    def extractor(nb):
+        n = k.classifier_n_train or k.n_train
+        if k.fid_extractor == "classifier":
+            add(nb, "classifier_train", k.classifier_epochs * int(round(0.9 * n)), "FID classifier training")
+        else:
+            notes.setdefault(nb, []).append("Inception extractor: its loading/features are not projected")
+
+    def metric(part, ae_id):
+        def build(nb):
+            if part == "equivariance":
+                add(nb, "encode", k.eval_n * (T + 1), f"equivariance of {ae_id}")
+            elif part == "decoder":
+                add(nb, "encode", k.eval_n, f"decoder equivariance of {ae_id}")
+                add(nb, "decode", k.eval_n * T, f"decoder equivariance of {ae_id}")
+                add(nb, "features", 2 * k.eval_n * T, f"decoder equivariance of {ae_id}")
+            elif part == "reconstruction":
+                add(nb, "encode", k.eval_n, f"reconstruction of {ae_id}")
+                add(nb, "decode", k.eval_n, f"reconstruction of {ae_id}")
+                add(nb, "features", 2 * k.eval_n, f"reconstruction of {ae_id}")
+            elif part == "intrinsic_dim":
+                add(nb, "encode", k.id_n, f"intrinsic dimension of {ae_id}")
+        return build
+
+    def curve(method, ae_id, seed):
+        def build(nb):
+            need(nb, ("latents", ae_id), lambda nb_: add(nb_, "encode", k.n_train, f"latent cache of {ae_id}"))
+            need(nb, ("reference", k.gen_fid_n), lambda nb_: add(nb_, "features", k.gen_fid_n, "FID reference"))
+            add(nb, f"gen_train_{method}", k.gen_steps * k.gen_batch, f"{method} on {ae_id} seed {seed}")
+            n_eval = len(k.gen_eval_steps)
+            add(nb, f"gen_sample_{method}", n_eval * k.gen_fid_n, f"{method} on {ae_id} seed {seed}: {n_eval} evals")
+            add(nb, "features", n_eval * k.gen_fid_n, f"{method} on {ae_id} seed {seed}: {n_eval} evals")
+        return build
+
+    s0, g0 = k.ae_seeds[0], k.gen_seeds[0]
+    suite = {"base": None, "plain": ("plain", s0, last), "eq": ("eq", s0, last)}
+
+    def ae_id(name):
+        return "base" if name == "base" else f"{name} s{suite[name][1]} ep{suite[name][2]}"
+
+    def need_suite(nb):
+        need(nb, ("base",), base_ae)
+        for name in ("plain", "eq"):
+            ft_all(nb, *suite[name])
+
+    # 00 design pilot: the candidates' pilot steps (rate scaled by the pixel count), then this module's measurement
+    nb = "00_design_pilot"
+    for size in k.pilot_candidate_sizes:
+        add(nb, "ae_finetune_eq", (k.pilot_steps + PILOT_WARMUP) * k.pilot_batch * (size / k.image_size) ** 2,
+            f"pilot candidate {size} px (cost scaled by pixels)")
+    notes.setdefault(nb, []).append("plus the throughput measurement itself (~1 min)")
+    # 01 base AE
+    need("01_data_and_base_ae", ("base",), base_ae)
+    # 02 fine-tunes: every replicate seed, both arms
+    nb = "02_finetune"
+    need_suite(nb)
+    for s in k.ae_seeds:
+        for o in ("plain", "eq"):
+            ft_all(nb, o, s, last)
+    # 03 decoder equivariance of the suite
+    nb = "03_equivariance_failure"
+    need_suite(nb)
+    need(nb, ("extractor",), extractor)
+    for name in suite:
+        need(nb, ("metric", "decoder", ae_id(name)), metric("decoder", ae_id(name)))
+    # 04 equivariance + reconstruction
+    nb = "04_table1_reconstruction"
+    need(nb, ("extractor",), extractor)
+    for name in suite:
+        for part in ("equivariance", "reconstruction"):
+            need(nb, ("metric", part, ae_id(name)), metric(part, ae_id(name)))
+    # 05 latent PCA: min(eval_n, 1000) encodes per AE
+    for name in suite:
+        add("05_latent_pca", "encode", min(k.eval_n, 1000), f"PCA latents of {ae_id(name)}")
+    # 06 intrinsic dimension
+    for name in suite:
+        need("06_intrinsic_dimension", ("metric", "intrinsic_dim", ae_id(name)), metric("intrinsic_dim", ae_id(name)))
+    notes.setdefault("06_intrinsic_dimension", []).append("TwoNN bootstrap arithmetic not modelled")
+    # 07 generator curves: method x AE x replicate seed (replicate s: fine-tunes of seed s when replicated)
+    nb = "07_generative_comparison"
+    need(nb, ("extractor",), extractor)
+    for method in k.gen_methods:
+        for name in suite:
+            for i, seed in enumerate(k.gen_seeds):
+                if name == "base":
+                    aid = "base"
+                else:
+                    s_ae = k.ae_seeds[i] if len(k.ae_seeds) == len(k.gen_seeds) else s0
+                    ft_all(nb, name, s_ae, last)
+                    aid = f"{name} s{s_ae} ep{last}"
+                need(nb, ("curve", method, aid, seed), curve(method, aid, seed))
+    for name in suite:
+        need(nb, ("metric", "reconstruction", ae_id(name)), metric("reconstruction", ae_id(name)))
+    if k.inception_n:
+        notes.setdefault(nb, []).append(f"Inception FID on {k.inception_n} samples per AE not projected")
+    if k.matched_rfid_max_extra_epochs:
+        extra, first = k.matched_rfid_max_extra_epochs, len(work)
+        ft_all(nb, "eq", s0, last + extra)
+        for e in range(last + 1, last + extra + 1):
+            need(nb, ("metric", "reconstruction", f"eq s{s0} ep{e}"), metric("reconstruction", f"eq s{s0} ep{e}"))
+        for seed in k.gen_seeds:
+            need(nb, ("curve", "dit", f"eq s{s0} ep{last + extra}", seed), curve("dit", f"eq s{s0} ep{last + extra}",
+                                                                                  seed))
+        work[first:] = [Work(w.notebook, w.stage, w.count, w.what, True) for w in work[first:]]
+        notes.setdefault(nb, []).append(f"matched rFID: at most {extra} more EQ epochs and their DiT runs (only "
+                                        "when EQ's rFID is not kept); counted in full")
+    # 08 Fig. 5: DiT (seed g0) on the EQ AE after each epoch of fig5_epochs
+    nb = "08_gfid_per_epoch"
+    ft_all(nb, "eq", s0, last)
+    for e in k.fig5_epochs:
+        aid = "base" if e == 0 else f"eq s{s0} ep{e}"
+        need(nb, ("curve", "dit", aid, g0), curve("dit", aid, g0))
+        for part in ("equivariance", "reconstruction"):
+            need(nb, ("metric", part, aid), metric(part, aid))
+    # 09 ablations: new variants fine-tuned ablation_epochs epochs; all metrics; the ID-vs-gFID points
+    nb = "09_ablations"
+    for i in range(k.n_ablations_new):
+        aid = f"ablation {i + 1}"
+        finetune("eq", s0, k.ablation_epochs, label=aid)(nb)
+        for part in ("equivariance", "decoder", "reconstruction", "intrinsic_dim"):
+            need(nb, ("metric", part, aid), metric(part, aid))
+        if k.ablation_gfid:
+            need(nb, ("curve", "dit", aid, g0), curve("dit", aid, g0))
+    for part in ("equivariance", "decoder", "reconstruction", "intrinsic_dim"):
+        need(nb, ("metric", part, "base"), metric(part, "base"))
+    if k.ablation_gfid:
+        need(nb, ("curve", "dit", "base", g0), curve("dit", "base", g0))
+        if k.ablation_epochs == 1:
+            need(nb, ("curve", "dit", f"eq s{s0} ep1", g0), curve("dit", f"eq s{s0} ep1", g0))
+    else:  # the points: base, every EQ epoch, the plain control's last epoch
+        for aid in ["base", f"plain s{s0} ep{last}"] + [f"eq s{s0} ep{e}" for e in range(1, last + 1)]:
+            need(nb, ("metric", "intrinsic_dim", aid), metric("intrinsic_dim", aid))
+            need(nb, ("curve", "dit", aid, g0), curve("dit", aid, g0))
+    notes.setdefault("10_discrete_vq_maskgit", []).append("VQ tokenizer and MaskGIT not modelled")
+    notes.setdefault("99_report", []).append("report only (seconds)")
+    return CountModel(work, caps, notes, unmodelled=("10_discrete_vq_maskgit",))
+
+
+# -------------------------------------------------------------------------------------------------- projection
+def project(model: CountModel, rates: dict[str, float], notebooks: tuple[str, ...] = NOTEBOOKS) -> list[dict]:
+    """Seconds per notebook: Σ count / rate over its work lines, a :class:`Cap` bounding its stages.
+
+    Args:
+        rates: stage type -> items/s (:func:`measure_throughput`'s ``rate``s).
+    Returns:
+        one dict per notebook: ``notebook``, ``seconds`` (None when it needs a stage without a rate), ``at_most``
+        (the count includes a cap), ``missing`` (stage types without a rate), ``notes``.
+    Raises:
+        ValueError: a rate that is not positive.
+    """
+    for s, r in rates.items():
+        if not r > 0:
+            raise ValueError(f"throughput of {s} is {r!r}; it must be positive")
+    rows = []
+    for nb in notebooks:
+        lines = [w for w in model.work if w.notebook == nb]
+        missing = sorted({w.stage for w in lines if w.stage not in rates})
+        per_stage: dict[str, float] = {}
+        for w in lines:
+            if w.stage in rates:
+                per_stage[w.stage] = per_stage.get(w.stage, 0.0) + w.count / rates[w.stage]
+        for cap in model.caps:
+            if cap.notebook == nb:
+                capped = sum(per_stage.get(s, 0.0) for s in cap.stages)
+                if capped > cap.seconds:
+                    scale = cap.seconds / capped
+                    for s in cap.stages:
+                        if s in per_stage:
+                            per_stage[s] *= scale
+        rows.append({"notebook": nb, "seconds": None if missing or nb in model.unmodelled else sum(per_stage.values()),
+                     "at_most": any(w.at_most for w in lines), "missing": missing,
+                     "notes": list(model.notes.get(nb, [])), "per_stage_s": per_stage})
+    return rows
+
+
+def format_minutes(row: dict) -> str:
+    """``"at most 12.3 min"`` / ``"4.0 min"`` / ``"not projected (...)"`` for a :func:`project` row."""
+    if row["seconds"] is None:
+        return f"not projected (no rate for {', '.join(row['missing'])})" if row["missing"] else "not projected"
+    return ("at most " if row["at_most"] else "") + f"{row['seconds'] / 60:.1f} min"
+
+
+# -------------------------------------------------------------------------------------------------- measuring
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _timed(step: Callable[[int], int], seconds: float, warmup: int = 1, min_steps: int = 1,
+           dev: torch.device = torch.device("cpu")) -> tuple[float, int, float]:
+    """Run ``step(i)`` (returns items done) ``warmup`` times untimed, then until ``seconds`` passed and at least
+    ``min_steps`` steps ran (the device synchronised before each clock read). Returns ``(items/s, timed steps,
+    timed seconds)``."""
+    for i in range(warmup):
+        step(i)
+    _sync(dev)
+    n_items, n_steps, t0 = 0, 0, time.perf_counter()
+    while n_steps < min_steps or time.perf_counter() - t0 < seconds:
+        n_items += step(warmup + n_steps)
+        n_steps += 1
+        _sync(dev)
+    dt = time.perf_counter() - t0
+    return n_items / dt, n_steps, dt
+
+
+def _images(P: Config, n: int) -> torch.Tensor:
+    d = P.data
+    kw = {"channels": d.channels} if d.dataset == "fashion-mnist" else {}
+    if d.dataset == "imagefolder":
+        return torch.rand(n, d.channels, d.image_size, d.image_size) * 2 - 1
+    return get_dataset(d.dataset, "train", size=d.image_size, n=n, seed=0, **kw).tensors()[0]
+
+
+def _ae_step_fn(P: Config, vae, x: torch.Tensor, objective: str, disc_start: int, batch: int) -> Callable[[int], int]:
+    """One AE training step as train_ae runs it (generator loss + backward + Adam, discriminator loss + step)."""
+    vae = copy.deepcopy(vae).train()
+    loss_fn = EQVAELoss(loss_config(P, objective, disc_start=disc_start), in_channels=x.shape[1]).to(x.device).train()
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-5, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=1e-5, betas=(0.5, 0.9))
+    g = torch.Generator().manual_seed(0)
+
+    def step(i: int) -> int:
+        xb = x[(i * batch) % len(x):][:batch]
+        if len(xb) < batch:
+            xb = x[:batch]
+        loss, _, pair = loss_fn.generator_loss(vae, xb, i, generator=g)
+        opt.zero_grad(set_to_none=True)
+        opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        d_loss, _ = loss_fn.discriminator_loss(*pair, i)
+        if d_loss.requires_grad:
+            d_loss.backward()
+        opt.step()
+        opt_d.step()
+        return len(xb)
+    return step
+
+
+def measure_throughput(P: Config, seconds: float = 3.0, progress: bool = True, only: tuple[str, ...] | None = None,
+                       device: str | torch.device | None = None) -> dict[str, dict]:
+    """Time each stage type of the profile ``P`` on this machine for about ``seconds`` each (after one untimed
+    warm-up step), with the profile's architecture, image size, batch sizes, generator model, sampler and sampler
+    steps (freshly initialised weights: the cost of a step does not depend on them).
+
+    Returns:
+        ``{stage: {"rate": items/s, "unit": ..., "batch": b, "steps": timed steps, "seconds": timed s}}`` for the
+        stage types of :data:`STAGE_UNITS` the profile uses (``gen_*_sit`` only when SiT runs; ``features``:
+        the classifier extractor's network; Inception is not measured). ``only``: measure these stage types only;
+        ``device``: where to measure (default: where the kit trains, :func:`eqvae_lib.runtime.device`).
+    May take about a minute (≈ 12 stage types × ``seconds``, plus warm-ups).
+    """
+    torch.manual_seed(0)
+    k = knobs_of(P)
+    b, g = P.base_ae, P.gen
+    out: dict[str, dict] = {}
+    dev = runtime_device(device)
+
+    def want(stage):
+        return only is None or stage in only
+
+    def put(stage, batch, result):
+        rate, steps, dt = result
+        out[stage] = {"rate": rate, "unit": STAGE_UNITS[stage], "batch": batch, "steps": steps, "seconds": dt,
+                      "device": str(dev)}
+        if progress:
+            print(f"  {stage:18s} {rate:9.1f} {STAGE_UNITS[stage]} (batch {batch}, {steps} steps in {dt:.1f} s)",
+                  flush=True)
+
+    nb = max(b.pretrain_batch, P.finetune.finetune_batch, 64)
+    x = _images(P, 2 * nb).to(dev)
+    ch = x.shape[1]
+    vae = ae.build_autoencoder(b.ae_arch, in_channels=ch, out_channels=ch, latent_channels=b.latent_channels,
+                               sample_size=P.data.image_size).to(dev)
+    for stage, objective, disc_start, batch in (
+            ("ae_pretrain", "plain", 10 ** 9, b.pretrain_batch), ("ae_pretrain_gan", "plain", 0, b.pretrain_batch),
+            ("ae_finetune_plain", "plain", 0, P.finetune.finetune_batch),
+            ("ae_finetune_eq", "eq", 0, P.finetune.finetune_batch)):
+        if want(stage):
+            put(stage, batch, _timed(_ae_step_fn(P, vae, x, objective, disc_start, batch), seconds, dev=dev))
+    vae.eval()
+    eb = 64
+    with torch.no_grad():
+        z = ae.encode(vae, x[:eb], "mean")
+        if want("encode"):
+            put("encode", eb, _timed(lambda i: len(ae.encode(vae, x[:eb], "sample")), seconds, dev=dev))
+        if want("decode"):
+            put("decode", eb, _timed(lambda i: len(ae.decode(vae, z)), seconds, dev=dev))
+        net = ClassifierNet(ch).to(dev).eval()
+        u = ((x[:eb].clamp(-1, 1) + 1) * 127.5).round()
+        if want("features"):
+            put("features", eb, _timed(lambda i: len(net.features(u / 127.5 - 1.0)), seconds, dev=dev))
+    net = ClassifierNet(ch).train()  # the classifier trains on the CPU (metrics.fid.train_classifier)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    yb = torch.randint(0, 10, (128,))
+    xc = (x[:128] if len(x) >= 128 else x.repeat(math.ceil(128 / len(x)), 1, 1, 1)[:128]).cpu()
+
+    def cls_step(i):
+        loss = torch.nn.functional.cross_entropy(net(xc), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return len(xc)
+    if want("classifier_train"):
+        put("classifier_train", 128, _timed(cls_step, seconds))
+
+    shape = tuple(z.shape[1:])
+    for method in k.gen_methods:
+        cfg = TrainGenConfig(model=g.gen_model, method=method, learn_sigma=g.learn_sigma, steps=1,
+                             batch_size=g.gen_batch)
+        model = build_model(cfg, shape, 10).to(dev)
+        ema = copy.deepcopy(model).requires_grad_(False)
+        objective = make_objective(cfg)
+        gopt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        zb = torch.randn(g.gen_batch, *shape, device=dev)
+        yb2 = torch.randint(0, 10, (g.gen_batch,), device=dev)
+
+        def gen_step(i, model=model, ema=ema, objective=objective, gopt=gopt, zb=zb, yb2=yb2):
+            gen = torch.Generator(dev).manual_seed(i)
+            t = objective.sample_t(len(zb), gen)
+            loss = objective.loss(model, zb, t, torch.randn(zb.shape, generator=gen, device=dev), {"y": yb2}).mean()
+            gopt.zero_grad(set_to_none=True)
+            loss.backward()
+            gopt.step()
+            update_ema(ema, model, 0.99)
+            return len(zb)
+        if want(f"gen_train_{method}"):
+            put(f"gen_train_{method}", g.gen_batch, _timed(gen_step, seconds, dev=dev))
+        sampler, steps = (g.dit_sampler, g.dit_sample_steps) if method == "dit" else (g.sit_sampler,
+                                                                                       g.sit_sample_steps)
+        ema.eval()
+        sb = min(g.gen_sample_batch, 64)
+
+        def sample_step(i, ema=ema, method=method, sampler=sampler, steps=steps, sb=sb):
+            with torch.no_grad():
+                zs, _ = sample_latents(ema, sb, method=method, sampler=sampler, steps=steps, batch_size=sb,
+                                       generator=torch.Generator().manual_seed(i), progress=False)
+                return len(ae.decode(vae, zs.to(dev)))
+        if want(f"gen_sample_{method}"):
+            put(f"gen_sample_{method}", sb, _timed(sample_step, seconds, dev=dev))
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- stored rates
+def throughput_path(profile: str) -> Path:
+    """Where notebook 00 stores this machine's throughput for ``profile``: ``runs/<profile>/throughput.json``."""
+    return RUNS_DIR / profile / "throughput.json"
+
+
+def _measured_config(P: Config) -> str:
+    """The identity of what :func:`measure_throughput` measures for ``P`` (the profile's resolved configuration)."""
+    return hash_obj(P.flat())
+
+
+def save_throughput(P: Config, measured: dict[str, dict], path: Path | None = None) -> Path:
+    """Write ``measured`` (:func:`measure_throughput` of ``P``) with the machine's description and the identity of
+    ``P``'s configuration, atomically (default :func:`throughput_path`)."""
+    path = path or throughput_path(P.profile)
+    atomic_write_json(path, {"profile": P.profile, "config": _measured_config(P),
+                             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+                             "stages": measured})
+    return path
+
+
+def machine() -> dict:
+    """CPU count, torch threads, platform and torch version (beside every throughput)."""
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "processor": platform.processor(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def library_mtime(pkg: Path = PKG_DIR) -> float:
+    """The newest modification time of the library's ``.py`` files."""
+    return max(p.stat().st_mtime for p in pkg.rglob("*.py"))
+
+
+def load_throughput(P: Config, path: Path | None = None) -> dict[str, dict] | None:
+    """The stored throughput of ``P`` (default :func:`throughput_path`) when the file exists, was measured for the same
+    configuration and is younger than every library file; else None (a stale, foreign or unreadable file is ignored
+    with a printed reason)."""
+    path = path or throughput_path(P.profile)
+    if not path.is_file():
+        return None
+    if path.stat().st_mtime < library_mtime():
+        print(f"{path} is older than the library code: measuring again")
+        return None
+    try:
+        stored = json.loads(path.read_text())
+        if stored.get("config") != _measured_config(P):
+            print(f"{path} was measured for another configuration: measuring again")
+            return None
+        return {s: v for s, v in stored["stages"].items() if s in STAGE_UNITS and v["rate"] > 0}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        print(f"{path} is unreadable ({e}): measuring again")
+        return None
+
+
+def projection_table(P: Config, measured: dict[str, dict], notebooks: tuple[str, ...] = NOTEBOOKS):
+    """A DataFrame: notebook, projected time (text), minutes, at_most, notes — for notebook 00 and the CLI."""
+    import pandas as pd
+
+    rows = project(work_table(knobs_of(P)), {s: v["rate"] for s, v in measured.items()}, notebooks)
+    return pd.DataFrame([{"notebook": r["notebook"], "projected": format_minutes(r),
+                          "minutes": None if r["seconds"] is None else r["seconds"] / 60, "at_most": r["at_most"],
+                          "notes": "; ".join(r["notes"])} for r in rows])
+
+
+def cli_project(argv: list[str]) -> int:
+    """``python -m eqvae_lib project --profile P [--notebooks N1 N2 ...] [--measure] [--seconds S]``."""
+    p = argparse.ArgumentParser(prog="eqvae project", description="Projected wall time of each notebook of a "
+                                "profile on this machine (count model x measured throughput).")
+    p.add_argument("--profile", default=None, help="smoke | cpu | cpu-full | paper (default $EQVAE_PROFILE or cpu)")
+    p.add_argument("--notebooks", nargs="*", default=None, help="notebook names (default: all)")
+    p.add_argument("--measure", action="store_true", help="measure even when a fresh stored throughput exists")
+    p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per stage type (default 3)")
+    p.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a papermill-style override of a config key (as make reproduce's PARAMS)")
+    args = p.parse_args(argv)
+    P = load_config(args.profile, {name: _parse_scalar(value) for name, value in args.p})
+    notebooks = tuple(Path(n).stem for n in args.notebooks) if args.notebooks else NOTEBOOKS
+    unknown = [n for n in notebooks if n not in NOTEBOOKS]
+    if unknown:
+        raise ValueError(f"unknown notebooks {unknown}; known: {', '.join(NOTEBOOKS)}")
+    knobs_of(P)  # bad values fail before measuring
+    measured = None if args.measure else load_throughput(P)
+    source = str(throughput_path(P.profile))
+    if measured is None:
+        print(f"measuring this machine's throughput for profile {P.profile} (~{12 * args.seconds + 30:.0f} s)")
+        measured = measure_throughput(P, seconds=args.seconds)
+        source = f"measured now, stored in {save_throughput(P, measured)}"
+    table = projection_table(P, measured, notebooks)
+    print(f"Projected wall time per notebook, profile {P.profile}, this machine (throughput: {source}):")
+    for r in table.itertuples():
+        print(f"  {r.notebook:28s} {r.projected:>22s}" + (f"   ({r.notes})" if r.notes else ""))
+    known = table["minutes"].dropna()
+    print(f"  {'total':28s} {('at most ' if table['at_most'].any() else '') + f'{known.sum():.1f} min':>22s}"
+          + ("   (notebooks not projected excluded)" if len(known) < len(table) else ""))
+    return 0
