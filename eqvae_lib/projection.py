@@ -75,7 +75,7 @@ class Knobs:
     val_size: int
     pretrain_batch: int
     pretrain_max_epochs: float | None
-    pretrain_max_minutes: float
+    pretrain_max_steps: int | None
     pretrain_disc_start: int
     pretrain_val_every: int
     finetune_subset: int
@@ -139,7 +139,7 @@ def knobs_of(P: Config) -> Knobs:
     return Knobs(
         dataset=d.dataset, image_size=d.image_size, n_train=n_train, n_test=n_test, val_size=d.val_size,
         pretrain_batch=b.pretrain_batch, pretrain_max_epochs=b.pretrain_max_epochs,
-        pretrain_max_minutes=b.pretrain_max_minutes, pretrain_disc_start=b.pretrain_disc_start,
+        pretrain_max_steps=b.pretrain_max_steps, pretrain_disc_start=b.pretrain_disc_start,
         pretrain_val_every=b.pretrain_val_every, finetune_subset=f.finetune_subset,
         finetune_epochs=f.finetune_epochs, finetune_batch=f.finetune_batch, ae_seeds=ae_seeds, gen_seeds=gen_seeds,
         gen_methods=methods, gen_steps=g.gen_steps, gen_batch=g.gen_batch,
@@ -203,7 +203,7 @@ def work_table(k: Knobs) -> CountModel:
     Per artefact:
       * base AE pretraining: S = ceil(max_epochs · floor(n_train / batch)) steps at most (a plateau stops it
         earlier); min(S, disc_start) steps without the GAN, the rest with it; a validation of ``val_size`` images
-        (encode + decode) every ``val_every`` steps; at most ``pretrain_max_minutes`` of training.
+        (encode + decode) every ``val_every`` steps; S = the smaller of the epoch and step caps.
       * fine-tune (objective o, seed s): floor(finetune_subset / batch) steps per epoch, with the GAN (disc_start 0);
         one validation (``val_size`` images) per epoch.
       * latent cache of an AE: ``n_train`` encodes.
@@ -234,10 +234,13 @@ def work_table(k: Knobs) -> CountModel:
 
     def base_ae(nb):
         spe = k.n_train // k.pretrain_batch
-        steps = math.ceil(k.pretrain_max_epochs * spe) if k.pretrain_max_epochs is not None else None
-        if steps is None:
-            notes.setdefault(nb, []).append("base AE: no epoch cap; the time cap bounds the projection")
-            steps = 10 ** 9
+        caps_ = [c for c in (math.ceil(k.pretrain_max_epochs * spe) if k.pretrain_max_epochs is not None else None,
+                             k.pretrain_max_steps) if c is not None]
+        if not caps_:
+            notes.setdefault(nb, []).append("base AE: no cap in steps or epochs: only the plateau stops it, so its "
+                                            "time is not projected")
+            return
+        steps = min(caps_)
         pre = min(steps, k.pretrain_disc_start)
         add(nb, "ae_pretrain", pre * k.pretrain_batch, f"base AE: {pre} steps without the GAN", True)
         add(nb, "ae_pretrain_gan", (steps - pre) * k.pretrain_batch, f"base AE: {steps - pre} steps with the GAN",
@@ -245,7 +248,6 @@ def work_table(k: Knobs) -> CountModel:
         n_val = steps // k.pretrain_val_every if k.pretrain_val_every else 0
         add(nb, "encode", n_val * k.val_size, f"base AE: {n_val} validations", True)
         add(nb, "decode", n_val * k.val_size, f"base AE: {n_val} validations", True)
-        caps.append(Cap(nb, ("ae_pretrain", "ae_pretrain_gan", "encode", "decode"), 60 * k.pretrain_max_minutes))
 
     def finetune(objective, seed, epochs, label=""):
         def build(nb):
