@@ -130,18 +130,26 @@ CLAIMS: tuple[Claim, ...] = (
           "eq", "base", DIFF, "lower", paper=(_T5["rotation+scale"]["ID"], _T5["none (SD-VAE)"]["ID"]), primary=True,
           samples_param="id_n"),
     Claim("table6_gFID_fixed_budget", "Table 6", "at a fixed generator budget, gFID on EQ latents is lower than on "
-          "the plain control's (DiT)", "table2", "dit_gFID_final", "eq", "plain", DIFF, "lower",
+          "the plain control's (the profile's headline generator, named in the record; paper: DiT-B/2)", "table2",
+          "gFID_final", "eq", "plain", DIFF, "lower",
           paper=(_T6["EQ-VAE"]["gFID"], _T6["plain +5 ep"]["gFID"]), unit=GEN_UNIT, primary=True,
-          samples_param="gen_fid_n"),
-    Claim("fig5_epoch1", "Fig. 5", "one EQ fine-tuning epoch already lowers gFID (DiT, epoch 1 vs epoch 0)", "fig5",
-          "gFID", "epoch 1", "epoch 0", DIFF, "lower", paper=(pv.FIG5[1], pv.FIG5[0]), unit=GEN_UNIT, primary=True,
-          samples_param="gen_fid_n"),
+          samples_param="gen_fid_n_final"),
+    Claim("fig5_epoch1", "Fig. 5", "one EQ fine-tuning epoch already lowers gFID: EQ after epoch 1 vs the plain "
+          "control after epoch 1, paired by seed (headline generator; the paper compares with epoch 0, and its plain "
+          "control has SD-VAE's gFID, Table 6)", "fig5", "gFID", "eq epoch 1", "plain epoch 1", DIFF, "lower",
+          paper=(pv.FIG5[1], pv.FIG5[0]), unit=GEN_UNIT, primary=True, samples_param="gen_fid_n_final"),
     # --- exploratory ---
     Claim("table1_rFID", "Table 1", "EQ-VAE's rFID is lower than the base's", "table1", "rFID", "eq", "base", RATIO,
           "lower", paper=(_T1["eq"]["rFID"], _T1["base"]["rFID"]), samples_param="eval_n"),
     Claim("table12_PSNR_kept", "Table 12", "reconstruction is kept: EQ's PSNR at most 0.3 dB below the base's",
           "table1", "PSNR", "eq", "base", DIFF, "higher", margin=PSNR_KEPT_MARGIN_DB,
           paper=(_T12["EQ-VAE"]["PSNR"], _T12["SD-VAE"]["PSNR"]), samples_param="eval_n"),
+    Claim("fig5_epoch1_vs_base", "Fig. 5", "one EQ fine-tuning epoch lowers gFID below the base's (epoch 1 vs "
+          "epoch 0, the paper's own comparison; headline generator)", "fig5", "gFID", "eq epoch 1", "epoch 0", DIFF,
+          "lower", paper=(pv.FIG5[1], pv.FIG5[0]), unit=GEN_UNIT, samples_param="gen_fid_n_final"),
+    Claim("table2_gFID", "Table 2", "gFID is lower on EQ latents than on the base's (the profile's headline "
+          "generator, named in the record; paper: DiT-B/2)", "table2", "gFID_final", "eq", "base", DIFF, "lower",
+          paper=pv.TABLE2["DiT-B/2 400K"][::-1], unit=GEN_UNIT, samples_param="gen_fid_n_final"),
     Claim("table2_DiT", "Table 2", "DiT gFID is lower on EQ latents than on the base's", "table2", "dit_gFID_final",
           "eq", "base", DIFF, "lower", paper=pv.TABLE2["DiT-B/2 400K"][::-1], unit=GEN_UNIT,
           samples_param="gen_fid_n"),
@@ -158,8 +166,14 @@ CLAIMS: tuple[Claim, ...] = (
           "lower than on the plain control's", "table2", "dit_gFID_final", "eq (matched rFID)", "plain", DIFF,
           "lower", paper=(_T6["EQ-VAE"]["gFID"], _T6["plain +5 ep"]["gFID"]), unit=GEN_UNIT,
           samples_param="gen_fid_n"),
-    Claim("speedup_DiT", "Table 2 / Fig. 1", "EQ latents reach the base's final gFID in fewer generator steps "
-          "(paper: ×7, DiT-XL/2 7M vs 1.5M steps)", "table2", "dit_steps_to_base_final_gFID", "eq", "base", SPEEDUP,
+    Claim("speedup", "Table 2 / Fig. 1", "EQ latents reach the base's final gFID in fewer generator steps (headline "
+          "generator; per replicate, read from the curves; paper: ×7, DiT-XL/2 7M vs 1.5M steps)", "table2",
+          "speedup_vs_base", "eq", "base", SPEEDUP, "higher", paper=pv.SPEEDUP_CLAIMED["DiT-XL/2"], unit=GEN_UNIT),
+    Claim("speedup_vs_plain", "Table 6 / Fig. 1", "EQ latents reach the plain control's final gFID in fewer "
+          "generator steps (headline generator; no paper number)", "table2", "speedup_vs_plain", "eq", "plain",
+          SPEEDUP, "higher", unit=GEN_UNIT),
+    Claim("speedup_DiT", "Table 2 / Fig. 1", "EQ latents reach the base's final gFID in fewer DiT steps "
+          "(paper: ×7, DiT-XL/2 7M vs 1.5M steps)", "table2", "dit_speedup_vs_base", "eq", "base", SPEEDUP,
           "higher", paper=pv.SPEEDUP_CLAIMED["DiT-XL/2"], unit=GEN_UNIT),
     Claim("fig3_rFID_s0.25", "Fig. 3", "EQ decodes scaled latents (s = 0.25) better than the base", "fig3",
           "decoder_rFID_s0.25", "eq", "base", RATIO, "lower", samples_param="eval_n"),
@@ -380,6 +394,10 @@ def evaluate(records: Iterable[Any], claims: Iterable[Claim] = CLAIMS, alpha: fl
             prepared.append((c, _row(c, ours=ours, n_replicates=max(1, len(full_t)), n_samples=n_samp,
                                      verdict=V.MEASUREMENT, verdict_text=c.statement), None))
             continue
+        if c.kind == SPEEDUP and any(o.seed is not None for o in obs if o.subject == c.subject
+                                     and o.metric == c.metric):
+            prepared.append((c, _speedup_row(c, obs), None))
+            continue
         comp, full_c, gen_c = _pick(obs, c.comparator, c.metric)
         if c.kind == SPEEDUP and not _finite(ours):
             prepared.append((c, _row(c, n_replicates=1, n_samples=n_samp, verdict=V.NOT_TESTABLE, verdict_text=(
@@ -451,7 +469,64 @@ def evaluate(records: Iterable[Any], claims: Iterable[Claim] = CLAIMS, alpha: fl
                    verdict_text=text)
         rows.append(_row(c, **row))
     _base_caveat(rows, recs)
+    apply_base_cap_rule(rows, base_cap_reason(recs.values()), claims)
     return rows
+
+
+def _speedup_row(c: Claim, obs: list[Obs]) -> dict:
+    """A speed-up claim from per-replicate estimates (metric values with ``seed``; None = censored, the curve never
+    reached the comparator's final gFID): :func:`eqvae_lib.verdicts.speedup_verdict`."""
+    reps = {o.seed: (float(o.value) if _finite(o.value) else None) for o in obs
+            if o.subject == c.subject and o.metric == c.metric and o.seed is not None}
+    vals = [reps[s] for s in sorted(reps)]
+    v = V.speedup_verdict(vals, paper_effect=c.paper_effect, comparator=f"the {c.comparator}")
+    done = [x for x in vals if x is not None]
+    ours = float(np.exp(np.mean(np.log(done)))) if done and len(done) == len(vals) else None
+    lower_bound = any("at the first checkpoint" in (o.notes or "") for o in obs
+                      if o.subject == c.subject and o.metric == c.metric and o.seed is not None)
+    text = v.text + ("; some replicates reached the target at their first checkpoint, so their speed-up is a lower "
+                     "bound" if lower_bound else "")
+    return _row(c, ours=ours, effect=v.effect, effect_ci_low=v.low, effect_ci_high=v.high,
+                relative_effect=(v.effect - 1) if v.effect is not None else None, n_replicates=len(vals),
+                alpha=v.alpha, min_detectable_effect=v.mde, verdict=v.word, verdict_text=text)
+
+
+def is_generative(c: Claim) -> bool:
+    """Claims that rest on a generator trained on the continuous autoencoders' latents (gFID, speed-up, Fig. 5,
+    ID–gFID); the discrete path's (``table1_vq``: MaskGIT on the VQ tokenizer, with its own base) is not one."""
+    if c.record == "table1_vq" or c.kind == MEAS:
+        return False
+    return c.unit == GEN_UNIT or c.kind == SPEEDUP or c.id == "id_gfid_relation"
+
+
+def base_cap_reason(records: Iterable[Any]) -> str | None:
+    """Why the generative claims cannot be tested (issue #15 item 1), or None: the base autoencoder stopped at a cap
+    (steps/epochs) instead of its validation plateau — read from the ``base_ae`` record's ``plateau_reached`` or any
+    record's ``base_plateau_reached`` (1 = plateau, 0 = cap). Then "fine-tuning" is also "more training" and a gFID
+    difference between arms can come from decoder training, not latent structure."""
+    for r in records:
+        for m in r.metrics:
+            if (m.name == "base_plateau_reached" or (r.claim == "base_ae" and m.name == "plateau_reached")) \
+                    and m.value is not None and m.value == 0:
+                return ("the base autoencoder stopped at a cap, not at its validation plateau (record "
+                        f"{r.claim!r}); fine-tuning then also means more training, and a generative comparison "
+                        "cannot separate latent structure from it — a base trained to its plateau would test it")
+    return None
+
+
+def apply_base_cap_rule(rows: list[dict], reason: str | None, claims: Iterable[Claim] = CLAIMS) -> None:
+    """Issue #15 item 1: when ``reason`` (:func:`base_cap_reason`) is given, every generative claim
+    (:func:`is_generative`) that was judged becomes ``not testable at this scale`` with that reason, in either direction; its interval stays
+    in the row, reported, not judged. Rows not run / measurements are left alone. In place."""
+    if not reason:
+        return
+    gen = {c.id for c in claims if is_generative(c)}
+    for r in rows:
+        if r["claim"] in gen and r["verdict"] not in (V.NOT_RUN, V.MEASUREMENT):
+            was = r["verdict"]
+            r["verdict"] = V.NOT_TESTABLE
+            r["verdict_text"] = f"{reason} (the interval is reported, not judged; without this rule: {was}: " \
+                                f"{r['verdict_text']})"
 
 
 def _pvalue(c: Claim, reps: list[float]) -> float:
@@ -463,8 +538,10 @@ def _pvalue(c: Claim, reps: list[float]) -> float:
 
 
 def _corr_row(c: Claim, rec: Any, obs: list[Obs]) -> dict:
-    ids = {o.subject: o.value for o in obs if o.metric == "ID" and _finite(o.value)}
-    gfids = {o.subject: o.value for o in obs if o.metric == "gFID" and _finite(o.value)}
+    # one point per autoencoder: a (subject, fine-tune seed) pair; replicates of one variant are independent
+    # fine-tunes, epochs of one trajectory are not (those records carry only pearson_ID_gFID, below)
+    ids = {(o.subject, o.seed): o.value for o in obs if o.metric == "ID" and _finite(o.value)}
+    gfids = {(o.subject, o.seed): o.value for o in obs if o.metric == "gFID" and _finite(o.value)}
     names = [s for s in ids if s in gfids]
     if len(names) >= 2:
         v = V.correlation_verdict([ids[s] for s in names], [gfids[s] for s in names], independent=True,

@@ -316,3 +316,78 @@ def correlation_verdict(x: Sequence[float], y: Sequence[float], *, independent: 
         text = f"{'direction reproduced' if word == REPRODUCED else 'opposite direction'}: {ci} vs " \
                f"{_paper(paper_effect)}"
     return Verdict(word, text, r, lo, hi, alpha, mde, n)
+
+
+# ------------------------------------------------------------------------------------------------- speed-up
+def steps_to_reach(steps: list[int] | list[float], values: list[float], target: float) -> int | float | None:
+    """First evaluated step at which ``values`` (e.g. a gFID curve) is ≤ ``target``, linearly interpolated between
+    checkpoints; ``None`` when the curve never gets there within the budget. Integer steps give an integer step;
+    fractional units (e.g. epochs ``[1.0, 2.0, 3.0]``) give a float rounded to 0.01."""
+    integral = not any(isinstance(s, float) for s in steps)
+    prev = None
+    for s, v in zip(steps, values):
+        if v <= target:
+            if prev is None:
+                return s
+            s0, v0 = prev
+            if v0 == v:
+                return s
+            at = s0 + (s - s0) * (v0 - target) / (v0 - v)
+            return int(round(at)) if integral else round(float(at), 2)
+        prev = (s, v)
+    return None
+
+
+@dataclass(frozen=True)
+class SpeedupEstimate:
+    """One replicate's convergence speed-up read from two gFID curves of the same seed (Table 2 / Fig. 1 right):
+    ``target`` = the comparator's final gFID, ``reach`` = the step at which the subject's curve first gets to it
+    (linearly interpolated; None = never within the budget), ``speedup`` = comparator's final step / ``reach``
+    (None when ``censored``), ``at_first_checkpoint``: the subject was already there at its first evaluated step, so
+    ``speedup`` is a lower bound (the curves say nothing earlier)."""
+
+    target: float
+    reach: float | None
+    speedup: float | None
+    censored: bool
+    at_first_checkpoint: bool
+
+
+def speedup_estimate(steps: Sequence[float], subject: Sequence[float], comparator: Sequence[float]
+                     ) -> SpeedupEstimate:
+    """The speed-up of ``subject`` over ``comparator`` (gFID curves evaluated at the same ``steps``, lower = better):
+    the step at which ``subject`` reaches the comparator's final gFID (:func:`steps_to_reach`), as a ratio of the
+    comparator's final step to it. Right-censored (never reached within the budget): ``speedup`` None, never a made-up
+    number.
+
+    Raises:
+        ValueError: curves of different lengths than ``steps``, or empty."""
+    if not len(steps) or len(subject) != len(steps) or len(comparator) != len(steps):
+        raise ValueError(f"curves must have one value per step: {len(steps)} steps, {len(subject)} and "
+                         f"{len(comparator)} values")
+    target = float(comparator[-1])
+    reach = steps_to_reach(list(steps), list(subject), target)
+    if reach is None:
+        return SpeedupEstimate(target, None, None, True, False)
+    return SpeedupEstimate(target, float(reach), float(steps[-1]) / max(float(reach), 1e-12), False,
+                           float(reach) == float(steps[0]))
+
+
+def speedup_verdict(speedups: Sequence[float | None], *, alpha: float = ALPHA, paper_effect: float | None = None,
+                    comparator: str = "the comparator") -> Verdict:
+    """Verdict of a convergence speed-up from its per-replicate estimates (:func:`speedup_estimate`; ``None`` =
+    censored: the subject never reached ``comparator``'s final gFID within the budget). Any censored replicate makes
+    the claim ``not testable at this scale`` (the speed-up of that replicate is below the budget's resolution, its
+    value unknown: no number is made up); otherwise a t interval over the replicates on the log scale
+    (:func:`replicate_verdict`, kind ratio, direction higher, null 1)."""
+    k = len(speedups)
+    censored = sum(v is None for v in speedups)
+    if k == 0:
+        return Verdict(NOT_RUN, "no replicate of this comparison in the records")
+    if censored:
+        return Verdict(NOT_TESTABLE, f"censored: in {censored} of {k} replicates the curve never reached "
+                       f"{comparator}'s final gFID within the budget, so no speed-up number exists for them (the "
+                       f"budget or the checkpoints would have to be extended); {_paper(paper_effect)}", k=k)
+    return replicate_verdict([float(v) for v in speedups], kind="ratio", direction="higher", alpha=alpha,
+                             paper_effect=paper_effect)
+

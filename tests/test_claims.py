@@ -232,3 +232,98 @@ def test_record_verdict_never_claims_more_than_its_least_conclusive_claim():
     meas = R.RunRecord("design", "t", "cpu")
     meas.add("throughput", 181.2, subject="fashion-mnist 32px small-f4")
     assert C.record_verdict(meas) == (V.MEASUREMENT, "design_throughput = 181.2")
+
+
+def _gen_record(claim, values, metric="gFID_final", notes="SiT-T/2 (headline), n = 5000"):
+    """A record with per-seed full replicates ``values = {subject: [v_seed0, v_seed1, ...]}``."""
+    rec = R.RunRecord(claim, "t", "cpu")
+    for subj, vals in values.items():
+        for s, v in enumerate(vals):
+            rec.add(metric, v, subject=subj, seed=s, notes=notes)
+    return rec
+
+
+def test_speedup_estimator_on_curves_with_a_known_crossing_and_censored():
+    steps = [300, 600, 900, 1200, 1500]
+    base = [100.0, 80.0, 70.0, 64.0, 60.0]
+    eq = [90.0, 70.0, 50.0, 45.0, 40.0]  # crosses 60 halfway between 600 (70) and 900 (50) -> step 750
+    e = V.speedup_estimate(steps, eq, base)
+    assert e.target == 60.0 and e.reach == 750 and e.speedup == pytest.approx(1500 / 750) and not e.censored
+    slow = [120.0, 100.0, 90.0, 75.0, 61.0]  # never reaches 60 within the budget
+    c = V.speedup_estimate(steps, slow, base)
+    assert c.censored and c.reach is None and c.speedup is None
+    first = V.speedup_estimate(steps, [55.0, 50, 45, 40, 35], base)  # already there at the first checkpoint
+    assert first.at_first_checkpoint and first.speedup == pytest.approx(5.0)
+    with pytest.raises(ValueError):
+        V.speedup_estimate(steps, eq[:4], base)
+    # per-replicate verdict: all reached -> a log-scale t interval; any censored -> not testable, no number
+    v = V.speedup_verdict([2.0, 1.8, 2.3])
+    t = V.paired_t_interval([math.log(2.0), math.log(1.8), math.log(2.3)])
+    assert v.word == V.REPRODUCED and (v.low, v.high) == pytest.approx((math.exp(t.low), math.exp(t.high)))
+    cv = V.speedup_verdict([2.0, None, 2.3], comparator="the base")
+    assert cv.word == V.NOT_TESTABLE and cv.effect is None and "censored: in 1 of 3" in cv.text
+
+
+def test_speedup_claim_reads_per_replicate_estimates_and_reports_censoring():
+    rec = _gen_record("table2", {"eq": [2.0, 1.8, 2.3]}, metric="speedup_vs_base", notes="")
+    row = _rows([rec])["speedup"]
+    assert row["verdict"] == V.REPRODUCED and row["n_replicates"] == 3
+    assert row["ours"] == pytest.approx((2.0 * 1.8 * 2.3) ** (1 / 3))
+    rec2 = _gen_record("table2", {"eq": [2.0, None, 2.3]}, metric="speedup_vs_plain", notes="")
+    row2 = _rows([rec2])["speedup_vs_plain"]
+    assert row2["verdict"] == V.NOT_TESTABLE and row2["ours"] is None and row2["effect"] is None
+    assert "censored" in row2["verdict_text"]
+
+
+def test_a_base_stopped_at_a_cap_makes_every_generative_claim_not_testable():
+    gen = _gen_record("table2", {"base": [60.0, 62.0, 61.0], "plain": [58.0, 59.5, 59.0],
+                                 "eq": [50.0, 51.0, 52.5]})
+    rows = _rows([gen])
+    assert rows["table6_gFID_fixed_budget"]["verdict"] == V.REPRODUCED
+    assert rows["table2_gFID"]["verdict"] == V.REPRODUCED
+    capped = R.RunRecord("base_ae", "t", "cpu")
+    capped.add("plateau_reached", 0.0, "bool", subject="base")
+    rows = _rows([gen, capped])
+    for cid in ("table6_gFID_fixed_budget", "table2_gFID"):
+        assert rows[cid]["verdict"] == V.NOT_TESTABLE, cid
+        assert "stopped at a cap" in rows[cid]["verdict_text"] and "reproduced" in rows[cid]["verdict_text"]
+        assert rows[cid]["effect_ci_high"] < 0  # the interval stays, reported, not judged
+    # either direction: an 'opposite' gFID row is not testable too; an autoencoder-side claim is untouched
+    opp = _gen_record("table2", {"plain": [50.0, 51.0, 52.5], "eq": [60.0, 62.0, 61.0]})
+    t1 = R.RunRecord("table1", "t", "cpu")
+    for s, (e, b) in enumerate([(0.25, 1.05), (0.30, 1.00), (0.28, 1.10)]):
+        t1.add("delta_R", e, subject="eq", seed=s)
+        t1.add("delta_R", b, subject="base", seed=s)
+    assert _rows([opp])["table6_gFID_fixed_budget"]["verdict"] == V.OPPOSITE
+    rows = _rows([opp, t1, capped])
+    assert rows["table6_gFID_fixed_budget"]["verdict"] == V.NOT_TESTABLE
+    assert rows["table1_delta_R"]["verdict"] == V.REPRODUCED
+    # the base's own stop reason carried in a generative record (base_plateau_reached) triggers the same rule
+    gen.add("base_plateau_reached", 0.0, subject="base")
+    assert _rows([gen])["table2_gFID"]["verdict"] == V.NOT_TESTABLE
+    plateau = R.RunRecord("base_ae", "t", "cpu")
+    plateau.add("plateau_reached", 1.0, subject="base")
+    assert C.base_cap_reason([plateau]) is None and C.base_cap_reason([capped])
+    assert {c.id for c in C.CLAIMS if C.is_generative(c)} >= {"table6_gFID_fixed_budget", "fig5_epoch1", "speedup",
+                                                              "id_gfid_relation"}
+    assert not any(C.is_generative(c) for c in C.CLAIMS if c.record in ("table1", "table1_vq"))
+
+
+def test_fig5_epoch1_pairs_eq_and_plain_by_seed():
+    rec = R.RunRecord("fig5", "t", "cpu")
+    eq, plain, base = {0: 50.0, 1: 54.0, 2: 49.0, 3: 70.0}, {2: 52.0, 0: 53.5, 1: 55.0}, {0: 60.0, 1: 61.0, 2: 58.0}
+    for s, v in eq.items():  # seed 3 exists only for EQ: it has no pair and must not count
+        rec.add("gFID", v, subject="eq epoch 1", seed=s)
+    for s, v in plain.items():  # added in another seed order: pairing is by seed, not by position
+        rec.add("gFID", v, subject="plain epoch 1", seed=s)
+    for s, v in base.items():
+        rec.add("gFID", v, subject="epoch 0", seed=s)
+    rows = _rows([rec])
+    row = rows["fig5_epoch1"]
+    d = [eq[s] - plain[s] for s in (0, 1, 2)]
+    t = V.paired_t_interval(d, alpha=row["alpha"])
+    assert row["n_replicates"] == 3 and row["effect"] == pytest.approx(sum(d) / 3)
+    assert (row["effect_ci_low"], row["effect_ci_high"]) == pytest.approx((t.low, t.high))
+    vb = rows["fig5_epoch1_vs_base"]
+    assert vb["n_replicates"] == 3 and vb["effect"] == pytest.approx(sum(eq[s] - base[s] for s in (0, 1, 2)) / 3)
+    assert not next(c for c in C.CLAIMS if c.id == "fig5_epoch1_vs_base").primary
