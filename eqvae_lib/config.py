@@ -172,12 +172,19 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """DiT / SiT on cached latents (``latent_mode``): ``gen_model`` trained ``gen_steps`` steps (batch ``gen_batch``,
-    lr ``gen_lr``, EMA ``gen_ema``), gFID on ``gen_fid_n`` samples at every ``gen_eval_steps`` step, one run per seed
-    of ``replicate_seeds`` (stage ``run``); samplers ``dit_sampler``/``sit_sampler`` with ``*_sample_steps`` steps; SiT runs when ``sit``."""
+    """DiT / SiT on cached latents (``latent_mode``). ``gen_methods``: the generators that run (``sit``/``dit``); the
+    FIRST is the headline generator of Tables 2/6 and Fig. 5 (issue #15: SiT-T/2 in ``cpu``). ``gen_model`` gives the
+    size (``DiT-T/2`` and ``SiT-T/2`` name the same backbone; each method runs under its own name), trained
+    ``gen_steps`` steps (batch ``gen_batch``, lr ``gen_lr``, EMA ``gen_ema``) once per replicate seed
+    (``run.replicate_seeds``); gFID at every ``gen_eval_steps`` step on ``gen_fid_n`` samples, at the last step on
+    ``gen_fid_n_final`` (None = ``gen_fid_n``), class-stratified labels; the draw-to-draw spread of one final
+    checkpoint from ``fid_spread_draws`` draws (0 = not measured); Fig. 5 at fine-tune epochs ``fig5_epochs``
+    (epoch 0 = the base always; None = every epoch); samplers ``dit_sampler``/``sit_sampler`` with
+    ``*_sample_steps`` steps."""
 
     latent_mode: str = knob("official", choices=("official", "repa"))
-    gen_model: str = "DiT-T/2"
+    gen_methods: list[str] = knob(factory=lambda: ["sit"], choices=("sit", "dit"))
+    gen_model: str = "SiT-T/2"
     gen_steps: int = knob(1500, lo=1)
     gen_batch: int = knob(128, lo=1)
     gen_lr: float = knob(1e-4, lo=0.0)
@@ -185,13 +192,15 @@ class GeneratorConfig:
     gen_eval_steps: list[int] = knob(factory=lambda: [1500])
     gen_log_every: int = knob(100, lo=1)
     gen_fid_n: int = knob(1000, lo=2)
+    gen_fid_n_final: int | None = knob(None, lo=2)
+    fid_spread_draws: int = knob(0, lo=0)
+    fig5_epochs: list[int] | None = knob(None, lo=1)
     gen_sample_batch: int = knob(250, lo=1)
     dit_sampler: str = knob("ddim", choices=("ddpm", "ddim"))
     dit_sample_steps: int = knob(50, lo=1)
     sit_sampler: str = knob("heun", choices=("euler", "heun"))
     sit_sample_steps: int = knob(50, lo=1)
     learn_sigma: bool = False
-    sit: bool = False
 
 
 @dataclass(frozen=True)

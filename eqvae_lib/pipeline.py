@@ -55,6 +55,7 @@ from .train_ae import AETrainConfig, finetune, load_discriminator, load_summary,
 from .train_gen import (TrainGenConfig, latest_checkpoint, load_gen_checkpoint, sample_from_checkpoint, sample_images,
                         train_gen)
 from .transforms import scale_range
+from .verdicts import paired_t_interval, steps_to_reach  # noqa: F401 (steps_to_reach: re-export)
 from .vq import finetune_vq, pretrain_vq
 
 log = logging.getLogger("eqvae_lib.pipeline")
@@ -753,10 +754,42 @@ def train_or_load_latent_cache(P: Config, data: Data, vae):
                               progress=P.run.progress)
 
 
+def headline_method(P: Config) -> str:
+    """The headline generator of Tables 2/6 and Fig. 5: the first of ``gen_methods`` (``"sit"`` or ``"dit"``).
+
+    Raises:
+        ValueError: ``gen_methods`` is empty."""
+    if not P.gen.gen_methods:
+        raise ValueError("gen_methods is empty: name at least one generator (e.g. gen_methods: [\"sit\"]); the first "
+                         "is the headline generator")
+    return P.gen.gen_methods[0]
+
+
+def generator_name(P: Config, method: str) -> str:
+    """The generator's name for ``method`` at the size of ``gen_model``: ``SiT-T/2`` / ``DiT-T/2`` (the two share the
+    backbone, :mod:`eqvae_lib.sit`)."""
+    size = P.gen.gen_model.split("-", 1)[-1]
+    return f"{'SiT' if method == 'sit' else 'DiT'}-{size}"
+
+
+def gen_fid_n_at(P: Config, step: int) -> int:
+    """Samples of the gFID at ``step``: ``gen_fid_n_final`` (None = ``gen_fid_n``) at the last step (``gen_steps``),
+    ``gen_fid_n`` at intermediate checkpoints (issue #14 item 4)."""
+    g = P.gen
+    return int(g.gen_fid_n_final or g.gen_fid_n) if step >= g.gen_steps else int(g.gen_fid_n)
+
+
+def fid_labels(n: int, num_classes: int, generator: torch.Generator) -> torch.Tensor | None:
+    """Class labels of ``n`` gFID samples of a class-conditional generator: class-stratified
+    (:func:`eqvae_lib.metrics.fid.stratified_labels`, drawn first from ``generator``, so arms with the same seed get
+    the same labels); None for an unconditional one (``num_classes`` 0)."""
+    return fidm.stratified_labels(n, num_classes, generator) if num_classes > 0 else None
+
+
 def gen_config(P: Config, method: str, seed: int, labelled: bool) -> TrainGenConfig:
     """The :class:`~eqvae_lib.train_gen.TrainGenConfig` of the ``gen`` stage for ``method`` and ``seed``."""
     g = P.gen
-    return TrainGenConfig(model=g.gen_model, method=method, learn_sigma=g.learn_sigma, steps=g.gen_steps,
+    return TrainGenConfig(model=generator_name(P, method), method=method, learn_sigma=g.learn_sigma, steps=g.gen_steps,
                           batch_size=g.gen_batch, lr=g.gen_lr, ema_decay=g.gen_ema, ckpt_steps=list(g.gen_eval_steps),
                           log_every=g.gen_log_every, seed=seed, num_classes=None if labelled else 0,
                           progress=P.run.progress)
@@ -771,20 +804,25 @@ def sampler_of(P: Config, method: str) -> tuple[str, int]:
 def train_or_load_generative_curve(P: Config, data: Data, vae, seed: int, method: str = "dit", extractor=None,
                                    reference=None) -> dict:
     """Train a DiT (``method="dit"``) or SiT (``"sit"``) on ``vae``'s latents for ``gen_steps`` steps and measure
-    gFID/KID (``extractor`` features of ``gen_fid_n`` samples against the test set) at every ``gen_eval_steps`` step.
+    gFID/KID (``extractor`` features against the test set's reference statistics) at every ``gen_eval_steps`` step:
+    ``gen_fid_n`` samples at intermediate checkpoints, ``gen_fid_n_final`` at the last step (:func:`gen_fid_n_at`),
+    class-stratified labels (:func:`fid_labels`). Within a seed every autoencoder's generator shares its
+    initialisation, batches, training noise, sampling noise and labels (common random numbers, issue #14).
     Cached and resumable; may train for many minutes (logged with an estimate first).
 
     Returns:
-        ``{"steps": [...], "fid": [...], "kid": [...], "loss": [(step, loss), ...], "run_dir": str,
-        "metric": extractor's metric name, "sampler": ..., "latents_per_s": median throughput, "key": cache key}``.
+        ``{"steps": [...], "fid": [...], "kid": [...], "n_fid": [samples per step], "loss": [(step, loss), ...],
+        "run_dir": str, "metric": extractor's metric name, "sampler": ..., "generator": e.g. "SiT-T/2",
+        "latents_per_s": median throughput, "key": cache key}``.
     """
     extractor = extractor or feature_extractor(P, data)
-    n_fid = P.gen.gen_fid_n
-    reference = reference or reference_stats(P, data, extractor, n_fid)
+    n_fid, n_final = P.gen.gen_fid_n, gen_fid_n_at(P, P.gen.gen_steps)
+    reference = reference or reference_stats(P, data, extractor)
     cache = train_or_load_latent_cache(P, data, vae)
     cfg = gen_config(P, method, seed, labelled=bool(data.num_classes))
     sampler, sample_steps = sampler_of(P, method)
-    key = artefact_key("gen", {"train": dataclasses.asdict(cfg), "n_fid": n_fid, "sampler": sampler,
+    key = artefact_key("gen", {"train": dataclasses.asdict(cfg), "n_fid": n_fid, "n_fid_final": n_final,
+                               "fid_labels": "stratified", "sampler": sampler,
                                "sample_steps": sample_steps, "sample_batch": P.gen.gen_sample_batch},
                        {"ae": ae.weights_hash(vae), "latents": cache.folder.name,
                         "extractor": extractor.weights_hash, "reference": reference.key})
@@ -792,42 +830,28 @@ def train_or_load_generative_curve(P: Config, data: Data, vae, seed: int, method
 
     def eval_fn(step: int, ema) -> dict:
         g = torch.Generator().manual_seed(derive_seed(seed, "dit_eval"))
-        imgs = sample_images(ema, vae, cache.norm, n_fid, method=method, sampler=sampler, steps=sample_steps,
-                             generator=g, batch_size=P.gen.gen_sample_batch, progress=P.run.progress)
+        n = gen_fid_n_at(P, step)
+        labels = fid_labels(n, ema.num_classes, g)
+        imgs = sample_images(ema, vae, cache.norm, n, method=method, sampler=sampler, steps=sample_steps,
+                             labels=labels, generator=g, batch_size=P.gen.gen_sample_batch, progress=P.run.progress)
         r = fidm.compute_fid(imgs, reference, extractor, kid=True, verbose=False)
-        return {"fid": r["fid"], "kid": r.get("kid_mean"), "kid_std": r.get("kid_std"), "metric": r["metric"]}
+        return {"fid": r["fid"], "kid": r.get("kid_mean"), "kid_std": r.get("kid_std"), "metric": r["metric"],
+                "n": n, "labels": "stratified" if labels is not None else "none (unconditional)"}
 
     if not (run_dir / "log.jsonl").exists():
         announce(f"{cfg.model} ({method}) seed {seed}, {cfg.steps} steps at batch {cfg.batch_size}, gFID at steps "
-                 f"{list(cfg.ckpt_steps)}", f"{cfg.steps} training steps + {len(cfg.ckpt_steps)} x {n_fid} samples")
+                 f"{list(cfg.ckpt_steps)}", f"{cfg.steps} training steps + {len(cfg.ckpt_steps) - 1} x {n_fid} + "
+                 f"{n_final} samples")
     train_gen(cfg, cache, run_dir, eval_fn=eval_fn)
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     evals = sorted((r for r in rows if "eval" in r), key=lambda r: r["step"])
     losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     speeds = sorted(r["latents_per_s"] for r in rows if "latents_per_s" in r)
     return {"steps": [r["step"] for r in evals], "fid": [r["eval"]["fid"] for r in evals],
-            "kid": [r["eval"]["kid"] for r in evals], "loss": losses, "run_dir": str(run_dir),
-            "metric": evals[-1]["eval"]["metric"] if evals else None, "sampler": f"{sampler} {sample_steps}",
+            "kid": [r["eval"]["kid"] for r in evals], "n_fid": [r["eval"]["n"] for r in evals], "loss": losses,
+            "run_dir": str(run_dir), "metric": evals[-1]["eval"]["metric"] if evals else None,
+            "sampler": f"{sampler} {sample_steps}", "generator": cfg.model,
             "latents_per_s": speeds[len(speeds) // 2] if speeds else None, "key": key}
-
-
-def steps_to_reach(steps: list[int] | list[float], values: list[float], target: float) -> int | float | None:
-    """First evaluated step at which ``values`` (e.g. a gFID curve) is ≤ ``target``, linearly interpolated between
-    checkpoints; ``None`` when the curve never gets there within the budget. Integer steps give an integer step;
-    fractional units (e.g. epochs ``[1.0, 2.0, 3.0]``) give a float rounded to 0.01."""
-    integral = not any(isinstance(s, float) for s in steps)
-    prev = None
-    for s, v in zip(steps, values):
-        if v <= target:
-            if prev is None:
-                return s
-            s0, v0 = prev
-            if v0 == v:
-                return s
-            at = s0 + (s - s0) * (v0 - target) / (v0 - v)
-            return int(round(at)) if integral else round(float(at), 2)
-        prev = (s, v)
-    return None
 
 
 # -------------------------------------------------------------------------------------------------- design pilot
@@ -923,25 +947,75 @@ def expected_branch_fractions(p_alpha: float, p_prior_s: float) -> dict[str, flo
     return {"plain": pa * (1 - ps), "lowres": pa * ps, "eq": 1 - pa}
 
 
-def final_samples(P: Config, data: Data, vae, seed: int, n: int, method: str = "dit", curve: dict | None = None
-                  ) -> torch.Tensor:
+def final_samples(P: Config, data: Data, vae, seed: int, n: int, method: str = "dit", curve: dict | None = None,
+                  draw: int = 0) -> torch.Tensor:
     """``n`` images ``[n, C, H, W]`` in [-1, 1] from the last checkpoint (EMA weights) of the generator that
-    :func:`train_or_load_generative_curve` trained for ``(vae, seed, method)`` (trained first if missing)."""
+    :func:`train_or_load_generative_curve` trained for ``(vae, seed, method)`` (trained first if missing), with
+    class-stratified labels; ``draw`` selects an independent sampling draw (labels order and noise)."""
     curve = curve or train_or_load_generative_curve(P, data, vae, seed, method)
     ck = load_gen_checkpoint(latest_checkpoint(curve["run_dir"]))
     sampler, steps = sampler_of(P, method)
-    return sample_from_checkpoint(ck, vae, n, sampler=sampler, steps=steps,
-                                  generator=torch.Generator().manual_seed(derive_seed(seed, "final_samples")),
+    g = torch.Generator().manual_seed(derive_seed(seed, "final_samples" if draw == 0 else f"final_samples/{draw}"))
+    labels = fid_labels(n, ck.num_classes, g)
+    return sample_from_checkpoint(ck, vae, n, sampler=sampler, steps=steps, labels=labels, generator=g,
                                   batch_size=P.gen.gen_sample_batch, progress=P.run.progress)
 
 
+def measure_fid_draw_spread(P: Config, data: Data, vae, seed: int, method: str, curve: dict, extractor,
+                            reference, draws: int | None = None) -> dict:
+    """The draw-to-draw spread of the gFID of ONE checkpoint (the last of ``curve``): ``draws`` (default
+    ``fid_spread_draws``) independent sampling draws of ``gen_fid_n_final`` samples each (class-stratified labels),
+    each scored against ``reference`` (issue #14 item 4). It describes sampling noise inside one replicate, never a
+    verdict's interval. Cached as ``fid_spread.json`` in the generator's run folder; samples ``draws`` x n images.
+
+    Returns:
+        ``{"fids": [...], "mean", "sd" (ddof 1; None for one draw), "range", "n" (samples per draw), "draws",
+        "step", "metric"}``.
+
+    Raises:
+        ValueError: ``draws`` < 1."""
+    draws = int(P.gen.fid_spread_draws if draws is None else draws)
+    if draws < 1:
+        raise ValueError(f"fid_spread_draws = {draws}: the spread needs at least one draw (5 or more to be useful)")
+    n = gen_fid_n_at(P, P.gen.gen_steps)
+    path = Path(curve["run_dir"]) / "fid_spread.json"
+    key = {"draws": draws, "n": n, "reference": reference.key, "extractor": extractor.weights_hash}
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached["result"]
+    announce(f"FID draw-to-draw spread: {draws} draws of {n} samples from one final checkpoint", f"{draws * n} samples")
+    fids, metric = [], None
+    for d in range(draws):
+        imgs = final_samples(P, data, vae, seed, n, method, curve, draw=d + 1)
+        r = fidm.compute_fid(imgs, reference, extractor, kid=False, verbose=False)
+        fids.append(float(r["fid"]))
+        metric = r["metric"]
+    a = np.asarray(fids)
+    result = {"fids": fids, "mean": float(a.mean()), "sd": float(a.std(ddof=1)) if draws > 1 else None,
+              "range": float(a.max() - a.min()), "n": n, "draws": draws, "step": curve["steps"][-1], "metric": metric}
+    atomic_write_json(path, {"key": key, "result": result})
+    return result
+
+
 def curve_stats(curves: list[dict]) -> dict:
-    """Mean, min and max over seeds of gFID curves evaluated at the same steps: ``{"steps", "mean", "lo", "hi"}``."""
+    """Mean, min and max over replicate seeds of gFID curves evaluated at the same steps, and the 95% t interval of
+    the mean at each step (``ci_low``/``ci_high``; equal to the mean for one seed, which has no interval):
+    ``{"steps", "mean", "lo", "hi", "ci_low", "ci_high", "k"}``.
+
+    Raises:
+        ValueError: curves evaluated at different steps."""
     steps = curves[0]["steps"]
     if any(c["steps"] != steps for c in curves):
         raise ValueError("curves were evaluated at different steps; use the same gen_eval_steps for every seed")
     a = np.array([c["fid"] for c in curves], dtype=float)
-    return {"steps": steps, "mean": a.mean(0).tolist(), "lo": a.min(0).tolist(), "hi": a.max(0).tolist()}
+    if len(curves) >= 2:
+        ts = [paired_t_interval(a[:, j]) for j in range(a.shape[1])]
+        ci_low, ci_high = [t.low for t in ts], [t.high for t in ts]
+    else:
+        ci_low, ci_high = a[0].tolist(), a[0].tolist()
+    return {"steps": steps, "mean": a.mean(0).tolist(), "lo": a.min(0).tolist(), "hi": a.max(0).tolist(),
+            "ci_low": ci_low, "ci_high": ci_high, "k": len(curves)}
 
 
 ABLATIONS = {

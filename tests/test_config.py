@@ -54,7 +54,8 @@ def test_papermill_style_values_are_parsed_and_ints_become_floats():
 
 def test_inherit_reads_the_base_profile_first():
     full, cpu = C.load_config("cpu-full"), C.load_config("cpu")
-    assert full.gen.sit is True and cpu.gen.sit is False and full.data.n_train == cpu.data.n_train
+    assert full.gen.gen_methods == ["sit", "dit"] and cpu.gen.gen_methods == ["sit"]
+    assert full.data.n_train == cpu.data.n_train
     assert "cpu.yaml" in full.source and "cpu-full.yaml" in full.source
 
 

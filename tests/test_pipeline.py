@@ -22,7 +22,8 @@ def test_curve_stats_over_seeds():
     a = {"steps": [1, 2], "fid": [10.0, 4.0]}
     b = {"steps": [1, 2], "fid": [14.0, 2.0]}
     st = pipeline.curve_stats([a, b])
-    assert st == {"steps": [1, 2], "mean": [12.0, 3.0], "lo": [10.0, 2.0], "hi": [14.0, 4.0]}
+    assert {k: st[k] for k in ("steps", "mean", "lo", "hi")} == {"steps": [1, 2], "mean": [12.0, 3.0],
+                                                                "lo": [10.0, 2.0], "hi": [14.0, 4.0]}
     with pytest.raises(ValueError, match="different steps"):
         pipeline.curve_stats([a, {"steps": [1, 3], "fid": [1.0, 1.0]}])
 
@@ -88,3 +89,37 @@ def test_reference_stats_default_is_all_test_images(monkeypatch, tmp_path):
     pipeline.reference_stats(P, data, None)
     pipeline.reference_stats(P, data, None, n=5)
     assert seen == [37, 5]  # all test images by default (not gen_fid_n), the first n when given
+
+
+def test_headline_generator_names_and_fid_sample_sizes():
+    from eqvae_lib.config import load_config
+    P = load_config("cpu")
+    assert pipeline.headline_method(P) == "sit" and P.gen.gen_methods == ["sit"]
+    assert pipeline.generator_name(P, "sit") == "SiT-T/2" and pipeline.generator_name(P, "dit") == "DiT-T/2"
+    assert len(P.gen.gen_eval_steps) >= 5 and P.gen.gen_eval_steps[-1] == P.gen.gen_steps
+    assert pipeline.gen_fid_n_at(P, P.gen.gen_steps) == 5000 and pipeline.gen_fid_n_at(P, 300) == 1000
+    assert load_config("cpu-full").gen.gen_methods == ["sit", "dit"]
+    assert pipeline.gen_config(P, "dit", 1, True).model == "DiT-T/2"
+    assert pipeline.gen_fid_n_at(P.replace(gen_fid_n_final=None), 1500) == 1000  # None = gen_fid_n
+    with pytest.raises(ValueError, match="gen_methods"):
+        pipeline.headline_method(P.replace(gen_methods=[]))
+
+
+def test_fid_labels_are_stratified_and_shared_by_arms_with_one_seed():
+    import torch
+    a = pipeline.fid_labels(5003, 10, torch.Generator().manual_seed(7))
+    b = pipeline.fid_labels(5003, 10, torch.Generator().manual_seed(7))
+    counts = torch.bincount(a, minlength=10)
+    assert torch.equal(a, b) and int(counts.min()) == 500 and int(counts.max()) == 501 and int(counts.sum()) == 5003
+    assert pipeline.fid_labels(10, 0, torch.Generator()) is None  # unconditional generator
+
+
+def test_curve_stats_gives_a_t_interval_per_step():
+    c = [{"steps": [1, 2], "fid": [10.0, 5.0]}, {"steps": [1, 2], "fid": [12.0, 6.0]},
+         {"steps": [1, 2], "fid": [11.0, 7.0]}]
+    st = pipeline.curve_stats(c)
+    t = pipeline.paired_t_interval([5.0, 6.0, 7.0])
+    assert st["mean"] == pytest.approx([11.0, 6.0]) and st["k"] == 3
+    assert (st["ci_low"][1], st["ci_high"][1]) == pytest.approx((t.low, t.high))
+    one = pipeline.curve_stats(c[:1])
+    assert one["ci_low"] == one["ci_high"] == [10.0, 5.0]

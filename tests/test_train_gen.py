@@ -162,3 +162,20 @@ def test_cli_main(tmp_path, capsys):
                  "--set", "steps=2", "ckpt_steps=[1]", "log_every=1"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["step"] == 2 and len(out["checkpoints"]) == 2
+
+
+def test_arms_with_one_seed_share_initialisation_and_batches(tmp_path):
+    """Common random numbers (issue #14): the generators of two arms (different latents, one seed) start from the same
+    weights and see the same batch indices; another seed starts elsewhere."""
+    from eqvae_lib.train_gen import _Batches
+    a = _cache()
+    g = torch.Generator().manual_seed(1)
+    b = LatentCache.from_tensors(torch.randn(64, 4, 4, 4, generator=g) * 3 - 1, torch.arange(64) % 3, a.norm)
+    ra = train_gen(_cfg(ema_decay=1.0, steps=2, ckpt_steps=[], seed=5), a, tmp_path / "a")
+    rb = train_gen(_cfg(ema_decay=1.0, steps=2, ckpt_steps=[], seed=5), b, tmp_path / "b")
+    rc = train_gen(_cfg(ema_decay=1.0, steps=2, ckpt_steps=[], seed=6), a, tmp_path / "c")
+    assert _equal_states(ra.ema.state_dict(), rb.ema.state_dict())  # decay 1: EMA = the initial weights
+    assert not _equal_states(ra.ema.state_dict(), rc.ema.state_dict())
+    assert not _equal_states(ra.model.state_dict(), rb.model.state_dict())  # different latents trained differently
+    ba, bb = _Batches(64, 8, 5), _Batches(64, 8, 5)
+    assert all(torch.equal(ba(s), bb(s)) for s in range(20))
