@@ -89,7 +89,7 @@ NOT_IN_KEY = ("progress", "checkpoint_every_steps", "log_every", "resume", "num_
 OLD_KINDS = ("ae-base", "ae-eq", "ae-plain", "ae-explicit", "ae-metrics", "latents", "gen-dit", "gen-sit", "vq-base",
              "vq-eq", "vq-plain", "tokens", "maskgit")
 #: offsets of the seeds derived from a run seed (one place; see :func:`derive_seed`)
-SEED_OFFSETS = {"dit_eval": 10_000, "final_samples": 20_000, "maskgit_eval": 30_000}
+SEED_OFFSETS = {"dit_eval": 10_000, "final_samples": 20_000, "maskgit_eval": 30_000, "fid_spread": 40_000}
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -772,6 +772,19 @@ def generator_name(P: Config, method: str) -> str:
     return f"{'SiT' if method == 'sit' else 'DiT'}-{size}"
 
 
+def fig5_epochs(P: Config) -> list[int]:
+    """The fine-tune epochs at which Fig. 5 trains a generator (besides epoch 0 = the base): ``fig5_epochs`` (None =
+    every epoch 1..``finetune_epochs``), sorted, those beyond ``finetune_epochs`` dropped.
+
+    Raises:
+        ValueError: no epoch left."""
+    n = P.finetune.finetune_epochs
+    keep = sorted({int(e) for e in (P.gen.fig5_epochs or range(1, n + 1)) if 1 <= int(e) <= n})
+    if not keep:
+        raise ValueError(f"fig5_epochs = {P.gen.fig5_epochs} names no epoch in 1..finetune_epochs ({n})")
+    return keep
+
+
 def gen_fid_n_at(P: Config, step: int) -> int:
     """Samples of the gFID at ``step``: ``gen_fid_n_final`` (None = ``gen_fid_n``) at the last step (``gen_steps``),
     ``gen_fid_n`` at intermediate checkpoints (issue #14 item 4)."""
@@ -955,7 +968,9 @@ def final_samples(P: Config, data: Data, vae, seed: int, n: int, method: str = "
     curve = curve or train_or_load_generative_curve(P, data, vae, seed, method)
     ck = load_gen_checkpoint(latest_checkpoint(curve["run_dir"]))
     sampler, steps = sampler_of(P, method)
-    g = torch.Generator().manual_seed(derive_seed(seed, "final_samples" if draw == 0 else f"final_samples/{draw}"))
+    # draw d >= 1 (the FID spread): 40_000 + 1000 (d - 1) + seed, apart from every other stream for seeds < 1000
+    g = torch.Generator().manual_seed(derive_seed(seed, "final_samples") if draw == 0 else
+                                      derive_seed(seed, "fid_spread") + 1000 * (draw - 1))
     labels = fid_labels(n, ck.num_classes, g)
     return sample_from_checkpoint(ck, vae, n, sampler=sampler, steps=steps, labels=labels, generator=g,
                                   batch_size=P.gen.gen_sample_batch, progress=P.run.progress)

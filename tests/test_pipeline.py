@@ -103,6 +103,11 @@ def test_headline_generator_names_and_fid_sample_sizes():
     assert pipeline.gen_fid_n_at(P.replace(gen_fid_n_final=None), 1500) == 1000  # None = gen_fid_n
     with pytest.raises(ValueError, match="gen_methods"):
         pipeline.headline_method(P.replace(gen_methods=[]))
+    assert P.finetune.finetune_epochs == 3 and pipeline.fig5_epochs(P) == [1, 3]  # epochs 0 (base), 1, the last
+    assert pipeline.fig5_epochs(P.replace(fig5_epochs=None)) == [1, 2, 3]
+    assert pipeline.fig5_epochs(P.replace(fig5_epochs=[3, 1, 7])) == [1, 3]  # beyond finetune_epochs: dropped
+    with pytest.raises(ValueError, match="fig5_epochs"):
+        pipeline.fig5_epochs(P.replace(fig5_epochs=[4]))
 
 
 def test_fid_labels_are_stratified_and_shared_by_arms_with_one_seed():
