@@ -327,3 +327,17 @@ def test_fig5_epoch1_pairs_eq_and_plain_by_seed():
     vb = rows["fig5_epoch1_vs_base"]
     assert vb["n_replicates"] == 3 and vb["effect"] == pytest.approx(sum(eq[s] - base[s] for s in (0, 1, 2)) / 3)
     assert not next(c for c in C.CLAIMS if c.id == "fig5_epoch1_vs_base").primary
+
+
+def test_id_gfid_points_are_independent_autoencoders_one_per_variant_and_fine_tune_seed():
+    rec = R.RunRecord("ablations", "t", "cpu")
+    pts = {("rotation", 0): (40.0, 60.0), ("rotation", 1): (42.0, 63.0), ("scale", 0): (30.0, 50.0),
+           ("scale", 1): (33.0, 52.0), ("none (base)", None): (50.0, 70.0)}
+    for (subj, s), (idv, g) in pts.items():
+        rec.add("ID", idv, subject=subj, seed=s)
+        rec.add("gFID", g, subject=subj, seed=s)
+    row = _rows([rec])["id_gfid_relation"]
+    xs, ys = zip(*pts.values())
+    v = V.correlation_verdict(list(xs), list(ys), independent=True)
+    assert row["n_replicates"] == 5 and row["effect"] == pytest.approx(v.effect)  # two seeds of a variant: two points
+    assert row["verdict"] == v.word
