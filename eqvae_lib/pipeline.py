@@ -1095,22 +1095,28 @@ def train_or_load_base_vq(P: Config, data: Data) -> AEArtefact:
 
 def train_or_load_finetuned_vq(P: Config, data: Data, objective: str, base: AEArtefact) -> AEArtefact:
     """EQ-VAE (τ on the continuous latent before quantisation) or plain fine-tuning of the base VQ autoencoder for
-    ``vq_finetune_epochs`` epochs over the first ``finetune_subset`` training images (same budget for both)."""
+    ``vq_finetune_epochs`` epochs over the first ``finetune_subset`` training images (same budget for both), at
+    ``finetune_lr`` (None = the base VQ's final lr) with the base VQ's PatchGAN (``finetune_disc: warm``) or a fresh
+    one; the summary says which (``discriminator``, ``lr_source``).
+
+    Raises:
+        ValueError: warm discriminator requested but the base VQ has none saved."""
     f = P.finetune
     n_sub = min(f.finetune_subset, len(data.train_x))
-    lr, _ = finetune_lr(P, base)  # None = the base VQ's final lr; the VQ path keeps a fresh PatchGAN (summary says so)
+    lr, lr_source = finetune_lr(P, base)
+    disc_init, disc_label = finetune_discriminator(P, base)
     cfg = AETrainConfig(loss=loss_config(P, objective, disc_start=0), batch_size=f.finetune_batch,
                         lr=lr, max_epochs=P.vq.vq_finetune_epochs, seed=P.run.seed, val_every=0,
                         val_size=P.data.val_size, export_ldm=False,
                         checkpoint_every_steps=P.run.checkpoint_every_steps, progress=P.run.progress)
-    key = artefact_key("vq", {"train": dataclasses.asdict(cfg), "subset": n_sub},
+    key = artefact_key("vq", {"train": dataclasses.asdict(cfg), "subset": n_sub, "finetune_disc": f.finetune_disc},
                        {"base": base.hash, "train": data.train_id, "val": data.test_id})
     run_dir = cache_dir(f"vq-{objective}", key)
     if not (run_dir / "summary.json").exists():
         announce(f"{objective} fine-tune of the base VQ, {cfg.max_epochs} epochs over {n_sub} images",
                  f"{int(cfg.max_epochs * n_sub // f.finetune_batch)} steps")
         finetune_vq(ae.load_autoencoder(base.run_dir / "model"), Data.subset(data.train_x, n_sub), cfg, run_dir,
-                    val=data.test_x)
+                    val=data.test_x, disc_init=disc_init, notes={"discriminator": disc_label, "lr_source": lr_source})
     vq = ae.load_autoencoder(run_dir / "model").eval()
     return AEArtefact(vq, run_dir, load_summary(run_dir), ae.weights_hash(vq), epoch=cfg.max_epochs, key=key)
 

@@ -451,7 +451,7 @@ def _taming_vq_weight(cfg, train) -> Any:
     return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, vq_weight=float(chw))), chw
 
 
-def _run_vq(vq, train, cfg, run_dir, val, dead_code_every, vq_weight):
+def _run_vq(vq, train, cfg, run_dir, val, dead_code_every, vq_weight, disc_init=None, notes=None):
     from pathlib import Path
 
     chw = None
@@ -463,7 +463,7 @@ def _run_vq(vq, train, cfg, run_dir, val, dead_code_every, vq_weight):
         cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, vq_weight=float(vq_weight)))
     mon = DeadCodeMonitor(_bare(vq), every=dead_code_every, auto=True) if dead_code_every else None
     try:
-        run_dir = train_autoencoder(vq, train, cfg, run_dir, val=val)
+        run_dir = train_autoencoder(vq, train, cfg, run_dir, val=val, disc_init=disc_init, notes=notes)
     finally:
         if mon is not None:
             mon.close()
@@ -517,12 +517,17 @@ def pretrain_vq(train, cfg, run_dir, arch: str | VQConfig = "vq-f4", val=None, d
 
 
 def finetune_vq(vq, train, cfg, run_dir, val=None, dead_code_every: int | None = 200,
-                vq_weight: float | str | None = "per-pixel"):
+                vq_weight: float | str | None = "per-pixel", disc_init=None, notes: dict | None = None):
     """Fine-tune a VQ autoencoder with ``train_ae`` (``cfg.loss.objective``: ``"eq"`` = EQ-VAE, tau applied to the
     continuous latent before quantisation; ``"plain"`` = the control). ``vq``: a ``VQModel`` or a path for
-    ``autoencoders.load_autoencoder``. Other arguments as ``pretrain_vq``. Returns the run folder."""
+    ``autoencoders.load_autoencoder``. ``disc_init``: the base VQ's run folder to start its saved PatchGAN from
+    (warm; None = fresh), ``notes``: extra summary fields (both as ``train_ae.finetune``). Other arguments as
+    ``pretrain_vq``. Returns the run folder.
+
+    Raises:
+        ValueError: ``vq`` is not a VQ model; ``disc_init`` without saved discriminator weights."""
     if not isinstance(vq, nn.Module):
         vq = load_autoencoder(vq)
     if not is_vq(vq):
         raise ValueError(f"finetune_vq needs a diffusers VQModel, got {type(_bare(vq)).__name__}")
-    return _run_vq(vq, train, cfg, run_dir, val, dead_code_every, vq_weight)
+    return _run_vq(vq, train, cfg, run_dir, val, dead_code_every, vq_weight, disc_init=disc_init, notes=notes)
