@@ -415,6 +415,8 @@ def work_table(k: Knobs) -> CountModel:
             aid = f"ablation {label!r}"
             need(nb, ("ablation", label), lambda nb_, aid=aid: finetune(nb_, "eq", s0, k.ablation_epochs, label=aid))
             variants[label] = aid
+    if any(label.startswith("explicit") for label in k.ablations):
+        note(nb, "the explicit-objective variant is timed at the EQ fine-tune's rate")
     for aid in variants.values():
         for part in parts4:
             metric(nb, part, aid, True)
