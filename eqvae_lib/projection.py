@@ -10,9 +10,10 @@ at 181 images/s on the reference machine and at 34 images/s on a loaded 2-core o
    extractor. Rates are items/s (images, or latents for generator training).
 2. :func:`work_table` — the count model, in ONE function — lists per notebook the work it builds when the notebooks
    run in order from empty caches (an artefact built by an earlier notebook is reused, not counted twice): items of
-   each stage type, from the typed config (step/epoch caps, replicate seeds, checkpoints, FID sample counts).
+   each stage type, from the typed config (step/epoch caps, replicate seeds, generator methods, checkpoints, FID
+   sample counts, Fig. 5 epochs, ablation variants).
 3. :func:`project` divides counts by rates: seconds per notebook. Where the count is a cap (the base AE stops at a
-   validation plateau before its cap; a time cap), the row says "at most".
+   validation plateau before its step/epoch cap; the matched-rFID extra epochs), the row says "at most".
 
 Every config key the count model reads is read in :func:`knobs_of` (one place, so a renamed key changes one line).
 Not modelled (said in the rows' notes): TwoNN bootstrap arithmetic, LPIPS of the reconstruction metrics, Inception
@@ -34,17 +35,17 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from . import autoencoders as ae
-from .config import KEY_STAGE, RUNS_DIR, Config, _parse_scalar, load_config
+from .config import RUNS_DIR, Config, _parse_scalar, load_config
 from .data import get_dataset
 from .io import atomic_write_json, hash_obj
 from .losses import EQVAELoss
 from .metrics.fid import ClassifierNet
-from .pipeline import loss_config
+from .pipeline import ablation_variants, fig5_epochs, id_sizes, loss_config, paper_eval_scales, trained_scales
 from .runtime import device as runtime_device
 from .train_gen import TrainGenConfig, build_model, make_objective, sample_latents, update_ema
 
@@ -64,15 +65,21 @@ PILOT_WARMUP = 3
 # ------------------------------------------------------------------------------------------------------ knobs
 @dataclass(frozen=True)
 class Knobs:
-    """The config values the count model reads (see :func:`knobs_of` for their keys). Counts of images, steps,
-    epochs; ``ae_seeds``: the replicate seeds of the fine-tunes; ``gen_seeds``: the seeds of the generator runs on
-    each AE; ``fig5_epochs``: the EQ fine-tune epochs notebook 08 evaluates (0 = the base)."""
+    """The config values the count model reads (see :func:`knobs_of` for their keys), resolved as the pipeline
+    resolves them. Counts of images, steps, epochs. ``replicate_seeds``: replicate s = one fine-tune per arm with seed
+    s and each generator on it with seed s; ``gen_methods``: the generators of notebook 07, the first the headline
+    generator (notebooks 08, 09); ``fig5_epochs``: the fine-tune epochs of Fig. 5 besides epoch 0 (the base);
+    ``n_equivariance_scales``: the scales of the latent equivariance (``eval_scales`` ∪ the paper's T_S ∪ the trained
+    scales); ``id_points`` / ``id_sizes_points``: test images encoded for the TwoNN and the paired TwoNN at
+    ``id_sizes``; ``ablations``: the variant labels of notebook 09; ``train_base``: False for a loaded base
+    (``base_vae``)."""
 
     dataset: str
     image_size: int
     n_train: int
     n_test: int
     val_size: int
+    train_base: bool
     pretrain_batch: int
     pretrain_max_epochs: float | None
     pretrain_max_steps: int | None
@@ -81,45 +88,46 @@ class Knobs:
     finetune_subset: int
     finetune_epochs: int
     finetune_batch: int
-    ae_seeds: tuple[int, ...]
-    gen_seeds: tuple[int, ...]
+    replicate_seeds: tuple[int, ...]
     gen_methods: tuple[str, ...]
     gen_steps: int
     gen_batch: int
     gen_eval_steps: tuple[int, ...]
     gen_fid_n: int
+    gen_fid_n_final: int
+    fid_spread_draws: int
+    fig5_epochs: tuple[int, ...]
     eval_n: int
     n_eval_scales: int
-    id_n: int
+    n_equivariance_scales: int
+    id_points: int
+    id_sizes_points: int
     fid_extractor: str
     classifier_n_train: int | None
     classifier_epochs: int
-    n_ablations_new: int
+    ablations: tuple[str, ...]
     ablation_epochs: int
     ablation_gfid: bool
     inception_n: int
     matched_rfid_max_extra_epochs: int
-    fig5_epochs: tuple[int, ...]
     pilot_candidate_sizes: tuple[int, ...]
     pilot_steps: int
     pilot_batch: int
 
 
-def _key(P: Config, key: str, default: Any) -> Any:
-    """``P[key]`` when ``key`` is a key of a stage today, else ``default`` (keys other helpers add or remove)."""
-    return P[key] if key in KEY_STAGE else default
-
-
 def knobs_of(P: Config) -> Knobs:
-    """Every config value :func:`work_table` uses, read here and only here.
+    """Every config value :func:`work_table` uses, read here and only here, from today's keys (a missing key is an
+    error, not a default). Derived values come from the pipeline's own functions, so the count model resolves them as
+    the notebooks do: ``fig5_epochs`` (:func:`~eqvae_lib.pipeline.fig5_epochs`; None = every epoch), the scales of
+    the latent equivariance (``eval_scales`` ∪ :func:`~eqvae_lib.pipeline.paper_eval_scales` ∪
+    :func:`~eqvae_lib.pipeline.trained_scales` on the latent side ``image_size`` / f of ``ae_arch``), the paired
+    TwoNN's sizes (:func:`~eqvae_lib.pipeline.id_sizes`), ``gen_fid_n_final`` (None = ``gen_fid_n``), the ablation
+    variants (:func:`~eqvae_lib.pipeline.ablation_variants`; ``ablations`` None = all).
 
-    Assumptions (today's keys; the newer ones are read when the config has them):
-      * fine-tune replicates: ``replicate_seeds`` when it exists, else one (the fine-tunes use ``seed``);
-      * generator seeds: ``replicate_seeds`` when it exists, else ``gen_seeds``;
-      * generator methods: ``gen_methods`` when it exists, else ``["dit"]`` plus ``"sit"`` when ``sit``;
-      * Fig. 5 epochs: ``fig5_epochs`` when it exists, else 0..``finetune_epochs``;
-      * ablations: the labels of ``ablations`` (None = all seven) minus the default variant, which is the EQ
-        fine-tune's epoch 1 (cached) when ``ablation_epochs`` is 1.
+    Raises:
+        ValueError: a dataset without known split sizes and ``n_train`` / ``n_test`` unset; an ``ae_arch`` the
+        count model does not know (a loaded base is fine); what the pipeline's functions raise (e.g. no Fig. 5
+        epoch left).
     """
     d, b, f, m, g, pl = P.data, P.base_ae, P.finetune, P.metrics, P.gen, P.pilot
     full = DATASET_SIZES.get(d.dataset)
@@ -127,28 +135,29 @@ def knobs_of(P: Config) -> Knobs:
         raise ValueError(f"dataset {d.dataset!r}: set n_train and n_test (the projection needs the image counts)")
     n_train = min(d.n_train, full[0]) if full and d.n_train else (d.n_train or full[0])
     n_test = min(d.n_test, full[1]) if full and d.n_test else (d.n_test or full[1])
-    replicates = _key(P, "replicate_seeds", None)
-    ae_seeds = tuple(replicates) if replicates is not None else (P.run.seed,)
-    gen_seeds = tuple(replicates) if replicates is not None else tuple(_key(P, "gen_seeds", [0]))
-    methods = _key(P, "gen_methods", None)
-    methods = tuple(methods) if methods is not None else ("dit",) + (("sit",) if _key(P, "sit", False) else ())
-    fig5 = _key(P, "fig5_epochs", None)
-    fig5 = tuple(int(e) for e in fig5) if fig5 is not None else tuple(range(0, f.finetune_epochs + 1))
-    labels = list(f.ablations) if f.ablations is not None else 7 * [""]
-    n_new = len(labels) - (1 if "rotation+scale (default)" in labels and f.ablation_epochs == 1 else 0)
+    arch = ae.CONFIGS.get(b.ae_arch)
+    if arch is None:
+        raise ValueError(f"ae_arch {b.ae_arch!r}: the projection knows the latent side of {sorted(ae.CONFIGS)} only")
+    side = d.image_size // 2 ** (len(arch["block_out_channels"]) - 1)
+    eq_scales = set(m.eval_scales) | set(paper_eval_scales(side)) | set(trained_scales(P, side))
     return Knobs(
-        dataset=d.dataset, image_size=d.image_size, n_train=n_train, n_test=n_test, val_size=d.val_size,
+        dataset=d.dataset, image_size=d.image_size, n_train=n_train, n_test=n_test,
+        val_size=min(d.val_size, n_test), train_base=not b.base_vae,
         pretrain_batch=b.pretrain_batch, pretrain_max_epochs=b.pretrain_max_epochs,
         pretrain_max_steps=b.pretrain_max_steps, pretrain_disc_start=b.pretrain_disc_start,
         pretrain_val_every=b.pretrain_val_every, finetune_subset=f.finetune_subset,
-        finetune_epochs=f.finetune_epochs, finetune_batch=f.finetune_batch, ae_seeds=ae_seeds, gen_seeds=gen_seeds,
-        gen_methods=methods, gen_steps=g.gen_steps, gen_batch=g.gen_batch,
+        finetune_epochs=f.finetune_epochs, finetune_batch=f.finetune_batch,
+        replicate_seeds=tuple(int(s) for s in P.run.replicate_seeds), gen_methods=tuple(g.gen_methods),
+        gen_steps=g.gen_steps, gen_batch=g.gen_batch,
         gen_eval_steps=tuple(sorted({int(s) for s in g.gen_eval_steps if s <= g.gen_steps} | {g.gen_steps})),
-        gen_fid_n=g.gen_fid_n, eval_n=m.eval_n, n_eval_scales=len(m.eval_scales), id_n=m.id_n,
+        gen_fid_n=g.gen_fid_n, gen_fid_n_final=int(g.gen_fid_n_final or g.gen_fid_n),
+        fid_spread_draws=g.fid_spread_draws, fig5_epochs=tuple(fig5_epochs(P)),
+        eval_n=min(m.eval_n, n_test), n_eval_scales=len(m.eval_scales), n_equivariance_scales=len(eq_scales),
+        id_points=min(m.id_n, n_test), id_sizes_points=id_sizes(P, n_test)[0],
         fid_extractor=m.fid_extractor, classifier_n_train=m.classifier_n_train,
-        classifier_epochs=m.classifier_epochs, n_ablations_new=n_new, ablation_epochs=f.ablation_epochs,
-        ablation_gfid=f.ablation_gfid, inception_n=m.inception_n,
-        matched_rfid_max_extra_epochs=f.matched_rfid_max_extra_epochs, fig5_epochs=fig5,
+        classifier_epochs=m.classifier_epochs, ablations=tuple(ablation_variants(P)),
+        ablation_epochs=f.ablation_epochs, ablation_gfid=f.ablation_gfid, inception_n=m.inception_n,
+        matched_rfid_max_extra_epochs=f.matched_rfid_max_extra_epochs,
         pilot_candidate_sizes=tuple(int(c["image_size"]) for c in pl.pilot_candidates),
         pilot_steps=pl.pilot_steps, pilot_batch=pl.pilot_batch)
 
@@ -161,6 +170,8 @@ STAGE_UNITS = {
     "classifier_train": "images/s", **{f"gen_train_{m}": "latents/s" for m in ("dit", "sit")},
     **{f"gen_sample_{m}": "images/s" for m in ("dit", "sit")},
 }
+#: the default ablation variant: the EQ fine-tune of the first replicate seed (cached by notebook 02)
+DEFAULT_ABLATION = "rotation+scale (default)"
 
 
 @dataclass(frozen=True)
@@ -177,8 +188,8 @@ class Work:
 
 @dataclass(frozen=True)
 class Cap:
-    """A wall-clock cap of one notebook's stage (the base AE's ``pretrain_max_minutes``): the projection of the
-    ``stages`` of ``notebook`` is at most ``seconds``."""
+    """A wall-clock bound of one notebook's stages: the projection of the ``stages`` of ``notebook`` is at most
+    ``seconds``. (No profile has one today: the base AE's caps are in steps / epochs, counted as work.)"""
 
     notebook: str
     stages: tuple[str, ...]
@@ -201,26 +212,40 @@ def work_table(k: Knobs) -> CountModel:
     in the first notebook that needs it only (``built``), as the cache makes later notebooks load it.
 
     Per artefact:
-      * base AE pretraining: S = ceil(max_epochs · floor(n_train / batch)) steps at most (a plateau stops it
-        earlier); min(S, disc_start) steps without the GAN, the rest with it; a validation of ``val_size`` images
-        (encode + decode) every ``val_every`` steps; S = the smaller of the epoch and step caps.
-      * fine-tune (objective o, seed s): floor(finetune_subset / batch) steps per epoch, with the GAN (disc_start 0);
-        one validation (``val_size`` images) per epoch.
+      * base AE pretraining (unless loaded): S = the smaller of ``pretrain_max_steps`` and
+        ceil(``pretrain_max_epochs`` · floor(n_train / batch)) steps at most (the plateau rule stops it earlier);
+        min(S, disc_start) steps without the GAN, the rest with it; a validation of ``val_size`` images (encode +
+        decode) every ``pretrain_val_every`` steps and one at the end.
+      * fine-tune (objective o, replicate seed s): floor(min(finetune_subset, n_train) / finetune_batch) steps per
+        epoch, the GAN on from step 0; one validation (``val_size`` images) per epoch. Epochs a shorter run built are
+        not counted again (a longer run continues the same folder).
       * latent cache of an AE: ``n_train`` encodes.
-      * generator curve (method, AE, seed): ``gen_steps`` · ``gen_batch`` latents of training; per evaluation step
-        (``gen_eval_steps`` ∪ {gen_steps}) ``gen_fid_n`` samples (sampler + decode) and their FID features.
-      * reference statistics: ``gen_fid_n`` test-image features. Classifier extractor: ``classifier_epochs`` ·
-        0.9 · (``classifier_n_train`` or ``n_train``) training images.
-      * metric parts per AE (``eval_n`` images, T = len(eval_scales) + 3 rotations): equivariance T+1 encodes each;
-        decoder: encode + T decodes + 2T features; reconstruction: encode + decode + 2 features; intrinsic dim:
-        ``id_n`` encodes.
+      * generator curve (method, AE, seed): ``gen_steps`` · ``gen_batch`` latents of training; at each evaluation
+        step (``gen_eval_steps`` ∪ {gen_steps}) ``gen_fid_n`` samples (``gen_fid_n_final`` at the last step), each
+        sampled (sampler + decode) and featurised.
+      * reference statistics: ``n_test`` test-image features (all test images). Classifier extractor:
+        ``classifier_epochs`` · 0.9 · (``classifier_n_train`` or ``n_train``) training images.
+      * metric parts per AE (``eval_n`` images), cached per AE and extractor (a part measured without the extractor
+        is a different cache entry from one measured with it): equivariance (E = equivariance scales + 3 rotations):
+        (E + 1) encodes each; decoder (T = 1 identity + ``eval_scales`` + 3 rotations): encode + T decodes (+ 2T
+        features with the extractor); reconstruction: encode + decode (+ 2 features with the extractor);
+        intrinsic_dim: ``id_n`` encodes; intrinsic_dim_sizes: max(``id_sizes``) encodes; latent: ``eval_n`` encodes.
+      * FID draw spread: ``fid_spread_draws`` × ``gen_fid_n_final`` samples + features of the headline generator on
+        the base (first replicate seed).
     """
     work: list[Work] = []
     caps: list[Cap] = []
     notes: dict[str, list[str]] = {}
     built: set = set()
-    T = k.n_eval_scales + N_ROTATIONS
+    E = k.n_equivariance_scales + N_ROTATIONS
+    T = 1 + k.n_eval_scales + N_ROTATIONS
     last = k.finetune_epochs
+    seeds = k.replicate_seeds
+    s0 = seeds[0]
+    head = k.gen_methods[0]
+
+    def note(nb, text):
+        notes.setdefault(nb, []).append(text)
 
     def add(nb, stage, count, what, at_most=False):
         if count:
@@ -233,36 +258,38 @@ def work_table(k: Knobs) -> CountModel:
             fn(nb)
 
     def base_ae(nb):
+        if not k.train_base:
+            note(nb, "base AE loaded (base_vae), not trained")
+            return
         spe = k.n_train // k.pretrain_batch
         caps_ = [c for c in (math.ceil(k.pretrain_max_epochs * spe) if k.pretrain_max_epochs is not None else None,
                              k.pretrain_max_steps) if c is not None]
         if not caps_:
-            notes.setdefault(nb, []).append("base AE: no cap in steps or epochs: only the plateau stops it, so its "
-                                            "time is not projected")
+            note(nb, "base AE: no cap in steps or epochs: only the plateau stops it, so its time is not projected")
             return
         steps = min(caps_)
         pre = min(steps, k.pretrain_disc_start)
         add(nb, "ae_pretrain", pre * k.pretrain_batch, f"base AE: {pre} steps without the GAN", True)
         add(nb, "ae_pretrain_gan", (steps - pre) * k.pretrain_batch, f"base AE: {steps - pre} steps with the GAN",
             True)
-        n_val = steps // k.pretrain_val_every if k.pretrain_val_every else 0
+        n_val = (steps // k.pretrain_val_every if k.pretrain_val_every else 0) + 1
         add(nb, "encode", n_val * k.val_size, f"base AE: {n_val} validations", True)
         add(nb, "decode", n_val * k.val_size, f"base AE: {n_val} validations", True)
+        note(nb, "base AE: at most its step/epoch cap (the plateau rule may stop it earlier)")
 
-    def finetune(objective, seed, epochs, label=""):
-        def build(nb):
-            steps = epochs * (min(k.finetune_subset, k.n_train) // k.finetune_batch)
-            stage = "ae_finetune_eq" if objective == "eq" else "ae_finetune_plain"
-            add(nb, stage, steps * k.finetune_batch, f"{label or objective} fine-tune seed {seed}: {steps} steps")
-            add(nb, "encode", epochs * k.val_size, f"{label or objective} fine-tune: validations")
-            add(nb, "decode", epochs * k.val_size, f"{label or objective} fine-tune: validations")
-        return build
+    def finetune(nb, objective, seed, epochs, label=""):
+        steps = epochs * (min(k.finetune_subset, k.n_train) // k.finetune_batch)
+        stage = "ae_finetune_plain" if objective == "plain" else "ae_finetune_eq"
+        name = label or f"{objective} seed {seed}"
+        add(nb, stage, steps * k.finetune_batch, f"{name} fine-tune: {steps} steps")
+        add(nb, "encode", epochs * k.val_size, f"{name} fine-tune: {epochs} validations")
+        add(nb, "decode", epochs * k.val_size, f"{name} fine-tune: {epochs} validations")
 
     def ft_all(nb, objective, seed, epochs):
         """A fine-tune run of ``epochs`` epochs; epochs already built by a shorter run are not counted again."""
         done = max([a[3] for a in built if a[0] == "ft" and a[1:3] == (objective, seed)] + [0])
         if epochs > done:
-            finetune(objective, seed, epochs - done)(nb)
+            finetune(nb, objective, seed, epochs - done)
         built.update(("ft", objective, seed, e) for e in range(1, epochs + 1))
 
     def extractor(nb):
@@ -270,135 +297,138 @@ def work_table(k: Knobs) -> CountModel:
         if k.fid_extractor == "classifier":
             add(nb, "classifier_train", k.classifier_epochs * int(round(0.9 * n)), "FID classifier training")
         else:
-            notes.setdefault(nb, []).append("Inception extractor: its loading/features are not projected")
+            note(nb, "Inception extractor: its loading/features are not projected")
 
-    def metric(part, ae_id):
-        def build(nb):
+    def metric(nb, part, aid, xt):
+        """Metric ``part`` of AE ``aid``, measured with the FID extractor (``xt``) or without (another cache)."""
+        def build(nb_):
+            n = k.eval_n
             if part == "equivariance":
-                add(nb, "encode", k.eval_n * (T + 1), f"equivariance of {ae_id}")
+                add(nb_, "encode", n * (E + 1), f"equivariance of {aid} ({E} transforms)")
             elif part == "decoder":
-                add(nb, "encode", k.eval_n, f"decoder equivariance of {ae_id}")
-                add(nb, "decode", k.eval_n * T, f"decoder equivariance of {ae_id}")
-                add(nb, "features", 2 * k.eval_n * T, f"decoder equivariance of {ae_id}")
+                add(nb_, "encode", n, f"decoder equivariance of {aid}")
+                add(nb_, "decode", n * T, f"decoder equivariance of {aid} ({T} transforms)")
+                add(nb_, "features", 2 * n * T if xt else 0, f"decoder equivariance of {aid}")
             elif part == "reconstruction":
-                add(nb, "encode", k.eval_n, f"reconstruction of {ae_id}")
-                add(nb, "decode", k.eval_n, f"reconstruction of {ae_id}")
-                add(nb, "features", 2 * k.eval_n, f"reconstruction of {ae_id}")
+                add(nb_, "encode", n, f"reconstruction of {aid}")
+                add(nb_, "decode", n, f"reconstruction of {aid}")
+                add(nb_, "features", 2 * n if xt else 0, f"reconstruction of {aid}")
             elif part == "intrinsic_dim":
-                add(nb, "encode", k.id_n, f"intrinsic dimension of {ae_id}")
-        return build
+                add(nb_, "encode", k.id_points, f"intrinsic dimension of {aid}")
+            elif part == "intrinsic_dim_sizes":
+                add(nb_, "encode", k.id_sizes_points, f"paired TwoNN of {aid}")
+            elif part == "latent":
+                add(nb_, "encode", n, f"latent statistics of {aid}")
+            else:
+                raise ValueError(f"unknown metric part {part!r}")
+        need(nb, ("metric", part, aid, xt), build)
 
-    def curve(method, ae_id, seed):
-        def build(nb):
-            need(nb, ("latents", ae_id), lambda nb_: add(nb_, "encode", k.n_train, f"latent cache of {ae_id}"))
-            need(nb, ("reference", k.gen_fid_n), lambda nb_: add(nb_, "features", k.gen_fid_n, "FID reference"))
-            add(nb, f"gen_train_{method}", k.gen_steps * k.gen_batch, f"{method} on {ae_id} seed {seed}")
-            n_eval = len(k.gen_eval_steps)
-            add(nb, f"gen_sample_{method}", n_eval * k.gen_fid_n, f"{method} on {ae_id} seed {seed}: {n_eval} evals")
-            add(nb, "features", n_eval * k.gen_fid_n, f"{method} on {ae_id} seed {seed}: {n_eval} evals")
-        return build
+    def sample(nb, method, n, what):
+        add(nb, f"gen_sample_{method}", n, what)
+        add(nb, "features", n, what)
 
-    s0, g0 = k.ae_seeds[0], k.gen_seeds[0]
-    suite = {"base": None, "plain": ("plain", s0, last), "eq": ("eq", s0, last)}
+    def curve(nb, method, aid, seed):
+        def build(nb_):
+            need(nb_, ("latents", aid), lambda n_: add(n_, "encode", k.n_train, f"latent cache of {aid}"))
+            need(nb_, ("reference",), lambda n_: add(n_, "features", k.n_test, "FID reference (all test images)"))
+            add(nb_, f"gen_train_{method}", k.gen_steps * k.gen_batch, f"{method} on {aid} seed {seed}")
+            n_eval = sum(k.gen_fid_n_final if s >= k.gen_steps else k.gen_fid_n for s in k.gen_eval_steps)
+            sample(nb_, method, n_eval, f"{method} on {aid} seed {seed}: {len(k.gen_eval_steps)} evaluations")
+        need(nb, ("curve", method, aid, seed), build)
 
-    def ae_id(name):
-        return "base" if name == "base" else f"{name} s{suite[name][1]} ep{suite[name][2]}"
+    def ft(objective, seed, epoch):
+        return f"{objective} s{seed} ep{epoch}"
 
-    def need_suite(nb):
-        need(nb, ("base",), base_ae)
-        for name in ("plain", "eq"):
-            ft_all(nb, *suite[name])
+    def arms(seed):
+        return {"base": "base", "plain": ft("plain", seed, last), "eq": ft("eq", seed, last)}
+
+    def replicate_metrics(nb, parts, xt):
+        """pipeline.replicate_metrics: the base once, plain / EQ per replicate seed."""
+        for aid in ["base"] + [a for s in seeds for a in (ft("plain", s, last), ft("eq", s, last))]:
+            for part in parts:
+                metric(nb, part, aid, xt)
 
     # 00 design pilot: the candidates' pilot steps (rate scaled by the pixel count), then this module's measurement
     nb = "00_design_pilot"
     for size in k.pilot_candidate_sizes:
         add(nb, "ae_finetune_eq", (k.pilot_steps + PILOT_WARMUP) * k.pilot_batch * (size / k.image_size) ** 2,
             f"pilot candidate {size} px (cost scaled by pixels)")
-    notes.setdefault(nb, []).append("plus the throughput measurement itself (~1 min)")
+    note(nb, "plus the throughput measurement itself (~1 min)")
     # 01 base AE
     need("01_data_and_base_ae", ("base",), base_ae)
-    # 02 fine-tunes: every replicate seed, both arms
+    # 02 fine-tunes: plain and EQ for every replicate seed, all epochs
     nb = "02_finetune"
-    need_suite(nb)
-    for s in k.ae_seeds:
+    for s in seeds:
         for o in ("plain", "eq"):
             ft_all(nb, o, s, last)
-    # 03 decoder equivariance of the suite
+    # 03 decoder equivariance (with the extractor) of every replicate suite
     nb = "03_equivariance_failure"
-    need_suite(nb)
     need(nb, ("extractor",), extractor)
-    for name in suite:
-        need(nb, ("metric", "decoder", ae_id(name)), metric("decoder", ae_id(name)))
-    # 04 equivariance + reconstruction
-    nb = "04_table1_reconstruction"
-    need(nb, ("extractor",), extractor)
-    for name in suite:
-        for part in ("equivariance", "reconstruction"):
-            need(nb, ("metric", part, ae_id(name)), metric(part, ae_id(name)))
-    # 05 latent PCA: min(eval_n, 1000) encodes per AE
-    for name in suite:
-        add("05_latent_pca", "encode", min(k.eval_n, 1000), f"PCA latents of {ae_id(name)}")
-    # 06 intrinsic dimension
-    for name in suite:
-        need("06_intrinsic_dimension", ("metric", "intrinsic_dim", ae_id(name)), metric("intrinsic_dim", ae_id(name)))
-    notes.setdefault("06_intrinsic_dimension", []).append("TwoNN bootstrap arithmetic not modelled")
-    # 07 generator curves: method x AE x replicate seed (replicate s: fine-tunes of seed s when replicated)
+    replicate_metrics(nb, ("decoder",), True)
+    # 04 latent equivariance + reconstruction
+    replicate_metrics("04_table1_reconstruction", ("equivariance", "reconstruction"), True)
+    # 05 latent statistics (the PCA pictures encode 6 images: not counted)
+    replicate_metrics("05_latent_pca", ("latent",), False)
+    # 06 TwoNN and paired TwoNN (without the extractor); the data's own TwoNN is arithmetic only
+    replicate_metrics("06_intrinsic_dimension", ("intrinsic_dim", "intrinsic_dim_sizes"), False)
+    note("06_intrinsic_dimension", "TwoNN bootstrap arithmetic and the data's own TwoNN (pixels) not modelled")
+    # 07 every generator on base / plain / EQ (last epoch) x every replicate seed; rFID cached by 04
     nb = "07_generative_comparison"
-    need(nb, ("extractor",), extractor)
     for method in k.gen_methods:
-        for name in suite:
-            for i, seed in enumerate(k.gen_seeds):
-                if name == "base":
-                    aid = "base"
-                else:
-                    s_ae = k.ae_seeds[i] if len(k.ae_seeds) == len(k.gen_seeds) else s0
-                    ft_all(nb, name, s_ae, last)
-                    aid = f"{name} s{s_ae} ep{last}"
-                need(nb, ("curve", method, aid, seed), curve(method, aid, seed))
-    for name in suite:
-        need(nb, ("metric", "reconstruction", ae_id(name)), metric("reconstruction", ae_id(name)))
+        for name in ("base", "plain", "eq"):
+            for s in seeds:
+                curve(nb, method, arms(s)[name], s)
+    for s in seeds:
+        for aid in arms(s).values():
+            metric(nb, "reconstruction", aid, True)
+    if k.fid_spread_draws:
+        sample(nb, head, k.fid_spread_draws * k.gen_fid_n_final,
+               f"FID draw spread: {k.fid_spread_draws} draws of {k.gen_fid_n_final} ({head} on base, seed {s0})")
     if k.inception_n:
-        notes.setdefault(nb, []).append(f"Inception FID on {k.inception_n} samples per AE not projected")
+        note(nb, f"Inception FID on {k.inception_n} samples per AE not projected")
     if k.matched_rfid_max_extra_epochs:
         extra, first = k.matched_rfid_max_extra_epochs, len(work)
         ft_all(nb, "eq", s0, last + extra)
         for e in range(last + 1, last + extra + 1):
-            need(nb, ("metric", "reconstruction", f"eq s{s0} ep{e}"), metric("reconstruction", f"eq s{s0} ep{e}"))
-        for seed in k.gen_seeds:
-            need(nb, ("curve", "dit", f"eq s{s0} ep{last + extra}", seed), curve("dit", f"eq s{s0} ep{last + extra}",
-                                                                                  seed))
+            metric(nb, "reconstruction", ft("eq", s0, e), True)
+        curve(nb, head, ft("eq", s0, last + extra), s0)
         work[first:] = [Work(w.notebook, w.stage, w.count, w.what, True) for w in work[first:]]
-        notes.setdefault(nb, []).append(f"matched rFID: at most {extra} more EQ epochs and their DiT runs (only "
-                                        "when EQ's rFID is not kept); counted in full")
-    # 08 Fig. 5: DiT (seed g0) on the EQ AE after each epoch of fig5_epochs
+        note(nb, f"matched rFID: at most {extra} more EQ epochs (seed {s0}) and one {head} curve (only when EQ's "
+                 "rFID is not kept); counted in full")
+    # 08 Fig. 5: the headline generator on EQ and plain at every fig5 epoch x every replicate seed (the base = epoch 0)
     nb = "08_gfid_per_epoch"
-    ft_all(nb, "eq", s0, last)
-    for e in k.fig5_epochs:
-        aid = "base" if e == 0 else f"eq s{s0} ep{e}"
-        need(nb, ("curve", "dit", aid, g0), curve("dit", aid, g0))
-        for part in ("equivariance", "reconstruction"):
-            need(nb, ("metric", part, aid), metric(part, aid))
-    # 09 ablations: new variants fine-tuned ablation_epochs epochs; all metrics; the ID-vs-gFID points
+    for s in seeds:
+        for aid in ["base"] + [ft(arm, s, e) for arm in ("eq", "plain") for e in k.fig5_epochs]:
+            curve(nb, head, aid, s)
+            for part in ("equivariance", "reconstruction"):
+                metric(nb, part, aid, True)
+    # 09 ablations (single seed s0): new variants fine-tuned ablation_epochs epochs, all four metric parts with the
+    # extractor; the default variant is EQ seed s0's epoch ablation_epochs (built by 02 when within finetune_epochs)
     nb = "09_ablations"
-    for i in range(k.n_ablations_new):
-        aid = f"ablation {i + 1}"
-        finetune("eq", s0, k.ablation_epochs, label=aid)(nb)
-        for part in ("equivariance", "decoder", "reconstruction", "intrinsic_dim"):
-            need(nb, ("metric", part, aid), metric(part, aid))
-        if k.ablation_gfid:
-            need(nb, ("curve", "dit", aid, g0), curve("dit", aid, g0))
-    for part in ("equivariance", "decoder", "reconstruction", "intrinsic_dim"):
-        need(nb, ("metric", part, "base"), metric(part, "base"))
+    parts4 = ("equivariance", "decoder", "reconstruction", "intrinsic_dim")
+    variants = {"base": "base"}
+    for label in k.ablations:
+        if label == DEFAULT_ABLATION:
+            ft_all(nb, "eq", s0, k.ablation_epochs)
+            variants[label] = ft("eq", s0, k.ablation_epochs)
+        else:
+            aid = f"ablation {label!r}"
+            need(nb, ("ablation", label), lambda nb_, aid=aid: finetune(nb_, "eq", s0, k.ablation_epochs, label=aid))
+            variants[label] = aid
+    if any(label.startswith("explicit") for label in k.ablations):
+        note(nb, "the explicit-objective variant is timed at the EQ fine-tune's rate")
+    for aid in variants.values():
+        for part in parts4:
+            metric(nb, part, aid, True)
     if k.ablation_gfid:
-        need(nb, ("curve", "dit", "base", g0), curve("dit", "base", g0))
-        if k.ablation_epochs == 1:
-            need(nb, ("curve", "dit", f"eq s{s0} ep1", g0), curve("dit", f"eq s{s0} ep1", g0))
-    else:  # the points: base, every EQ epoch, the plain control's last epoch
-        for aid in ["base", f"plain s{s0} ep{last}"] + [f"eq s{s0} ep{e}" for e in range(1, last + 1)]:
-            need(nb, ("metric", "intrinsic_dim", aid), metric("intrinsic_dim", aid))
-            need(nb, ("curve", "dit", aid, g0), curve("dit", aid, g0))
-    notes.setdefault("10_discrete_vq_maskgit", []).append("VQ tokenizer and MaskGIT not modelled")
-    notes.setdefault("99_report", []).append("report only (seconds)")
+        for aid in variants.values():
+            curve(nb, head, aid, s0)
+    else:  # the ID-gFID points: base, EQ s0 at the Fig. 5 epochs, plain s0's last epoch (ID without the extractor)
+        for aid in ["base"] + [ft("eq", s0, e) for e in k.fig5_epochs] + [ft("plain", s0, last)]:
+            metric(nb, "intrinsic_dim", aid, False)
+            curve(nb, head, aid, s0)
+    note("10_discrete_vq_maskgit", "VQ tokenizer and MaskGIT not modelled")
+    note("99_report", "report only (seconds)")
     return CountModel(work, caps, notes, unmodelled=("10_discrete_vq_maskgit",))
 
 
@@ -510,8 +540,8 @@ def measure_throughput(P: Config, seconds: float = 3.0, progress: bool = True, o
 
     Returns:
         ``{stage: {"rate": items/s, "unit": ..., "batch": b, "steps": timed steps, "seconds": timed s}}`` for the
-        stage types of :data:`STAGE_UNITS` the profile uses (``gen_*_sit`` only when SiT runs; ``features``:
-        the classifier extractor's network; Inception is not measured). ``only``: measure these stage types only;
+        stage types of :data:`STAGE_UNITS` the profile uses (``gen_*_<method>`` for each of ``gen_methods``;
+        ``features``: the classifier extractor's network; Inception is not measured). ``only``: measure these stage types only;
         ``device``: where to measure (default: where the kit trains, :func:`eqvae_lib.runtime.device`).
     May take about a minute (≈ 12 stage types × ``seconds``, plus warm-ups).
     """

@@ -13,17 +13,23 @@ from eqvae_lib import projection as pr
 from eqvae_lib.__main__ import main as cli_main
 from eqvae_lib.config import build_config
 
-# A synthetic profile small enough to count by hand (every number below is derived in the comments of the test).
+# A synthetic profile small enough to count by hand (every number below is derived in the comments of the tests).
+# small-f4 on 32 px: latent side 8. Equivariance scales: eval_scales {0.5, 0.75} ∪ the paper's T_S {0.25, 0.5, 0.75}
+# ∪ the trained scales m / 8 for m = max(ceil(8 · 0.25), min_latent_side 4) .. 7 = {0.5, 0.625, 0.75, 0.875}
+# = 5 scales, E = 5 + 3 rotations = 8 transforms: (E + 1) x eval_n = 90 encodes per AE. Decoder equivariance:
+# T = identity + 2 eval_scales + 3 rotations = 6 transforms: 10 encodes, 60 decodes, 120 features per AE.
 SYNTH = dict(
-    dataset="fashion-mnist", image_size=32, n_train=1000, n_test=500, val_size=20, seed=0,
-    pretrain_batch=10, pretrain_max_epochs=2, pretrain_max_minutes=60.0, pretrain_disc_start=50,
-    pretrain_val_every=40,
+    dataset="fashion-mnist", image_size=32, ae_arch="small-f4", n_train=1000, n_test=500, val_size=20, seed=0,
+    replicate_seeds=[0, 1],
+    pretrain_batch=10, pretrain_max_epochs=2, pretrain_max_steps=150, pretrain_disc_start=50, pretrain_val_every=40,
     finetune_subset=100, finetune_epochs=2, finetune_batch=10,
+    family="rotation+scale", min_latent_side=4,
     ablations=["rotation+scale (default)", "rotation"], ablation_epochs=1, ablation_gfid=False,
     matched_rfid_max_extra_epochs=0,
-    eval_n=10, eval_scales=[0.5, 0.75], id_n=30, fid_extractor="classifier", classifier_n_train=200,
-    classifier_epochs=2, inception_n=0,
-    gen_seeds=[0, 1], sit=False, gen_steps=30, gen_batch=8, gen_eval_steps=[10, 30], gen_fid_n=16,
+    eval_n=10, eval_scales=[0.5, 0.75], id_n=30, id_sizes=[40, 20], fid_extractor="classifier",
+    classifier_n_train=200, classifier_epochs=2, inception_n=0,
+    gen_methods=["sit", "dit"], gen_steps=30, gen_batch=8, gen_eval_steps=[10, 30, 50], gen_fid_n=16,
+    gen_fid_n_final=24, fid_spread_draws=3, fig5_epochs=[1],
     pilot_candidates=[{"dataset": "fashion-mnist", "image_size": 32, "arch": "small-f4"},
                       {"dataset": "fashion-mnist", "image_size": 64, "arch": "small-f4"}],
     pilot_steps=5, pilot_batch=4,
@@ -42,55 +48,80 @@ def test_count_model_on_a_synthetic_profile():
     t = totals(m)
     # 00: (5 steps + 3 warm-up) x batch 4 = 32 images at 32 px; the 64 px candidate costs 4x the pixels: 128
     assert t[("00_design_pilot", "ae_finetune_eq")] == 32 + 128
-    # 01: 2 epochs x floor(1000 / 10) = 200 steps: 50 before disc_start, 150 with the GAN, batch 10;
-    # validations at steps 40, 80, ..., 200 = 5 x 20 images (encode + decode)
+    # 01: caps 2 epochs x floor(1000 / 10) = 200 steps and 150 steps: 150 steps, 50 before disc_start, 100 with the
+    # GAN, batch 10; validations at steps 40, 80, 120 and at the end = 4 x 20 images (encode + decode)
     assert t[("01_data_and_base_ae", "ae_pretrain")] == 500
-    assert t[("01_data_and_base_ae", "ae_pretrain_gan")] == 1500
-    assert t[("01_data_and_base_ae", "encode")] == t[("01_data_and_base_ae", "decode")] == 100
+    assert t[("01_data_and_base_ae", "ae_pretrain_gan")] == 1000
+    assert t[("01_data_and_base_ae", "encode")] == t[("01_data_and_base_ae", "decode")] == 80
     assert all(w.at_most for w in m.work if w.notebook == "01_data_and_base_ae")
-    assert [c.seconds for c in m.caps if c.notebook == "01_data_and_base_ae"] == [3600.0]
-    # 02: per arm 2 epochs x floor(100 / 10) = 20 steps x 10 images; one validation (20 images) per epoch
-    assert t[("02_finetune", "ae_finetune_plain")] == t[("02_finetune", "ae_finetune_eq")] == 200
-    assert t[("02_finetune", "encode")] == 2 * 2 * 20
-    # 03: classifier 2 epochs x 0.9 x 200 = 360; decoder part per AE (3 AEs, T = 2 scales + 3 rotations = 5):
-    # 10 encodes, 50 decodes, 100 features
+    assert not m.caps
+    # 02: per arm and replicate seed 2 epochs x floor(100 / 10) = 20 steps x 10 images; 2 seeds; one validation
+    # (20 images) per epoch: 2 seeds x 2 arms x 2 epochs x 20
+    assert t[("02_finetune", "ae_finetune_plain")] == t[("02_finetune", "ae_finetune_eq")] == 2 * 200
+    assert t[("02_finetune", "encode")] == t[("02_finetune", "decode")] == 2 * 2 * 2 * 20
+    # 03: classifier 2 epochs x 0.9 x 200 = 360; decoder part of 5 AEs (the base once + plain / EQ per seed)
     assert t[("03_equivariance_failure", "classifier_train")] == 360
-    assert t[("03_equivariance_failure", "encode")] == 3 * 10
-    assert t[("03_equivariance_failure", "decode")] == 3 * 50
-    assert t[("03_equivariance_failure", "features")] == 3 * 100
-    # 04: per AE equivariance (T + 1) x 10 = 60 encodes, reconstruction 10 encodes + 10 decodes + 20 features
-    assert t[("04_table1_reconstruction", "encode")] == 3 * 70
-    assert t[("04_table1_reconstruction", "decode")] == 3 * 10
-    assert t[("04_table1_reconstruction", "features")] == 3 * 20
-    assert t[("05_latent_pca", "encode")] == 3 * 10
-    assert t[("06_intrinsic_dimension", "encode")] == 3 * 30
-    # 07: 3 AEs x 2 seeds = 6 curves of 30 steps x 8 latents; 2 evals x 16 samples each; 3 latent caches of 1000;
-    # reference: 16 features; the reconstruction metrics are cached by 04
-    assert t[("07_generative_comparison", "gen_train_dit")] == 6 * 240
-    assert t[("07_generative_comparison", "gen_sample_dit")] == 6 * 32
-    assert t[("07_generative_comparison", "features")] == 16 + 6 * 32
-    assert t[("07_generative_comparison", "encode")] == 3 * 1000
-    # 08: Fig. 5 epochs 0, 1, 2 with seed 0: base and epoch 2 were trained by 07; new: epoch 1's latent cache,
-    # its curve, its equivariance (60 encodes) and reconstruction (10 encodes, 10 decodes, 20 features)
-    assert t[("08_gfid_per_epoch", "gen_train_dit")] == 240
-    assert t[("08_gfid_per_epoch", "encode")] == 1000 + 60 + 10
-    assert t[("08_gfid_per_epoch", "features")] == 32 + 20
-    # 09: the default variant is the EQ fine-tune's epoch 1 (cached); "rotation": 1 epoch = 10 steps x 10 images,
-    # 1 validation, all four metric parts (60 + 10 + 10 + 30 encodes); ID of EQ epoch 1 (30); every point's curve
-    # exists already
+    assert t[("03_equivariance_failure", "encode")] == 5 * 10
+    assert t[("03_equivariance_failure", "decode")] == 5 * 60
+    assert t[("03_equivariance_failure", "features")] == 5 * 120
+    # 04: per AE equivariance 90 encodes, reconstruction 10 encodes + 10 decodes + 20 features
+    assert t[("04_table1_reconstruction", "encode")] == 5 * 100
+    assert t[("04_table1_reconstruction", "decode")] == 5 * 10
+    assert t[("04_table1_reconstruction", "features")] == 5 * 20
+    # 05: latent statistics on eval_n images; 06: TwoNN on id_n = 30 + the paired TwoNN on max(id_sizes) = 40
+    assert t[("05_latent_pca", "encode")] == 5 * 10
+    assert t[("06_intrinsic_dimension", "encode")] == 5 * (30 + 40)
+    # 07: per method 3 arms x 2 seeds = 6 curves of 30 steps x 8 latents; evaluations at steps 10 (16 samples) and 30
+    # (the last: 24), step 50 > gen_steps dropped: 40 samples per curve; the FID spread: 3 draws x 24 of the headline
+    # generator (sit); 5 latent caches of 1000; reference: all 500 test images; rFID cached by 04
+    assert t[("07_generative_comparison", "gen_train_sit")] == t[("07_generative_comparison", "gen_train_dit")] == 1440
+    assert t[("07_generative_comparison", "gen_sample_sit")] == 6 * 40 + 72
+    assert t[("07_generative_comparison", "gen_sample_dit")] == 6 * 40
+    assert t[("07_generative_comparison", "features")] == 500 + 12 * 40 + 72
+    assert t[("07_generative_comparison", "encode")] == 5 * 1000
+    assert ("07_generative_comparison", "decode") not in t
+    # 08: Fig. 5 at epoch 1 (and 0 = the base), EQ and plain x 2 seeds, the headline generator only: 4 new AEs, each
+    # a latent cache, a sit curve, equivariance (90 encodes) and reconstruction (10 + 10 + 20); base / last cached
+    assert t[("08_gfid_per_epoch", "gen_train_sit")] == 4 * 240
+    assert t[("08_gfid_per_epoch", "gen_sample_sit")] == 4 * 40
+    assert t[("08_gfid_per_epoch", "encode")] == 4 * (1000 + 90 + 10)
+    assert t[("08_gfid_per_epoch", "decode")] == 4 * 10
+    assert t[("08_gfid_per_epoch", "features")] == 4 * (40 + 20)
+    assert ("08_gfid_per_epoch", "gen_train_dit") not in t
+    # 09: the default variant is EQ seed 0's epoch 1 (cached by 02); "rotation": 1 epoch = 10 steps x 10 images, 1
+    # validation (20), all four parts with the extractor (90 + 10 + 10 + 30 encodes, 60 + 10 decodes, 120 + 20
+    # features). New parts of cached AEs: the base's ID with the extractor (30; 06 measured it without), EQ ep1's
+    # decoder part (10 enc, 60 dec, 120 feat) and ID with the extractor (30); the ID-gFID points: EQ ep1's ID without
+    # the extractor (30), every point's curve exists already
     assert t[("09_ablations", "ae_finetune_eq")] == 100
-    assert t[("09_ablations", "encode")] == 20 + 60 + 10 + 10 + 30 + 30
-    assert ("09_ablations", "gen_train_dit") not in t
+    assert t[("09_ablations", "encode")] == 20 + 140 + 30 + 10 + 30 + 30
+    assert t[("09_ablations", "decode")] == 20 + 70 + 60
+    assert t[("09_ablations", "features")] == 140 + 120
+    assert not any(w.stage.startswith("gen_") for w in m.work if w.notebook == "09_ablations")
     assert "10_discrete_vq_maskgit" in m.unmodelled
 
 
-def test_count_model_adds_sit_and_seeds():
-    """SiT doubles the generator lines of 07 only (08 and 09 use DiT); three seeds give 3 x 3 curves."""
-    m = pr.work_table(pr.knobs_of(build_config({**SYNTH, "sit": True, "gen_seeds": [0, 1, 2]})))
+def test_count_model_fig5_all_epochs_ablation_gfid_matched_rfid():
+    """fig5_epochs None = every epoch; three replicate seeds; DiT the headline generator; gFID per ablation; the
+    matched-rFID epochs."""
+    m = pr.work_table(pr.knobs_of(build_config({**SYNTH, "replicate_seeds": [0, 1, 2], "gen_methods": ["dit"],
+                                                "fig5_epochs": None, "ablation_gfid": True,
+                                                "matched_rfid_max_extra_epochs": 2})))
     t = totals(m)
-    assert t[("07_generative_comparison", "gen_train_dit")] == 9 * 240
-    assert t[("07_generative_comparison", "gen_train_sit")] == 9 * 240
-    assert ("08_gfid_per_epoch", "gen_train_sit") not in t
+    # 02: 3 seeds x 200 images per arm
+    assert t[("02_finetune", "ae_finetune_eq")] == 3 * 200
+    # 07: 3 arms x 3 seeds = 9 curves of 240 latents; matched rFID: EQ seed 0 epochs 3 and 4 (2 x 100 images, their
+    # validations 2 x 20, reconstruction 10 encodes + 10 decodes each) and one more curve on epoch 4, all "at most"
+    assert t[("07_generative_comparison", "gen_train_dit")] == 9 * 240 + 240
+    assert t[("07_generative_comparison", "ae_finetune_eq")] == 200
+    assert t[("07_generative_comparison", "decode")] == 2 * 20 + 2 * 10
+    matched = [w for w in m.work if w.notebook == "07_generative_comparison" and w.stage == "ae_finetune_eq"]
+    assert matched and all(w.at_most for w in matched)
+    # 08: epochs 1 and 2 (epoch 2 = the last, cached by 07): EQ and plain epoch 1 x 3 seeds = 6 new curves
+    assert t[("08_gfid_per_epoch", "gen_train_dit")] == 6 * 240
+    # 09: gFID of each variant: base and EQ seed 0 epoch 1 cached (07, 08), "rotation" new; no ID-gFID extra points
+    assert t[("09_ablations", "gen_train_dit")] == 240
+    assert t[("09_ablations", "encode")] == 20 + 140 + 30 + 10 + 30 + 1000
 
 
 def test_project_arithmetic_cap_and_missing_rate():
