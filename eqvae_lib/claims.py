@@ -17,8 +17,9 @@ one base autoencoder.
 
 Generative claims read the profile's headline generator (the first of ``gen_methods``, named in each metric's notes)
 under generator-agnostic names (``gFID_final``, ``speedup_vs_base``...); the ``dit_*``/``sit_*`` rows name one
-generator. Speed-ups are estimated per replicate from the curves (:func:`eqvae_lib.verdicts.speedup_estimate`); a
-replicate whose curve never reaches the target is censored and the claim gets no number. If the base autoencoder
+generator. Speed-ups are estimated per replicate from the curves (:func:`eqvae_lib.verdicts.speedup_estimate`:
+target = the worse of the two arms' final gFIDs, speed-up = comparator's steps to it / subject's, symmetric, can be
+< 1); a replicate whose curve never reaches the target is censored and the claim gets no number. If the base autoencoder
 stopped at a cap instead of its plateau, every generative claim is ``not testable at this scale``
 (:func:`apply_base_cap_rule`, issue #15).
 """
@@ -173,15 +174,16 @@ CLAIMS: tuple[Claim, ...] = (
           "the control's rFID) is lower than on the plain control's", "table2", "gFID_final", "eq (matched rFID)",
           "plain", DIFF, "lower", paper=(_T6["EQ-VAE"]["gFID"], _T6["plain +5 ep"]["gFID"]), unit=GEN_UNIT,
           samples_param="gen_fid_n_final"),
-    Claim("speedup", "Table 2 / Fig. 1", "EQ latents reach the base's final gFID in fewer generator steps (headline "
-          "generator; per replicate, read from the curves; paper: ×7, DiT-XL/2 7M vs 1.5M steps)", "table2",
-          "speedup_vs_base", "eq", "base", SPEEDUP, "higher", paper=pv.SPEEDUP_CLAIMED["DiT-XL/2"], unit=GEN_UNIT),
-    Claim("speedup_vs_plain", "Table 6 / Fig. 1", "EQ latents reach the plain control's final gFID in fewer "
-          "generator steps (headline generator; no paper number)", "table2", "speedup_vs_plain", "eq", "plain",
-          SPEEDUP, "higher", unit=GEN_UNIT),
-    Claim("speedup_DiT", "Table 2 / Fig. 1", "EQ latents reach the base's final gFID in fewer DiT steps "
-          "(paper: ×7, DiT-XL/2 7M vs 1.5M steps)", "table2", "dit_speedup_vs_base", "eq", "base", SPEEDUP,
-          "higher", paper=pv.SPEEDUP_CLAIMED["DiT-XL/2"], unit=GEN_UNIT),
+    Claim("speedup", "Table 2 / Fig. 1", "EQ latents reach a gFID level in fewer generator steps than the base "
+          "(the worse of the two final gFIDs, headline generator; per replicate, read from the curves; paper: ×7, "
+          "DiT-XL/2 7M vs 1.5M steps)", "table2", "speedup_vs_base", "eq", "base", SPEEDUP, "higher",
+          paper=pv.SPEEDUP_CLAIMED["DiT-XL/2"], unit=GEN_UNIT),
+    Claim("speedup_vs_plain", "Table 6 / Fig. 1", "EQ latents reach a gFID level in fewer generator steps than the "
+          "plain control (the worse of the two final gFIDs; headline generator; no paper number)", "table2",
+          "speedup_vs_plain", "eq", "plain", SPEEDUP, "higher", unit=GEN_UNIT),
+    Claim("speedup_DiT", "Table 2 / Fig. 1", "EQ latents reach a gFID level (the worse of the two final gFIDs) in "
+          "fewer DiT steps than the base (paper: ×7, DiT-XL/2 7M vs 1.5M steps)", "table2", "dit_speedup_vs_base",
+          "eq", "base", SPEEDUP, "higher", paper=pv.SPEEDUP_CLAIMED["DiT-XL/2"], unit=GEN_UNIT),
     Claim("fig3_rFID_s0.25", "Fig. 3", "EQ decodes scaled latents (s = 0.25) better than the base", "fig3",
           "decoder_rFID_s0.25", "eq", "base", RATIO, "lower", samples_param="eval_n"),
     Claim("fig3_rFID_s0.5", "Fig. 3", "EQ decodes scaled latents (s = 0.5) better than the base", "fig3",
@@ -481,8 +483,8 @@ def evaluate(records: Iterable[Any], claims: Iterable[Claim] = CLAIMS, alpha: fl
 
 
 def _speedup_row(c: Claim, obs: list[Obs]) -> dict:
-    """A speed-up claim from per-replicate estimates (metric values with ``seed``; None = censored, the curve never
-    reached the comparator's final gFID): :func:`eqvae_lib.verdicts.speedup_verdict`."""
+    """A speed-up claim from per-replicate estimates (metric values with ``seed``; None = censored, a curve never
+    reached the worse of the two final gFIDs): :func:`eqvae_lib.verdicts.speedup_verdict`."""
     reps = {o.seed: (float(o.value) if _finite(o.value) else None) for o in obs
             if o.subject == c.subject and o.metric == c.metric and o.seed is not None}
     vals = [reps[s] for s in sorted(reps)]

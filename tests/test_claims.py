@@ -4,6 +4,7 @@ tables and the comparison with the reference run (issue #14)."""
 import json
 import math
 
+import numpy as np
 import pytest
 
 from eqvae_lib import claims as C
@@ -249,9 +250,16 @@ def test_speedup_estimator_on_curves_with_a_known_crossing_and_censored():
     eq = [90.0, 70.0, 50.0, 45.0, 40.0]  # crosses 60 halfway between 600 (70) and 900 (50) -> step 750
     e = V.speedup_estimate(steps, eq, base)
     assert e.target == 60.0 and e.reach == 750 and e.speedup == pytest.approx(1500 / 750) and not e.censored
-    slow = [120.0, 100.0, 90.0, 75.0, 61.0]  # never reaches 60 within the budget
+    # a slower subject: the target is the worse final (61, its own), which the base reaches first at 1425
+    slow = [120.0, 100.0, 90.0, 75.0, 61.0]
     c = V.speedup_estimate(steps, slow, base)
-    assert c.censored and c.reach is None and c.speedup is None
+    assert c.target == 61.0 and c.reach == 1500 and c.comparator_reach == 1425 and not c.censored
+    assert c.speedup == pytest.approx(1425 / 1500)  # < 1: slower
+    # symmetric: swapping the arms inverts the estimate
+    assert V.speedup_estimate(steps, base, slow).speedup == pytest.approx(1500 / 1425)
+    # a curve with no usable final value never reaches a target: censored, no number (the robustness path)
+    c = V.speedup_estimate(steps, eq[:4] + [float("nan")], base)
+    assert c.censored and c.speedup is None
     first = V.speedup_estimate(steps, [55.0, 50, 45, 40, 35], base)  # already there at the first checkpoint
     assert first.at_first_checkpoint and first.speedup == pytest.approx(5.0)
     with pytest.raises(ValueError):
@@ -262,6 +270,56 @@ def test_speedup_estimator_on_curves_with_a_known_crossing_and_censored():
     assert v.word == V.REPRODUCED and (v.low, v.high) == pytest.approx((math.exp(t.low), math.exp(t.high)))
     cv = V.speedup_verdict([2.0, None, 2.3], comparator="the base")
     assert cv.word == V.NOT_TESTABLE and cv.effect is None and "censored: in 1 of 3" in cv.text
+
+
+_SIM_STEPS = list(range(250, 3001, 250))
+
+
+def _sim_curve(shape, scale, rng, noise, rescale=1.0):
+    """A decreasing gFID curve at ``rescale`` × ``_SIM_STEPS`` (rescale 2 = twice as fast) + Gaussian evaluation
+    noise: ``"plateau"`` falls linearly from 100 to 20 at step ``scale`` then stays flat;
+    ``"exp"`` = 20 + 80·e^(−t/scale)
+    (still improving at the end of the budget)."""
+    t = np.asarray(_SIM_STEPS, dtype=float) * rescale
+    clean = np.maximum(20.0, 100.0 - 80.0 * t / scale) if shape == "plateau" else 20.0 + 80.0 * np.exp(-t / scale)
+    return (clean + rng.normal(0.0, noise, size=t.size)).tolist()
+
+
+def _simulated_speedup_words(rng, n_designs, shape, rescale, k=3):
+    words = []
+    for _ in range(n_designs):  # one curve per design; the subject's runs `rescale` times as fast
+        scale = rng.uniform(600, 1800) if shape == "plateau" else rng.uniform(400, 1000)
+        noise = rng.uniform(0.1, 2.0)
+        ests = [V.speedup_estimate(_SIM_STEPS, _sim_curve(shape, scale, rng, noise, rescale),
+                                   _sim_curve(shape, scale, rng, noise)).speedup for _ in range(k)]
+        words.append(V.speedup_verdict(ests).word)
+    return words
+
+
+@pytest.mark.parametrize("shape", ["plateau", "exp"])
+def test_speedup_verdict_is_calibrated_under_the_null_of_one_curve_for_both_arms(shape):
+    # issue 14-style null calibration: 400 designs of k = 3 replicates, both arms drawn from one decreasing curve
+    # (decreasing-then-plateau, or still improving) + noise. The old estimator (target = the comparator's final gFID,
+    # which its own curve reaches by definition) gave every uncensored replicate a speed-up >= 1 and 'reproduced' in
+    # ~50% of the plateau designs here; the symmetric one stays near the test's level, in both directions.
+    words = _simulated_speedup_words(np.random.default_rng(1414), 400, shape, rescale=1.0)
+    share = {w: words.count(w) / len(words) for w in set(words)}
+    assert share.get(V.REPRODUCED, 0.0) <= 0.05, share
+    assert share.get(V.OPPOSITE, 0.0) <= 0.05, share
+
+
+def test_speedup_verdict_finds_a_true_twofold_time_rescaling():
+    # a curve still improving at the end of the budget: the subject's runs twice as fast -> 'reproduced' in most
+    # k = 3 designs (on an exactly flat plateau the first step reaching a noisy plateau level is mostly noise: then
+    # about half the designs come out 'reproduced' at k = 3)
+    words = _simulated_speedup_words(np.random.default_rng(7), 100, "exp", rescale=2.0)
+    assert words.count(V.REPRODUCED) / len(words) >= 0.75, {w: words.count(w) for w in set(words)}
+    # and the reverse (the subject twice as slow) comes out opposite, with the speed-up near 1/2
+    rng = np.random.default_rng(8)
+    ests = [V.speedup_estimate(_SIM_STEPS, _sim_curve("exp", 700, rng, 0.3),
+                               _sim_curve("exp", 700, rng, 0.3, rescale=2.0)).speedup for _ in range(3)]
+    v = V.speedup_verdict(ests)
+    assert v.word == V.OPPOSITE and v.effect == pytest.approx(0.5, rel=0.15)
 
 
 def test_speedup_claim_reads_per_replicate_estimates_and_reports_censoring():
