@@ -429,8 +429,21 @@ def evaluate(records: Iterable[Any], claims: Iterable[Claim] = CLAIMS, alpha: fl
         if full_t and not full_c and c.comparator in FIXED_COMPARATORS:
             # the base arm (issue #14): its replicate s is the generator trained with seed s on the one base
             # autoencoder; an autoencoder-side metric of the base is one fixed value that pairs with every replicate.
-            # Results are conditional on that base (the report says so).
-            full_c = dict(gen_c) if gen_c else {s: comp for s in full_t}
+            # Results are conditional on that base (the report says so). A generative claim's base arm has its own
+            # generator seeds: one unseeded base gFID paired as a constant would ignore the base generator's seed
+            # noise, so it is not testable.
+            if gen_c:
+                full_c = dict(gen_c)
+            elif c.unit != GEN_UNIT:
+                full_c = {s: comp for s in full_t}
+            else:
+                prepared.append((c, _row(c, ours=ours, comparator_value=comp, n_replicates=1, n_samples=n_samp,
+                                         verdict=V.NOT_TESTABLE, verdict_text=(
+                                             f"comparator has no replicate seeds: the {c.comparator}'s {c.metric} is "
+                                             "one value without a generator seed, and a generator's seed noise is "
+                                             "part of each replicate (the base arm's replicate s = its generator "
+                                             "with seed s), so it cannot pair with the subject's seeds")), None))
+                continue
         seeds = sorted(set(full_t) & set(full_c))
         per_rep = [_effect(c, full_t[s], full_c[s]) for s in seeds]
         cond = {}

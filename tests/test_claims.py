@@ -165,6 +165,21 @@ def test_the_fixed_base_pairs_with_every_finetune_seed():
     assert (row["effect_ci_low"], row["effect_ci_high"]) == pytest.approx((t.low, t.high))
 
 
+def test_an_unseeded_base_gfid_does_not_pair_with_generator_replicates():
+    # the base arm of a generative claim has its own generator seeds: one unseeded base gFID is no comparator arm
+    rec = R.RunRecord("table2", "t", "cpu")
+    rec.add("gFID_final", 60.0, subject="base")
+    for s, v in enumerate([50.0, 51.0, 52.5]):
+        rec.add("gFID_final", v, subject="eq", seed=s)
+    row = _rows([rec])["table2_gFID"]
+    assert row["verdict"] == V.NOT_TESTABLE and "comparator has no replicate seeds" in row["verdict_text"]
+    assert row["effect_ci_low"] is None
+    # the same numbers seeded per generator seed in the base arm pair by seed
+    for s, v in enumerate([60.0, 61.0, 59.0]):
+        rec.add("gFID_final", v, subject="base", seed=s)
+    assert _rows([rec])["table2_gFID"]["verdict"] == V.REPRODUCED
+
+
 def test_compare_reference_cli_on_synthetic_records(tmp_path, capsys):
     refdir, mine = tmp_path / "ref", tmp_path / "mine"
     recs = []
