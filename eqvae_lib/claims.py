@@ -31,7 +31,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -492,6 +492,7 @@ def evaluate(records: Iterable[Any], claims: Iterable[Claim] = CLAIMS, alpha: fl
         rows.append(_row(c, **row))
     _base_caveat(rows, recs)
     apply_base_cap_rule(rows, base_cap_reason(recs.values()), claims)
+    apply_base_cap_rule(rows, vq_base_cap_reason(recs.values()), claims, which=_is_table3_generative)
     return rows
 
 
@@ -513,6 +514,10 @@ def _speedup_row(c: Claim, obs: list[Obs]) -> dict:
                 alpha=v.alpha, min_detectable_effect=v.mde, verdict=v.word, verdict_text=text)
 
 
+def _is_table3_generative(c: Claim) -> bool:
+    return c.id.startswith("table3_")
+
+
 def is_generative(c: Claim) -> bool:
     """Claims that rest on a generator trained on the continuous autoencoders' latents (gFID, speed-up, Fig. 5,
     ID–gFID); the discrete path's (``table1_vq``: MaskGIT on the VQ tokenizer, with its own base) is not one."""
@@ -522,27 +527,63 @@ def is_generative(c: Claim) -> bool:
 
 
 def base_cap_reason(records: Iterable[Any]) -> str | None:
-    """Why the generative claims cannot be tested (issue #15 item 1), or None: the base autoencoder stopped at a cap
-    (steps/epochs) instead of its validation plateau — read from the ``base_ae`` record's ``plateau_reached`` or any
-    record's ``base_plateau_reached`` (1 = plateau, 0 = cap). Then "fine-tuning" is also "more training" and a gFID
-    difference between arms can come from decoder training, not latent structure."""
+    """Why the generative claims on the continuous autoencoders cannot be tested (issue #15 item 1), or None: the
+    base autoencoder stopped at a cap (steps/epochs) instead of its validation plateau — read from the ``base_ae``
+    record's ``plateau_reached`` or any record's ``base_plateau_reached`` (1 = plateau, 0 = cap). Then
+    "fine-tuning" is also "more training" and a gFID difference between arms can come from decoder training, not
+    latent structure. Fails closed: a kit-trained base (a ``base_ae`` record exists) whose stop reason is not
+    recorded (no value) counts as not converged. No ``base_ae`` record and no ``base_plateau_reached`` → None
+    (nothing is known about the base; e.g. a lone record in a test)."""
+    records = list(records)
+    known = False
     for r in records:
         for m in r.metrics:
-            if (m.name == "base_plateau_reached" or (r.claim == "base_ae" and m.name == "plateau_reached")) \
-                    and m.value is not None and m.value == 0:
-                return ("the base autoencoder stopped at a cap, not at its validation plateau (record "
-                        f"{r.claim!r}); fine-tuning then also means more training, and a generative comparison "
-                        "cannot separate latent structure from it — a base trained to its plateau would test it")
+            if m.name == "base_plateau_reached" or (r.claim == "base_ae" and m.name == "plateau_reached"):
+                if not _finite(m.value):
+                    continue
+                known = True
+                if m.value == 0:
+                    return ("the base autoencoder stopped at a cap, not at its validation plateau (record "
+                            f"{r.claim!r}); fine-tuning then also means more training, and a generative comparison "
+                            "cannot separate latent structure from it — a base trained to its plateau would test it")
+    if not known and any(r.claim == "base_ae" for r in records):
+        return ("the base's stop reason is not recorded (record 'base_ae' has no plateau_reached value), so the base "
+                "counts as not converged: fine-tuning may also mean more training, and a generative comparison cannot "
+                "separate latent structure from it")
     return None
 
 
-def apply_base_cap_rule(rows: list[dict], reason: str | None, claims: Iterable[Claim] = CLAIMS) -> None:
-    """Issue #15 item 1: when ``reason`` (:func:`base_cap_reason`) is given, every generative claim
-    (:func:`is_generative`) that was judged becomes ``not testable at this scale`` with that reason, in either direction; its interval stays
-    in the row, reported, not judged. Rows not run / measurements are left alone. In place."""
+_VQ_STOP = re.compile(r"stop reason:\s*([\w-]+)")
+
+
+def vq_base_cap_reason(records: Iterable[Any]) -> str | None:
+    """The same rule for the discrete path (Table 3, MaskGIT on the VQ tokenizer): notebook 10 records the base VQ's
+    stop reason in the notes of ``base_vq_pretrain_steps`` (``"stop reason: plateau"`` or a cap). A ``table1_vq``
+    record whose stop reason is not ``plateau`` or not recorded → the reason; no ``table1_vq`` record → None."""
+    for r in records:
+        if r.claim != "table1_vq":
+            continue
+        m = next((m for m in r.metrics if m.name == "base_vq_pretrain_steps"), None)
+        found = _VQ_STOP.search((m.notes or "") if m is not None else "")
+        if found is None:
+            return ("the base VQ tokenizer's stop reason is not recorded (record 'table1_vq'), so it counts as not "
+                    "converged: EQ fine-tuning may also mean more training of the tokenizer")
+        if found.group(1) != "plateau":
+            return (f"the base VQ tokenizer stopped at a cap ({found.group(1)}), not at its validation plateau; EQ "
+                    "fine-tuning then also means more training, and MaskGIT's comparison cannot separate token "
+                    "structure from it")
+    return None
+
+
+def apply_base_cap_rule(rows: list[dict], reason: str | None, claims: Iterable[Claim] = CLAIMS,
+                        which: Callable[[Claim], bool] = is_generative) -> None:
+    """Issue #15 item 1: when ``reason`` (:func:`base_cap_reason`) is given, every claim selected by ``which``
+    (default: the generative claims, :func:`is_generative`; Table 3's for :func:`vq_base_cap_reason`) that was judged
+    becomes ``not testable at this scale`` with that reason, in either direction; its interval stays in the row,
+    reported, not judged. Rows not run / measurements are left alone. In place."""
     if not reason:
         return
-    gen = {c.id for c in claims if is_generative(c)}
+    gen = {c.id for c in claims if which(c)}
     for r in rows:
         if r["claim"] in gen and r["verdict"] not in (V.NOT_RUN, V.MEASUREMENT):
             was = r["verdict"]
@@ -620,9 +661,12 @@ def record_verdict(record: Any, others: Iterable[Any] = ()) -> tuple[str, str]:
     The per-claim rows (``results.csv``) are the verdicts; a record's summary word never claims more than its least
     conclusive comparison: all its comparisons share a word → that word; otherwise ``within noise`` when the
     inconclusive ones have intervals, else ``not testable at this scale``. A record with only measurements gives
-    ``measurement``. ``others``: further records of the run (for the base-plateau caveat).
+    ``measurement``. ``others``: every other record of the run (:func:`eqvae_lib.records.load_records`): the base's
+    stop reason lives in ``base_ae``, so a caller that leaves them out misses the cap rule (:func:`base_cap_reason`)
+    and its summary could contradict ``results.csv``; every caller passes them.
     """
     mine = [c for c in CLAIMS if c.record == record.claim]
+    others = [o for o in others if o.claim != record.claim]  # a saved (older) copy of this record never wins
     rows = [r for r in evaluate([record, *others], mine) if r["verdict"] != V.NOT_RUN]
     comps = [r for r in rows if r["verdict"] != V.MEASUREMENT]
     text = "; ".join(f"{r['claim']}: {r['verdict']} ({r['verdict_text']})" for r in comps)

@@ -314,7 +314,7 @@ def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
     lines += [f"- **{r['claim']}** ({r['verdict']}): {r['verdict_text']}" for r in rows
               if r["verdict"] not in ("reproduced", "measurement")]
     for r in records:
-        word, text = record_verdict(r)
+        word, text = record_verdict(r, records)  # all records: the cap rule reads base_ae (as results.csv does)
         sub = df[df.claim == r.claim].drop(columns=["claim"])
         scale = r.scale if (r.scale or "").startswith("Scale:") else f"Scale: {r.scale or 'n/a'}"  # scale_note's form
         wall = f"{(r.wall_time_s or 0) / 60:.1f} min" if r.wall_time_s is not None else "n/a"
@@ -414,8 +414,9 @@ def save_records_beside_figures(records: Iterable[RunRecord], folder: Path) -> l
     from .claims import record_verdict
 
     paths = []
+    records = list(records)
     for r in records:
-        r.set_verdict(*record_verdict(r))
+        r.set_verdict(*record_verdict(r, records))
         path = folder / "records" / f"{r.claim}.json"
         atomic_write_json(path, asdict(r))
         paths.append(path)

@@ -382,6 +382,66 @@ def test_a_base_stopped_at_a_cap_makes_every_generative_claim_not_testable():
     assert not any(C.is_generative(c) for c in C.CLAIMS if c.record in ("table1", "table1_vq"))
 
 
+def test_a_base_without_a_recorded_stop_reason_counts_as_not_converged():
+    gen = _gen_record("table2", {"base": [60.0, 62.0, 61.0], "eq": [50.0, 51.0, 52.5]})
+    silent = R.RunRecord("base_ae", "t", "cpu")  # a kit-trained base whose record carries no stop reason
+    silent.add("pretrain_steps", 4000.0, "steps", subject="base")
+    reason = C.base_cap_reason([gen, silent])
+    assert reason and "stop reason is not recorded" in reason
+    row = _rows([gen, silent])["table2_gFID"]
+    assert row["verdict"] == V.NOT_TESTABLE and "stop reason is not recorded" in row["verdict_text"]
+    silent.add("plateau_reached", None, subject="base")  # a value that is no value says nothing either
+    assert C.base_cap_reason([silent])
+    ok = R.RunRecord("base_ae", "t", "cpu")
+    ok.add("plateau_reached", 1.0, subject="base")
+    assert C.base_cap_reason([gen, ok]) is None and _rows([gen, ok])["table2_gFID"]["verdict"] == V.REPRODUCED
+
+
+def _vq_record(stop_notes):
+    rec = _gen_record("table1_vq", {"base": [60.0, 62.0, 61.0], "eq": [50.0, 51.0, 52.5]},
+                      metric="maskgit_gFID_final", notes="n = 1000")
+    if stop_notes is not None:
+        rec.add("base_vq_pretrain_steps", 3000.0, "steps", subject="base", notes=stop_notes)
+    return rec
+
+
+def test_the_cap_rule_applies_to_the_vq_base_for_table3():
+    assert _rows([_vq_record("stop reason: plateau")])["table3_maskgit_gFID"]["verdict"] == V.REPRODUCED
+    for notes, why in (("stop reason: max_steps", "stopped at a cap (max_steps)"), (None, "not recorded")):
+        row = _rows([_vq_record(notes)])["table3_maskgit_gFID"]
+        assert row["verdict"] == V.NOT_TESTABLE and why in row["verdict_text"], notes
+    # the continuous base's cap does not void the discrete path, nor the VQ base's the continuous claims
+    capped = R.RunRecord("base_ae", "t", "cpu")
+    capped.add("plateau_reached", 0.0, "bool", subject="base")
+    assert _rows([_vq_record("stop reason: plateau"), capped])["table3_maskgit_gFID"]["verdict"] == V.REPRODUCED
+    gen = _gen_record("table2", {"base": [60.0, 62.0, 61.0], "eq": [50.0, 51.0, 52.5]})
+    assert _rows([_vq_record("stop reason: max_steps"), gen])["table2_gFID"]["verdict"] == V.REPRODUCED
+
+
+def test_per_record_verdicts_see_the_cap_rule_so_the_report_agrees_with_results_csv(tmp_path):
+    gen = _gen_record("table2", {"base": [60.0, 62.0, 61.0], "plain": [58.0, 59.5, 59.0],
+                                 "eq": [50.0, 51.0, 52.5]})
+    capped = R.RunRecord("base_ae", "t", "cpu")
+    capped.add("plateau_reached", 0.0, "bool", subject="base")
+    runs = tmp_path / "runs"
+    gen.save(runs)
+    capped.save(runs)
+    assert C.record_verdict(gen, R.load_records("cpu", runs))[0] == V.NOT_TESTABLE
+    assert C.record_verdict(gen)[0] == V.REPRODUCED  # (what a caller without the other records would say)
+    # a stale saved copy of the record itself (here: the opposite result) never overrides the one being judged
+    stale = _gen_record("table2", {"base": [50.0, 51.0, 52.5], "plain": [50.0, 51.0, 52.5], "eq": [60.0, 62.0, 61.0]})
+    assert C.record_verdict(gen, [stale])[0] == V.REPRODUCED
+    folder = tmp_path / "fig"
+    R.write_report("cpu", folder, root=runs)
+    rows = {r["claim"]: r for r in R.read_results_csv(folder / "results.csv")}
+    assert rows["table2_gFID"]["verdict"] == V.NOT_TESTABLE
+    report = (folder / "report.md").read_text()
+    section = report.split("## table2:")[1].split("\n## ")[0]
+    assert "Verdict: **not testable at this scale**" in section and "Verdict: **reproduced**" not in section
+    R.save_records_beside_figures(R.load_records("cpu", runs), folder)
+    assert R.load_record(folder / "records" / "table2.json").verdict == V.NOT_TESTABLE
+
+
 def test_fig5_epoch1_pairs_eq_and_plain_by_seed():
     rec = R.RunRecord("fig5", "t", "cpu")
     eq, plain, base = {0: 50.0, 1: 54.0, 2: 49.0, 3: 70.0}, {2: 52.0, 0: 53.5, 1: 55.0}, {0: 60.0, 1: 61.0, 2: 58.0}
