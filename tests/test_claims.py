@@ -103,6 +103,8 @@ def test_records_from_tables_round_trip_and_report(tmp_path):
     assert t1.git_commit == "abc123" and t1.seeds == [0] and t1.inputs == {"base_ae": "11", "eq_ae": "22"}
     assert t1.wall_time_s == pytest.approx(30.0) and t1.title == "Latent equivariance error"
     assert "re-derived from the committed" in t1.origin and t1.get("delta_R", "eq") == 0.25
+    # v1 runs: the seeds the tables say (report.md's provenance), never today's replicate_seeds
+    assert all("replicate_seeds" not in r.params for r in recs.values())
     R.save_records_beside_figures(recs.values(), folder)
     back = R.load_record(folder / "records" / "table1.json")
     assert back.verdict == V.NOT_TESTABLE and back.origin == t1.origin
@@ -139,6 +141,20 @@ def test_compare_to_reference_inside_outside_and_no_interval(tmp_path):
     assert out["r"]["agreement"] == "outside"
     assert out["c"]["agreement"] == "no reference interval" and out["d"]["agreement"] == "not in your run"
     assert out["c"]["relative_difference"] == 0.0 and out["a"]["relative_difference"] == pytest.approx(3.9)
+
+
+def test_compare_to_reference_refuses_a_claim_whose_definition_changed():
+    ref = dict(claim="fig5_epoch1", verdict=V.WITHIN_NOISE, effect=-1.0, effect_ci_low=-3.0, effect_ci_high=1.0,
+               n_replicates=3, metric="gFID", subject="eq epoch 1", comparator="epoch 0")
+    same = dict(ref, effect=-1.2)
+    out = R.compare_to_reference([same], [ref])[0]
+    assert out["agreement"] == "inside"
+    for key, changed in (("comparator", "plain epoch 1"), ("metric", "gFID_final"), ("subject", "eq")):
+        out = R.compare_to_reference([dict(same, **{key: changed})], [ref])[0]
+        assert out["agreement"] == "definition changed since the reference run", key
+    # a column missing on one side and empty on the other is the same (empty) definition
+    out = R.compare_to_reference([dict(same, comparator=None)], [dict(ref, comparator=float("nan"))])[0]
+    assert out["agreement"] == "inside"
 
 
 def test_identical_replicates_and_primary_claims_below_three_replicates_are_not_testable():
