@@ -144,8 +144,8 @@ CLAIMS: tuple[Claim, ...] = (
           samples_param="gen_fid_n_final"),
     Claim("fig5_epoch1", "Fig. 5", "one EQ fine-tuning epoch already lowers gFID: EQ after epoch 1 vs the plain "
           "control after epoch 1, paired by seed (headline generator; the paper compares with epoch 0, and its plain "
-          "control has SD-VAE's gFID, Table 6)", "fig5", "gFID", "eq epoch 1", "plain epoch 1", DIFF, "lower",
-          paper=(pv.FIG5[1], pv.FIG5[0]), unit=GEN_UNIT, primary=True, samples_param="gen_fid_n_final"),
+          "control has SD-VAE's gFID, Table 6: no paper number for this contrast)", "fig5", "gFID", "eq epoch 1",
+          "plain epoch 1", DIFF, "lower", paper=None, unit=GEN_UNIT, primary=True, samples_param="gen_fid_n_final"),
     # --- exploratory ---
     Claim("table1_rFID", "Table 1", "EQ-VAE's rFID is lower than the base's", "table1", "rFID", "eq", "base", RATIO,
           "lower", paper=(_T1["eq"]["rFID"], _T1["base"]["rFID"]), samples_param="eval_n"),

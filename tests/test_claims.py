@@ -28,6 +28,10 @@ def test_claim_table_is_fixed_and_takes_paper_numbers_from_paper_values():
     assert by["recon_kept_rFID"].margin == 1.10 and by["recon_kept_rFID"].comparator == "plain"
     assert by["table12_PSNR_kept"].margin == -0.3 and by["table12_PSNR_kept"].direction == "higher"
     assert by["table6_gFID_fixed_budget"].paper_effect == pytest.approx(34.1 - 43.5)
+    # Fig. 5's paper number is epoch 1 vs epoch 0: it belongs to fig5_epoch1_vs_base, not to EQ vs plain at epoch 1
+    assert by["fig5_epoch1"].paper is None and by["fig5_epoch1"].paper_effect is None
+    assert "no paper number" in by["fig5_epoch1"].statement
+    assert by["fig5_epoch1_vs_base"].paper_effect == pytest.approx(pv.FIG5[1] - pv.FIG5[0])
     for c in C.CLAIMS:
         assert c.kind in (C.DIFF, C.RATIO, C.SPEEDUP, C.CORR, C.MEAS)
         if c.kind != C.MEAS:
