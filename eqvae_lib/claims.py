@@ -458,12 +458,19 @@ def evaluate(records: Iterable[Any], claims: Iterable[Claim] = CLAIMS, alpha: fl
         base = dict(ours=ours, comparator_value=comp, effect=eff if len(seeds) < 2 else None,
                     relative_effect=rel, n_replicates=max(1, len(seeds)), n_samples=n_samp, **cond)
         prepared.append((c, base, per_rep if len(seeds) >= 2 else [eff]))
-    # Holm levels over the fixed primary family (size PRIMARY_FAMILY_SIZE; untested members count in m).
+    # The cap rule first (issue #15): a primary it will void is untested, so it takes no rank in the Holm family.
+    cap, vq_cap = base_cap_reason(recs.values()), vq_base_cap_reason(recs.values())
+
+    def voided(c: Claim) -> bool:
+        return bool((cap and is_generative(c)) or (vq_cap and _is_table3_generative(c)))
+
+    # Holm levels over the fixed primary family (size PRIMARY_FAMILY_SIZE; untested members count in m, as nan).
     pvals = []
     for c, _, reps in prepared:
         if not c.primary:
             continue
-        pvals.append(_pvalue(c, reps) if reps is not None and len(reps) >= MIN_PRIMARY_K else math.nan)
+        pvals.append(_pvalue(c, reps) if reps is not None and len(reps) >= MIN_PRIMARY_K and not voided(c)
+                     else math.nan)
     pvals += [math.nan] * (PRIMARY_FAMILY_SIZE - len(pvals))
     levels = iter(V.holm_levels(pvals, alpha))
     rows = []
@@ -491,8 +498,8 @@ def evaluate(records: Iterable[Any], claims: Iterable[Claim] = CLAIMS, alpha: fl
                    verdict_text=text)
         rows.append(_row(c, **row))
     _base_caveat(rows, recs)
-    apply_base_cap_rule(rows, base_cap_reason(recs.values()), claims)
-    apply_base_cap_rule(rows, vq_base_cap_reason(recs.values()), claims, which=_is_table3_generative)
+    apply_base_cap_rule(rows, cap, claims)
+    apply_base_cap_rule(rows, vq_cap, claims, which=_is_table3_generative)
     return rows
 
 
@@ -593,7 +600,11 @@ def apply_base_cap_rule(rows: list[dict], reason: str | None, claims: Iterable[C
 
 
 def _pvalue(c: Claim, reps: list[float]) -> float:
+    """The claim's two-sided p-value for the Holm family; nan for an untestable design: fewer than 2 replicates, or
+    identical replicates (sd = 0, the row is ``not testable at this scale``: no variance estimate, so no test)."""
     x = np.log(reps) if c.kind in (RATIO, SPEEDUP) else np.asarray(reps, dtype=float)
+    if x.size < 2 or float(np.std(x, ddof=1)) <= 1e-12 * max(1.0, abs(float(np.mean(x)))):
+        return math.nan
     if c.margin is not None:
         m = math.log(c.margin) if c.kind == RATIO else c.margin
         return V.noninferiority_p(x, m, c.direction)

@@ -462,6 +462,25 @@ def test_per_record_verdicts_see_the_cap_rule_so_the_report_agrees_with_results_
     assert R.load_record(folder / "records" / "table2.json").verdict == V.NOT_TESTABLE
 
 
+def test_primaries_voided_by_the_cap_rule_or_identical_replicates_take_no_rank_in_the_holm_family():
+    t1 = R.RunRecord("table1", "t", "cpu")
+    t1.add("delta_R", 1.05, subject="base")
+    for s, eq in enumerate([0.25, 0.40, 0.31]):
+        t1.add("delta_R", eq, subject="eq", seed=s)
+    gen = _gen_record("table2", {"plain": [58.0, 59.0, 60.0], "eq": [50.0, 51.01, 52.0]})  # p far below delta_R's
+    capped = R.RunRecord("base_ae", "t", "cpu")
+    capped.add("plateau_reached", 0.0, "bool", subject="base")
+    assert _rows([t1, gen])["table1_delta_R"]["alpha"] == pytest.approx(0.05 / 5)  # gFID took the first rank
+    rows = _rows([t1, gen, capped])
+    assert rows["table6_gFID_fixed_budget"]["verdict"] == V.NOT_TESTABLE
+    assert rows["table1_delta_R"]["alpha"] == pytest.approx(0.05 / 6)  # the voided gFID no longer counts as tested
+    # identical replicates: no variance, no test -> nan, never p = 0
+    by = {c.id: c for c in C.CLAIMS}
+    assert math.isnan(C._pvalue(by["table1_delta_R"], [-0.8, -0.8, -0.8]))
+    assert math.isnan(C._pvalue(by["recon_kept_rFID"], [1.02, 1.02, 1.02]))
+    assert C._pvalue(by["table1_delta_R"], [-0.8, -0.75, -0.7]) < 0.01
+
+
 def test_fig5_epoch1_pairs_eq_and_plain_by_seed():
     rec = R.RunRecord("fig5", "t", "cpu")
     eq, plain, base = {0: 50.0, 1: 54.0, 2: 49.0, 3: 70.0}, {2: 52.0, 0: 53.5, 1: 55.0}, {0: 60.0, 1: 61.0, 2: 58.0}
