@@ -460,9 +460,11 @@ def evaluate(records: Iterable[Any], claims: Iterable[Claim] = CLAIMS, alpha: fl
         prepared.append((c, base, per_rep if len(seeds) >= 2 else [eff]))
     # The cap rule first (issue #15): a primary it will void is untested, so it takes no rank in the Holm family.
     cap, vq_cap = base_cap_reason(recs.values()), vq_base_cap_reason(recs.values())
+    id_void = data_id_reason(recs.values())
 
     def voided(c: Claim) -> bool:
-        return bool((cap and is_generative(c)) or (vq_cap and _is_table3_generative(c)))
+        return bool((cap and is_generative(c)) or (vq_cap and _is_table3_generative(c))
+                    or (id_void and _is_latent_id(c)))
 
     # Holm levels over the fixed primary family (size PRIMARY_FAMILY_SIZE; untested members count in m, as nan).
     pvals = []
@@ -500,6 +502,7 @@ def evaluate(records: Iterable[Any], claims: Iterable[Claim] = CLAIMS, alpha: fl
     _base_caveat(rows, recs)
     apply_base_cap_rule(rows, cap, claims)
     apply_base_cap_rule(rows, vq_cap, claims, which=_is_table3_generative)
+    apply_base_cap_rule(rows, id_void, claims, which=_is_latent_id)
     return rows
 
 
@@ -519,6 +522,10 @@ def _speedup_row(c: Claim, obs: list[Obs]) -> dict:
     return _row(c, ours=ours, effect=v.effect, effect_ci_low=v.low, effect_ci_high=v.high,
                 relative_effect=(v.effect - 1) if v.effect is not None else None, n_replicates=len(vals),
                 alpha=v.alpha, min_detectable_effect=v.mde, verdict=v.word, verdict_text=text)
+
+
+def _is_latent_id(c: Claim) -> bool:
+    return c.id == "table5_ID"
 
 
 def _is_table3_generative(c: Claim) -> bool:
@@ -579,6 +586,43 @@ def vq_base_cap_reason(records: Iterable[Any]) -> str | None:
             return (f"the base VQ tokenizer stopped at a cap ({found.group(1)}), not at its validation plateau; EQ "
                     "fine-tuning then also means more training, and MaskGIT's comparison cannot separate token "
                     "structure from it")
+    return None
+
+
+_ID_SIZE = re.compile(r"^ID_TwoNN_n(\d+)$")
+_CI = re.compile(r"CI \[(?:np\.float\d+\()?([-+\d.eE]+)\)?,\s*(?:np\.float\d+\()?([-+\d.eE]+)")
+
+
+def data_id_reason(records: Iterable[Any]) -> str | None:
+    """Issue #14: a base latent whose TwoNN intrinsic dimension lies inside the data's own ID interval has no
+    dimension to lose, so "EQ lowers the latent ID" (``table5_ID``) is ``not testable at this scale``. Read from the
+    ``table5_id`` record (notebook 06): ``ID_TwoNN_n{m}`` of subject ``base`` (unseeded) and of the subjects
+    ``data: pixels`` / ``data: pooled 2x2`` whose notes carry ``95% CI [low, high]``, at the largest size m both
+    have. Returns the reason, or None (no such record, sizes or intervals: the rule cannot be checked)."""
+    for r in records:
+        if r.claim != "table5_id":
+            continue
+        base, data = {}, {}
+        for m in r.metrics:
+            size = _ID_SIZE.match(m.name)
+            if not size or not _finite(m.value):
+                continue
+            if m.subject == "base" and getattr(m, "seed", None) is None:
+                base[int(size.group(1))] = float(m.value)
+            elif (m.subject or "").startswith("data: "):
+                ci = _CI.search(m.notes or "")
+                if ci:
+                    data.setdefault(int(size.group(1)), []).append(
+                        (m.subject[len("data: "):], float(ci.group(1)), float(ci.group(2))))
+        common = sorted(set(base) & set(data))
+        if not common:
+            return None
+        n = common[-1]
+        for kind, lo, hi in data[n]:
+            if lo <= base[n] <= hi:
+                return (f"the latent has no dimension to lose: the base's TwoNN ID at n = {n} ({base[n]:.3g}) lies "
+                        f"inside the data's own ID interval ({kind}: [{lo:.3g}, {hi:.3g}]), so a lower latent ID "
+                        "cannot be tested at this scale (a latent well above the data's ID would test it)")
     return None
 
 

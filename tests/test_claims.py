@@ -481,6 +481,31 @@ def test_primaries_voided_by_the_cap_rule_or_identical_replicates_take_no_rank_i
     assert C._pvalue(by["table1_delta_R"], [-0.8, -0.75, -0.7]) < 0.01
 
 
+def _id_record(data_ci):
+    rec = R.RunRecord("table5_id", "t", "cpu")
+    rec.add("ID_TwoNN", 12.0, subject="base", notes="95% CI [11.0, 13.0], n=2000")
+    rec.add("ID_TwoNN_n500", 8.0, subject="base", notes="first 500 test images; 95% CI [7.2, 8.9], n=500")
+    for s, v in enumerate([9.0, 9.5, 9.2]):
+        rec.add("ID_TwoNN", v, subject="eq", seed=s)
+    rec.add("ID_TwoNN_n500", 20.0, subject="data: pooled 2x2", notes="first 500 test images, pooled 2x2; 95% CI "
+            "[18.0, 22.5], n=500")
+    rec.add("ID_TwoNN_n500", 8.3, subject="data: pixels", notes=f"first 500 test images, pixels; 95% CI {data_ci}, "
+            "n=500")
+    return rec
+
+
+def test_table5_id_is_not_testable_when_the_base_latent_id_lies_inside_the_datas_own():
+    row = _rows([_id_record("[7.5, 9.6]")])["table5_ID"]
+    assert row["verdict"] == V.NOT_TESTABLE and "no dimension to lose" in row["verdict_text"]
+    assert "pixels: [7.5, 9.6]" in row["verdict_text"] and row["effect_ci_high"] < 0  # reported, not judged
+    row = _rows([_id_record("[np.float64(7.5), np.float64(9.6)]")])["table5_ID"]  # a numpy repr in the notes
+    assert row["verdict"] == V.NOT_TESTABLE
+    # the base's latent ID above both data intervals: the claim is judged
+    assert _rows([_id_record("[5.0, 7.9]")])["table5_ID"]["verdict"] == V.REPRODUCED
+    assert C.data_id_reason([_id_record("[5.0, 7.9]")]) is None
+    assert C.data_id_reason([_id_record("None")]) is None  # no interval: the rule cannot be checked
+
+
 def test_fig5_epoch1_pairs_eq_and_plain_by_seed():
     rec = R.RunRecord("fig5", "t", "cpu")
     eq, plain, base = {0: 50.0, 1: 54.0, 2: 49.0, 3: 70.0}, {2: 52.0, 0: 53.5, 1: 55.0}, {0: 60.0, 1: 61.0, 2: 58.0}
