@@ -657,14 +657,21 @@ def _pvalue(c: Claim, reps: list[float]) -> float:
 
 def _corr_row(c: Claim, rec: Any, obs: list[Obs]) -> dict:
     # one point per autoencoder: a (subject, fine-tune seed) pair; replicates of one variant are independent
-    # fine-tunes, epochs of one trajectory are not (those records carry only pearson_ID_gFID, below)
-    ids = {(o.subject, o.seed): o.value for o in obs if o.metric == "ID" and _finite(o.value)}
-    gfids = {(o.subject, o.seed): o.value for o in obs if o.metric == "gFID" and _finite(o.value)}
+    # fine-tunes, epochs of one trajectory are not (those records carry only pearson_ID_gFID, below). A fixed
+    # comparator (the one base autoencoder) is ONE autoencoder however many generator seeds it was recorded with:
+    # its values are averaged into one point.
+    vals: dict[str, dict[tuple, list[float]]] = {"ID": {}, "gFID": {}}
+    for o in obs:
+        if o.metric in vals and _finite(o.value):
+            key = (o.subject, None) if o.subject in FIXED_COMPARATORS else (o.subject, o.seed)
+            vals[o.metric].setdefault(key, []).append(float(o.value))
+    ids = {k: float(np.mean(v)) for k, v in vals["ID"].items()}
+    gfids = {k: float(np.mean(v)) for k, v in vals["gFID"].items()}
     names = [s for s in ids if s in gfids]
     if len(names) >= 2:
         v = V.correlation_verdict([ids[s] for s in names], [gfids[s] for s in names], independent=True,
-                                  direction=c.direction, unit="autoencoders (base + one per family, one generator "
-                                  "seed each)")
+                                  direction=c.direction, unit="autoencoders (one per family and fine-tune seed, the "
+                                  "base once; gFID averaged over a fixed autoencoder's generator seeds)")
         return _row(c, ours=v.effect, effect=v.effect, effect_ci_low=v.low, effect_ci_high=v.high,
                     n_replicates=len(names), alpha=v.alpha, min_detectable_effect=v.mde, verdict=v.word,
                     verdict_text=v.text)

@@ -538,3 +538,15 @@ def test_id_gfid_points_are_independent_autoencoders_one_per_variant_and_fine_tu
     v = V.correlation_verdict(list(xs), list(ys), independent=True)
     assert row["n_replicates"] == 5 and row["effect"] == pytest.approx(v.effect)  # two seeds of a variant: two points
     assert row["verdict"] == v.word
+    # the base (a fixed comparator) recorded per generator seed is still ONE autoencoder: one point, its mean
+    rec2 = R.RunRecord("ablations", "t", "cpu")
+    for (subj, s), (idv, g) in pts.items():
+        if subj != "none (base)":
+            rec2.add("ID", idv, subject=subj, seed=s)
+            rec2.add("gFID", g, subject=subj, seed=s)
+    for s, g in enumerate([68.0, 70.0, 72.0]):
+        rec2.add("ID", 50.0, subject="none (base)", seed=s)
+        rec2.add("gFID", g, subject="none (base)", seed=s)
+    row2 = _rows([rec2])["id_gfid_relation"]
+    assert row2["n_replicates"] == 5 and row2["effect"] == pytest.approx(v.effect)
+    assert "the base once" in row2["verdict_text"]
