@@ -374,7 +374,10 @@ def speedup_estimate(steps: Sequence[float], subject: Sequence[float], comparato
     if not len(steps) or len(subject) != len(steps) or len(comparator) != len(steps):
         raise ValueError(f"curves must have one value per step: {len(steps)} steps, {len(subject)} and "
                          f"{len(comparator)} values")
-    target = float(max(subject[-1], comparator[-1]))
+    finals = (float(subject[-1]), float(comparator[-1]))
+    if not all(math.isfinite(f) for f in finals):  # no usable final value: no target, censored
+        return SpeedupEstimate(float("nan"), None, None, True, False, None, False)
+    target = max(finals)
     reach = steps_to_reach(list(steps), list(subject), target)
     creach = steps_to_reach(list(steps), list(comparator), target)
     if reach is None or creach is None:

@@ -295,6 +295,8 @@ def test_speedup_estimator_on_curves_with_a_known_crossing_and_censored():
     # a curve with no usable final value never reaches a target: censored, no number (the robustness path)
     c = V.speedup_estimate(steps, eq[:4] + [float("nan")], base)
     assert c.censored and c.speedup is None
+    c = V.speedup_estimate(steps, eq, base[:4] + [float("nan")])  # either arm's
+    assert c.censored and c.speedup is None
     first = V.speedup_estimate(steps, [55.0, 50, 45, 40, 35], base)  # already there at the first checkpoint
     assert first.at_first_checkpoint and first.speedup == pytest.approx(5.0)
     with pytest.raises(ValueError):
