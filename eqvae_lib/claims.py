@@ -20,8 +20,10 @@ under generator-agnostic names (``gFID_final``, ``speedup_vs_base``...); the ``d
 generator. Speed-ups are estimated per replicate from the curves (:func:`eqvae_lib.verdicts.speedup_estimate`:
 target = the worse of the two arms' final gFIDs, speed-up = comparator's steps to it / subject's, symmetric, can be
 < 1); a replicate whose curve never reaches the target is censored and the claim gets no number. If the base autoencoder
-stopped at a cap instead of its plateau, every generative claim is ``not testable at this scale``
-(:func:`apply_base_cap_rule`, issue #15).
+stopped at a cap instead of its plateau — or its stop reason is not recorded — every generative claim is ``not
+testable at this scale`` (:func:`base_cap_reason`, :func:`apply_base_cap_rule`, issue #15; the VQ base likewise for
+Table 3, :func:`vq_base_cap_reason`), and such voided primaries take no rank in the Holm family. A base latent whose
+TwoNN ID lies inside the data's own ID interval makes ``table5_ID`` ``not testable`` (:func:`data_id_reason`).
 """
 
 from __future__ import annotations
