@@ -17,10 +17,13 @@ one base autoencoder.
 
 Generative claims read the profile's headline generator (the first of ``gen_methods``, named in each metric's notes)
 under generator-agnostic names (``gFID_final``, ``speedup_vs_base``...); the ``dit_*``/``sit_*`` rows name one
-generator. Speed-ups are estimated per replicate from the curves (:func:`eqvae_lib.verdicts.speedup_estimate`); a
-replicate whose curve never reaches the target is censored and the claim gets no number. If the base autoencoder
-stopped at a cap instead of its plateau, every generative claim is ``not testable at this scale``
-(:func:`apply_base_cap_rule`, issue #15).
+generator. Speed-ups are estimated per replicate from the curves (:func:`eqvae_lib.verdicts.speedup_estimate`:
+target = the worse of the two arms' final gFIDs, speed-up = comparator's steps to it / subject's, symmetric, can be
+< 1); a replicate whose curve never reaches the target is censored and the claim gets no number. If the base autoencoder
+stopped at a cap instead of its plateau — or its stop reason is not recorded — every generative claim is ``not
+testable at this scale`` (:func:`base_cap_reason`, :func:`apply_base_cap_rule`, issue #15; the VQ base likewise for
+Table 3, :func:`vq_base_cap_reason`), and such voided primaries take no rank in the Holm family. A base latent whose
+TwoNN ID lies inside the data's own ID interval makes ``table5_ID`` ``not testable`` (:func:`data_id_reason`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -143,8 +146,8 @@ CLAIMS: tuple[Claim, ...] = (
           samples_param="gen_fid_n_final"),
     Claim("fig5_epoch1", "Fig. 5", "one EQ fine-tuning epoch already lowers gFID: EQ after epoch 1 vs the plain "
           "control after epoch 1, paired by seed (headline generator; the paper compares with epoch 0, and its plain "
-          "control has SD-VAE's gFID, Table 6)", "fig5", "gFID", "eq epoch 1", "plain epoch 1", DIFF, "lower",
-          paper=(pv.FIG5[1], pv.FIG5[0]), unit=GEN_UNIT, primary=True, samples_param="gen_fid_n_final"),
+          "control has SD-VAE's gFID, Table 6: no paper number for this contrast)", "fig5", "gFID", "eq epoch 1",
+          "plain epoch 1", DIFF, "lower", paper=None, unit=GEN_UNIT, primary=True, samples_param="gen_fid_n_final"),
     # --- exploratory ---
     Claim("table1_rFID", "Table 1", "EQ-VAE's rFID is lower than the base's", "table1", "rFID", "eq", "base", RATIO,
           "lower", paper=(_T1["eq"]["rFID"], _T1["base"]["rFID"]), samples_param="eval_n"),
@@ -173,15 +176,16 @@ CLAIMS: tuple[Claim, ...] = (
           "the control's rFID) is lower than on the plain control's", "table2", "gFID_final", "eq (matched rFID)",
           "plain", DIFF, "lower", paper=(_T6["EQ-VAE"]["gFID"], _T6["plain +5 ep"]["gFID"]), unit=GEN_UNIT,
           samples_param="gen_fid_n_final"),
-    Claim("speedup", "Table 2 / Fig. 1", "EQ latents reach the base's final gFID in fewer generator steps (headline "
-          "generator; per replicate, read from the curves; paper: ×7, DiT-XL/2 7M vs 1.5M steps)", "table2",
-          "speedup_vs_base", "eq", "base", SPEEDUP, "higher", paper=pv.SPEEDUP_CLAIMED["DiT-XL/2"], unit=GEN_UNIT),
-    Claim("speedup_vs_plain", "Table 6 / Fig. 1", "EQ latents reach the plain control's final gFID in fewer "
-          "generator steps (headline generator; no paper number)", "table2", "speedup_vs_plain", "eq", "plain",
-          SPEEDUP, "higher", unit=GEN_UNIT),
-    Claim("speedup_DiT", "Table 2 / Fig. 1", "EQ latents reach the base's final gFID in fewer DiT steps "
-          "(paper: ×7, DiT-XL/2 7M vs 1.5M steps)", "table2", "dit_speedup_vs_base", "eq", "base", SPEEDUP,
-          "higher", paper=pv.SPEEDUP_CLAIMED["DiT-XL/2"], unit=GEN_UNIT),
+    Claim("speedup", "Table 2 / Fig. 1", "EQ latents reach a gFID level in fewer generator steps than the base "
+          "(the worse of the two final gFIDs, headline generator; per replicate, read from the curves; paper: ×7, "
+          "DiT-XL/2 7M vs 1.5M steps)", "table2", "speedup_vs_base", "eq", "base", SPEEDUP, "higher",
+          paper=pv.SPEEDUP_CLAIMED["DiT-XL/2"], unit=GEN_UNIT),
+    Claim("speedup_vs_plain", "Table 6 / Fig. 1", "EQ latents reach a gFID level in fewer generator steps than the "
+          "plain control (the worse of the two final gFIDs; headline generator; no paper number)", "table2",
+          "speedup_vs_plain", "eq", "plain", SPEEDUP, "higher", unit=GEN_UNIT),
+    Claim("speedup_DiT", "Table 2 / Fig. 1", "EQ latents reach a gFID level (the worse of the two final gFIDs) in "
+          "fewer DiT steps than the base (paper: ×7, DiT-XL/2 7M vs 1.5M steps)", "table2", "dit_speedup_vs_base",
+          "eq", "base", SPEEDUP, "higher", paper=pv.SPEEDUP_CLAIMED["DiT-XL/2"], unit=GEN_UNIT),
     Claim("fig3_rFID_s0.25", "Fig. 3", "EQ decodes scaled latents (s = 0.25) better than the base", "fig3",
           "decoder_rFID_s0.25", "eq", "base", RATIO, "lower", samples_param="eval_n"),
     Claim("fig3_rFID_s0.5", "Fig. 3", "EQ decodes scaled latents (s = 0.5) better than the base", "fig3",
@@ -427,8 +431,21 @@ def evaluate(records: Iterable[Any], claims: Iterable[Claim] = CLAIMS, alpha: fl
         if full_t and not full_c and c.comparator in FIXED_COMPARATORS:
             # the base arm (issue #14): its replicate s is the generator trained with seed s on the one base
             # autoencoder; an autoencoder-side metric of the base is one fixed value that pairs with every replicate.
-            # Results are conditional on that base (the report says so).
-            full_c = dict(gen_c) if gen_c else {s: comp for s in full_t}
+            # Results are conditional on that base (the report says so). A generative claim's base arm has its own
+            # generator seeds: one unseeded base gFID paired as a constant would ignore the base generator's seed
+            # noise, so it is not testable.
+            if gen_c:
+                full_c = dict(gen_c)
+            elif c.unit != GEN_UNIT:
+                full_c = {s: comp for s in full_t}
+            else:
+                prepared.append((c, _row(c, ours=ours, comparator_value=comp, n_replicates=1, n_samples=n_samp,
+                                         verdict=V.NOT_TESTABLE, verdict_text=(
+                                             f"comparator has no replicate seeds: the {c.comparator}'s {c.metric} is "
+                                             "one value without a generator seed, and a generator's seed noise is "
+                                             "part of each replicate (the base arm's replicate s = its generator "
+                                             "with seed s), so it cannot pair with the subject's seeds")), None))
+                continue
         seeds = sorted(set(full_t) & set(full_c))
         per_rep = [_effect(c, full_t[s], full_c[s]) for s in seeds]
         cond = {}
@@ -443,12 +460,21 @@ def evaluate(records: Iterable[Any], claims: Iterable[Claim] = CLAIMS, alpha: fl
         base = dict(ours=ours, comparator_value=comp, effect=eff if len(seeds) < 2 else None,
                     relative_effect=rel, n_replicates=max(1, len(seeds)), n_samples=n_samp, **cond)
         prepared.append((c, base, per_rep if len(seeds) >= 2 else [eff]))
-    # Holm levels over the fixed primary family (size PRIMARY_FAMILY_SIZE; untested members count in m).
+    # The cap rule first (issue #15): a primary it will void is untested, so it takes no rank in the Holm family.
+    cap, vq_cap = base_cap_reason(recs.values()), vq_base_cap_reason(recs.values())
+    id_void = data_id_reason(recs.values())
+
+    def voided(c: Claim) -> bool:
+        return bool((cap and is_generative(c)) or (vq_cap and _is_table3_generative(c))
+                    or (id_void and _is_latent_id(c)))
+
+    # Holm levels over the fixed primary family (size PRIMARY_FAMILY_SIZE; untested members count in m, as nan).
     pvals = []
     for c, _, reps in prepared:
         if not c.primary:
             continue
-        pvals.append(_pvalue(c, reps) if reps is not None and len(reps) >= MIN_PRIMARY_K else math.nan)
+        pvals.append(_pvalue(c, reps) if reps is not None and len(reps) >= MIN_PRIMARY_K and not voided(c)
+                     else math.nan)
     pvals += [math.nan] * (PRIMARY_FAMILY_SIZE - len(pvals))
     levels = iter(V.holm_levels(pvals, alpha))
     rows = []
@@ -476,13 +502,15 @@ def evaluate(records: Iterable[Any], claims: Iterable[Claim] = CLAIMS, alpha: fl
                    verdict_text=text)
         rows.append(_row(c, **row))
     _base_caveat(rows, recs)
-    apply_base_cap_rule(rows, base_cap_reason(recs.values()), claims)
+    apply_base_cap_rule(rows, cap, claims)
+    apply_base_cap_rule(rows, vq_cap, claims, which=_is_table3_generative)
+    apply_base_cap_rule(rows, id_void, claims, which=_is_latent_id)
     return rows
 
 
 def _speedup_row(c: Claim, obs: list[Obs]) -> dict:
-    """A speed-up claim from per-replicate estimates (metric values with ``seed``; None = censored, the curve never
-    reached the comparator's final gFID): :func:`eqvae_lib.verdicts.speedup_verdict`."""
+    """A speed-up claim from per-replicate estimates (metric values with ``seed``; None = censored, a curve never
+    reached the worse of the two final gFIDs): :func:`eqvae_lib.verdicts.speedup_verdict`."""
     reps = {o.seed: (float(o.value) if _finite(o.value) else None) for o in obs
             if o.subject == c.subject and o.metric == c.metric and o.seed is not None}
     vals = [reps[s] for s in sorted(reps)]
@@ -498,6 +526,14 @@ def _speedup_row(c: Claim, obs: list[Obs]) -> dict:
                 alpha=v.alpha, min_detectable_effect=v.mde, verdict=v.word, verdict_text=text)
 
 
+def _is_latent_id(c: Claim) -> bool:
+    return c.id == "table5_ID"
+
+
+def _is_table3_generative(c: Claim) -> bool:
+    return c.id.startswith("table3_")
+
+
 def is_generative(c: Claim) -> bool:
     """Claims that rest on a generator trained on the continuous autoencoders' latents (gFID, speed-up, Fig. 5,
     ID–gFID); the discrete path's (``table1_vq``: MaskGIT on the VQ tokenizer, with its own base) is not one."""
@@ -507,27 +543,100 @@ def is_generative(c: Claim) -> bool:
 
 
 def base_cap_reason(records: Iterable[Any]) -> str | None:
-    """Why the generative claims cannot be tested (issue #15 item 1), or None: the base autoencoder stopped at a cap
-    (steps/epochs) instead of its validation plateau — read from the ``base_ae`` record's ``plateau_reached`` or any
-    record's ``base_plateau_reached`` (1 = plateau, 0 = cap). Then "fine-tuning" is also "more training" and a gFID
-    difference between arms can come from decoder training, not latent structure."""
+    """Why the generative claims on the continuous autoencoders cannot be tested (issue #15 item 1), or None: the
+    base autoencoder stopped at a cap (steps/epochs) instead of its validation plateau — read from the ``base_ae``
+    record's ``plateau_reached`` or any record's ``base_plateau_reached`` (1 = plateau, 0 = cap). Then
+    "fine-tuning" is also "more training" and a gFID difference between arms can come from decoder training, not
+    latent structure. Fails closed: a kit-trained base (a ``base_ae`` record exists) whose stop reason is not
+    recorded (no value) counts as not converged. No ``base_ae`` record and no ``base_plateau_reached`` → None
+    (nothing is known about the base; e.g. a lone record in a test)."""
+    records = list(records)
+    known = False
     for r in records:
         for m in r.metrics:
-            if (m.name == "base_plateau_reached" or (r.claim == "base_ae" and m.name == "plateau_reached")) \
-                    and m.value is not None and m.value == 0:
-                return ("the base autoencoder stopped at a cap, not at its validation plateau (record "
-                        f"{r.claim!r}); fine-tuning then also means more training, and a generative comparison "
-                        "cannot separate latent structure from it — a base trained to its plateau would test it")
+            if m.name == "base_plateau_reached" or (r.claim == "base_ae" and m.name == "plateau_reached"):
+                if not _finite(m.value):
+                    continue
+                known = True
+                if m.value == 0:
+                    return ("the base autoencoder stopped at a cap, not at its validation plateau (record "
+                            f"{r.claim!r}); fine-tuning then also means more training, and a generative comparison "
+                            "cannot separate latent structure from it — a base trained to its plateau would test it")
+    if not known and any(r.claim == "base_ae" for r in records):
+        return ("the base's stop reason is not recorded (record 'base_ae' has no plateau_reached value), so the base "
+                "counts as not converged: fine-tuning may also mean more training, and a generative comparison cannot "
+                "separate latent structure from it")
     return None
 
 
-def apply_base_cap_rule(rows: list[dict], reason: str | None, claims: Iterable[Claim] = CLAIMS) -> None:
-    """Issue #15 item 1: when ``reason`` (:func:`base_cap_reason`) is given, every generative claim
-    (:func:`is_generative`) that was judged becomes ``not testable at this scale`` with that reason, in either direction; its interval stays
-    in the row, reported, not judged. Rows not run / measurements are left alone. In place."""
+_VQ_STOP = re.compile(r"stop reason:\s*([\w-]+)")
+
+
+def vq_base_cap_reason(records: Iterable[Any]) -> str | None:
+    """The same rule for the discrete path (Table 3, MaskGIT on the VQ tokenizer): notebook 10 records the base VQ's
+    stop reason in the notes of ``base_vq_pretrain_steps`` (``"stop reason: plateau"`` or a cap). A ``table1_vq``
+    record whose stop reason is not ``plateau`` or not recorded → the reason; no ``table1_vq`` record → None."""
+    for r in records:
+        if r.claim != "table1_vq":
+            continue
+        m = next((m for m in r.metrics if m.name == "base_vq_pretrain_steps"), None)
+        found = _VQ_STOP.search((m.notes or "") if m is not None else "")
+        if found is None:
+            return ("the base VQ tokenizer's stop reason is not recorded (record 'table1_vq'), so it counts as not "
+                    "converged: EQ fine-tuning may also mean more training of the tokenizer")
+        if found.group(1) != "plateau":
+            return (f"the base VQ tokenizer stopped at a cap ({found.group(1)}), not at its validation plateau; EQ "
+                    "fine-tuning then also means more training, and MaskGIT's comparison cannot separate token "
+                    "structure from it")
+    return None
+
+
+_ID_SIZE = re.compile(r"^ID_TwoNN_n(\d+)$")
+_CI = re.compile(r"CI \[(?:np\.float\d+\()?([-+\d.eE]+)\)?,\s*(?:np\.float\d+\()?([-+\d.eE]+)")
+
+
+def data_id_reason(records: Iterable[Any]) -> str | None:
+    """Issue #14: a base latent whose TwoNN intrinsic dimension lies inside the data's own ID interval has no
+    dimension to lose, so "EQ lowers the latent ID" (``table5_ID``) is ``not testable at this scale``. Read from the
+    ``table5_id`` record (notebook 06): ``ID_TwoNN_n{m}`` of subject ``base`` (unseeded) and of the subjects
+    ``data: pixels`` / ``data: pooled 2x2`` whose notes carry ``95% CI [low, high]``, at the largest size m both
+    have. Returns the reason, or None (no such record, sizes or intervals: the rule cannot be checked)."""
+    for r in records:
+        if r.claim != "table5_id":
+            continue
+        base, data = {}, {}
+        for m in r.metrics:
+            size = _ID_SIZE.match(m.name)
+            if not size or not _finite(m.value):
+                continue
+            if m.subject == "base" and getattr(m, "seed", None) is None:
+                base[int(size.group(1))] = float(m.value)
+            elif (m.subject or "").startswith("data: "):
+                ci = _CI.search(m.notes or "")
+                if ci:
+                    data.setdefault(int(size.group(1)), []).append(
+                        (m.subject[len("data: "):], float(ci.group(1)), float(ci.group(2))))
+        common = sorted(set(base) & set(data))
+        if not common:
+            return None
+        n = common[-1]
+        for kind, lo, hi in data[n]:
+            if lo <= base[n] <= hi:
+                return (f"the latent has no dimension to lose: the base's TwoNN ID at n = {n} ({base[n]:.3g}) lies "
+                        f"inside the data's own ID interval ({kind}: [{lo:.3g}, {hi:.3g}]), so a lower latent ID "
+                        "cannot be tested at this scale (a latent well above the data's ID would test it)")
+    return None
+
+
+def apply_base_cap_rule(rows: list[dict], reason: str | None, claims: Iterable[Claim] = CLAIMS,
+                        which: Callable[[Claim], bool] = is_generative) -> None:
+    """Issue #15 item 1: when ``reason`` (:func:`base_cap_reason`) is given, every claim selected by ``which``
+    (default: the generative claims, :func:`is_generative`; Table 3's for :func:`vq_base_cap_reason`) that was judged
+    becomes ``not testable at this scale`` with that reason, in either direction; its interval stays in the row,
+    reported, not judged. Rows not run / measurements are left alone. In place."""
     if not reason:
         return
-    gen = {c.id for c in claims if is_generative(c)}
+    gen = {c.id for c in claims if which(c)}
     for r in rows:
         if r["claim"] in gen and r["verdict"] not in (V.NOT_RUN, V.MEASUREMENT):
             was = r["verdict"]
@@ -537,7 +646,11 @@ def apply_base_cap_rule(rows: list[dict], reason: str | None, claims: Iterable[C
 
 
 def _pvalue(c: Claim, reps: list[float]) -> float:
+    """The claim's two-sided p-value for the Holm family; nan for an untestable design: fewer than 2 replicates, or
+    identical replicates (sd = 0, the row is ``not testable at this scale``: no variance estimate, so no test)."""
     x = np.log(reps) if c.kind in (RATIO, SPEEDUP) else np.asarray(reps, dtype=float)
+    if x.size < 2 or float(np.std(x, ddof=1)) <= 1e-12 * max(1.0, abs(float(np.mean(x)))):
+        return math.nan
     if c.margin is not None:
         m = math.log(c.margin) if c.kind == RATIO else c.margin
         return V.noninferiority_p(x, m, c.direction)
@@ -546,14 +659,21 @@ def _pvalue(c: Claim, reps: list[float]) -> float:
 
 def _corr_row(c: Claim, rec: Any, obs: list[Obs]) -> dict:
     # one point per autoencoder: a (subject, fine-tune seed) pair; replicates of one variant are independent
-    # fine-tunes, epochs of one trajectory are not (those records carry only pearson_ID_gFID, below)
-    ids = {(o.subject, o.seed): o.value for o in obs if o.metric == "ID" and _finite(o.value)}
-    gfids = {(o.subject, o.seed): o.value for o in obs if o.metric == "gFID" and _finite(o.value)}
+    # fine-tunes, epochs of one trajectory are not (those records carry only pearson_ID_gFID, below). A fixed
+    # comparator (the one base autoencoder) is ONE autoencoder however many generator seeds it was recorded with:
+    # its values are averaged into one point.
+    vals: dict[str, dict[tuple, list[float]]] = {"ID": {}, "gFID": {}}
+    for o in obs:
+        if o.metric in vals and _finite(o.value):
+            key = (o.subject, None) if o.subject in FIXED_COMPARATORS else (o.subject, o.seed)
+            vals[o.metric].setdefault(key, []).append(float(o.value))
+    ids = {k: float(np.mean(v)) for k, v in vals["ID"].items()}
+    gfids = {k: float(np.mean(v)) for k, v in vals["gFID"].items()}
     names = [s for s in ids if s in gfids]
     if len(names) >= 2:
         v = V.correlation_verdict([ids[s] for s in names], [gfids[s] for s in names], independent=True,
-                                  direction=c.direction, unit="autoencoders (base + one per family, one generator "
-                                  "seed each)")
+                                  direction=c.direction, unit="autoencoders (one per family and fine-tune seed, the "
+                                  "base once; gFID averaged over a fixed autoencoder's generator seeds)")
         return _row(c, ours=v.effect, effect=v.effect, effect_ci_low=v.low, effect_ci_high=v.high,
                     n_replicates=len(names), alpha=v.alpha, min_detectable_effect=v.mde, verdict=v.word,
                     verdict_text=v.text)
@@ -605,9 +725,12 @@ def record_verdict(record: Any, others: Iterable[Any] = ()) -> tuple[str, str]:
     The per-claim rows (``results.csv``) are the verdicts; a record's summary word never claims more than its least
     conclusive comparison: all its comparisons share a word → that word; otherwise ``within noise`` when the
     inconclusive ones have intervals, else ``not testable at this scale``. A record with only measurements gives
-    ``measurement``. ``others``: further records of the run (for the base-plateau caveat).
+    ``measurement``. ``others``: every other record of the run (:func:`eqvae_lib.records.load_records`): the base's
+    stop reason lives in ``base_ae``, so a caller that leaves them out misses the cap rule (:func:`base_cap_reason`)
+    and its summary could contradict ``results.csv``; every caller passes them.
     """
     mine = [c for c in CLAIMS if c.record == record.claim]
+    others = [o for o in others if o.claim != record.claim]  # a saved (older) copy of this record never wins
     rows = [r for r in evaluate([record, *others], mine) if r["verdict"] != V.NOT_RUN]
     comps = [r for r in rows if r["verdict"] != V.MEASUREMENT]
     text = "; ".join(f"{r['claim']}: {r['verdict']} ({r['verdict_text']})" for r in comps)

@@ -314,7 +314,7 @@ def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
     lines += [f"- **{r['claim']}** ({r['verdict']}): {r['verdict_text']}" for r in rows
               if r["verdict"] not in ("reproduced", "measurement")]
     for r in records:
-        word, text = record_verdict(r)
+        word, text = record_verdict(r, records)  # all records: the cap rule reads base_ae (as results.csv does)
         sub = df[df.claim == r.claim].drop(columns=["claim"])
         scale = r.scale if (r.scale or "").startswith("Scale:") else f"Scale: {r.scale or 'n/a'}"  # scale_note's form
         wall = f"{(r.wall_time_s or 0) / 60:.1f} min" if r.wall_time_s is not None else "n/a"
@@ -341,8 +341,10 @@ def records_from_tables(profile: str, folder: Path) -> list[RunRecord]:
     """Rebuild the result records of a committed reference run from its committed tables, for runs whose JSON records
     were not committed: metrics from ``folder/measurements.csv`` (or a ``results.csv`` still in the per-metric
     format), title / scale / provenance from ``folder/report.md``, the sample-count parameters (``eval_n``, ``id_n``,
-    ``gen_fid_n``, ``inception_n``, ``replicate_seeds``) from ``profiles/<profile>.yaml``. Each record's ``origin`` says so;
-    the old verdict words are dropped (they are recomputed from the claim table).
+    ``gen_fid_n``, ``inception_n``) from ``profiles/<profile>.yaml``. Each record's ``origin`` says so; the old verdict
+    words are dropped (they are recomputed from the claim table). The seeds are what the tables say (report.md's
+    provenance line, a metric's ``seed`` column) or nothing: today's ``replicate_seeds`` are never stamped onto
+    protocol-v1 runs (they ran generator seeds on ONE fine-tune).
 
     Raises:
         FileNotFoundError: neither table exists in ``folder``.
@@ -374,7 +376,7 @@ def records_from_tables(profile: str, folder: Path) -> list[RunRecord]:
                     meta[claim].update(commit=p["commit"], wall=float(p["wall"]) * 60, seeds=json.loads(p["seeds"]),
                                        inputs=dict(kv.split("=", 1) for kv in p["inputs"].split(", ") if "=" in kv))
     prof = load_profile(profile)
-    params = {k: prof[k] for k in ("eval_n", "id_n", "gen_fid_n", "inception_n", "replicate_seeds") if k in prof}
+    params = {k: prof[k] for k in ("eval_n", "id_n", "gen_fid_n", "inception_n") if k in prof}
     out = []
     for claim, part in df.groupby("claim", sort=True):
         info = meta.get(claim, {})
@@ -414,8 +416,9 @@ def save_records_beside_figures(records: Iterable[RunRecord], folder: Path) -> l
     from .claims import record_verdict
 
     paths = []
+    records = list(records)
     for r in records:
-        r.set_verdict(*record_verdict(r))
+        r.set_verdict(*record_verdict(r, records))
         path = folder / "records" / f"{r.claim}.json"
         atomic_write_json(path, asdict(r))
         paths.append(path)
@@ -484,6 +487,13 @@ def _prediction_band(lo: float, hi: float, k_ref: Any, user: dict | None, ref: d
     return (math.exp(mid - half), math.exp(mid + half)) if log else (mid - half, mid + half)
 
 
+def _same_key(v: Any) -> str:
+    """A definition column of a results row as text (``None``/NaN/empty → ``""``)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return str(v).strip()
+
+
 def compare_to_reference(user_rows: list[dict], reference_rows: list[dict]) -> list[dict]:
     """Claim by claim, does the user's effect lie inside the band the reference run predicts for it?
 
@@ -496,7 +506,8 @@ def compare_to_reference(user_rows: list[dict], reference_rows: list[dict]) -> l
     claim, reference_effect, reference_low, reference_high, interval (``replicates``/``generator seeds only``/
     ``none``), user_effect, relative_difference ((user − reference) / |reference|: where the reference has no
     interval, this says how close a re-run came) and ``agreement``: ``inside`` / ``outside`` / ``no reference
-    interval`` / ``not in your run`` / ``not in the reference``.
+    interval`` / ``not in your run`` / ``not in the reference`` / ``definition changed since the reference run``
+    (the two rows of one claim id differ in metric, subject or comparator: different quantities, never compared).
     """
     users = {r["claim"]: r for r in user_rows}
     out = []
@@ -515,7 +526,11 @@ def compare_to_reference(user_rows: list[dict], reference_rows: list[dict]) -> l
             lo, hi = _prediction_band(ref["cond_ci_low"], ref["cond_ci_high"], ref.get("cond_k"), u, ref)
         else:
             re_, lo, hi, kind = ref.get("effect"), None, None, "none"
-        if re_ is None and ue is None:
+        changed = u is not None and any(_same_key(u.get(k)) != _same_key(ref.get(k))
+                                        for k in ("metric", "subject", "comparator"))
+        if changed:
+            agree = "definition changed since the reference run"
+        elif re_ is None and ue is None:
             agree = "not in the reference" if u is not None else "not in your run"
         elif ue is None:
             agree = "not in your run"

@@ -340,53 +340,70 @@ def steps_to_reach(steps: list[int] | list[float], values: list[float], target: 
 
 @dataclass(frozen=True)
 class SpeedupEstimate:
-    """One replicate's convergence speed-up read from two gFID curves of the same seed (Table 2 / Fig. 1 right):
-    ``target`` = the comparator's final gFID, ``reach`` = the step at which the subject's curve first gets to it
-    (linearly interpolated; None = never within the budget), ``speedup`` = comparator's final step / ``reach``
-    (None when ``censored``), ``at_first_checkpoint``: the subject was already there at its first evaluated step, so
-    ``speedup`` is a lower bound (the curves say nothing earlier)."""
+    """One replicate's convergence speed-up read from two gFID curves of the same seed (Table 2 / Fig. 1 right).
+
+    ``target`` = the WORSE (higher) of the two curves' final gFIDs — a level both curves reach by their last
+    checkpoint, so the estimate is symmetric in the two arms (swapping them inverts it) and can be < 1 (the subject is
+    slower); ``reach`` / ``comparator_reach`` = the step at which the subject's / comparator's curve first gets to
+    ``target`` (linearly interpolated, :func:`steps_to_reach`; None = never within the budget); ``speedup`` =
+    ``comparator_reach / reach`` (None when ``censored``). ``at_first_checkpoint``: the subject was already at the
+    target at its first evaluated step, so ``speedup`` is a lower bound; ``comparator_at_first_checkpoint``: the
+    comparator was, so it is an upper bound (the curves say nothing earlier)."""
 
     target: float
     reach: float | None
     speedup: float | None
     censored: bool
     at_first_checkpoint: bool
+    comparator_reach: float | None = None
+    comparator_at_first_checkpoint: bool = False
 
 
 def speedup_estimate(steps: Sequence[float], subject: Sequence[float], comparator: Sequence[float]
                      ) -> SpeedupEstimate:
-    """The speed-up of ``subject`` over ``comparator`` (gFID curves evaluated at the same ``steps``, lower = better):
-    the step at which ``subject`` reaches the comparator's final gFID (:func:`steps_to_reach`), as a ratio of the
-    comparator's final step to it. Right-censored (never reached within the budget): ``speedup`` None, never a made-up
-    number.
+    """The speed-up of ``subject`` over ``comparator`` (gFID curves evaluated at the same ``steps``, lower = better)
+    in one replicate: target = max(final gFID of subject, final gFID of comparator) (the worse final, which both
+    curves reach), speed-up = comparator's first-reach step / subject's first-reach step (:func:`steps_to_reach`,
+    linear interpolation). Symmetric: under "both arms are one curve + noise" its log is centred on 0, and a slower
+    subject gives a speed-up < 1 (so ``opposite`` is possible). Right-censoring (a curve never reaching the target
+    within the budget, ``speedup`` None, never a made-up number) cannot happen with this target on finite curves;
+    the path stays for robustness (e.g. a NaN evaluation).
 
     Raises:
         ValueError: curves of different lengths than ``steps``, or empty."""
     if not len(steps) or len(subject) != len(steps) or len(comparator) != len(steps):
         raise ValueError(f"curves must have one value per step: {len(steps)} steps, {len(subject)} and "
                          f"{len(comparator)} values")
-    target = float(comparator[-1])
+    finals = (float(subject[-1]), float(comparator[-1]))
+    if not all(math.isfinite(f) for f in finals):  # no usable final value: no target, censored
+        return SpeedupEstimate(float("nan"), None, None, True, False, None, False)
+    target = max(finals)
     reach = steps_to_reach(list(steps), list(subject), target)
-    if reach is None:
-        return SpeedupEstimate(target, None, None, True, False)
-    return SpeedupEstimate(target, float(reach), float(steps[-1]) / max(float(reach), 1e-12), False,
-                           float(reach) == float(steps[0]))
+    creach = steps_to_reach(list(steps), list(comparator), target)
+    if reach is None or creach is None:
+        return SpeedupEstimate(target, None if reach is None else float(reach), None, True, False,
+                               None if creach is None else float(creach), False)
+    return SpeedupEstimate(target, float(reach), float(creach) / max(float(reach), 1e-12), False,
+                           float(reach) == float(steps[0]), float(creach), float(creach) == float(steps[0]))
 
 
 def speedup_verdict(speedups: Sequence[float | None], *, alpha: float = ALPHA, paper_effect: float | None = None,
                     comparator: str = "the comparator") -> Verdict:
-    """Verdict of a convergence speed-up from its per-replicate estimates (:func:`speedup_estimate`; ``None`` =
-    censored: the subject never reached ``comparator``'s final gFID within the budget). Any censored replicate makes
+    """Verdict of a convergence speed-up from its per-replicate estimates (:func:`speedup_estimate`, symmetric: values
+    < 1 = the subject was slower; ``None`` = censored: a curve never reached the target within the budget). Any
+    censored replicate makes
     the claim ``not testable at this scale`` (the speed-up of that replicate is below the budget's resolution, its
     value unknown: no number is made up); otherwise a t interval over the replicates on the log scale
-    (:func:`replicate_verdict`, kind ratio, direction higher, null 1)."""
+    (:func:`replicate_verdict`, kind ratio, direction higher, null 1: ``reproduced``, ``opposite`` or ``within
+    noise``)."""
     k = len(speedups)
     censored = sum(v is None for v in speedups)
     if k == 0:
         return Verdict(NOT_RUN, "no replicate of this comparison in the records")
     if censored:
-        return Verdict(NOT_TESTABLE, f"censored: in {censored} of {k} replicates the curve never reached "
-                       f"{comparator}'s final gFID within the budget, so no speed-up number exists for them (the "
+        return Verdict(NOT_TESTABLE, f"censored: in {censored} of {k} replicates a curve never reached "
+                       f"the worse of its and {comparator}'s final gFID within the budget, so no speed-up number exists "
+                       f"for them (the "
                        f"budget or the checkpoints would have to be extended); {_paper(paper_effect)}", k=k)
     return replicate_verdict([float(v) for v in speedups], kind="ratio", direction="higher", alpha=alpha,
                              paper_effect=paper_effect)

@@ -4,6 +4,7 @@ tables and the comparison with the reference run (issue #14)."""
 import json
 import math
 
+import numpy as np
 import pytest
 
 from eqvae_lib import claims as C
@@ -27,6 +28,10 @@ def test_claim_table_is_fixed_and_takes_paper_numbers_from_paper_values():
     assert by["recon_kept_rFID"].margin == 1.10 and by["recon_kept_rFID"].comparator == "plain"
     assert by["table12_PSNR_kept"].margin == -0.3 and by["table12_PSNR_kept"].direction == "higher"
     assert by["table6_gFID_fixed_budget"].paper_effect == pytest.approx(34.1 - 43.5)
+    # Fig. 5's paper number is epoch 1 vs epoch 0: it belongs to fig5_epoch1_vs_base, not to EQ vs plain at epoch 1
+    assert by["fig5_epoch1"].paper is None and by["fig5_epoch1"].paper_effect is None
+    assert "no paper number" in by["fig5_epoch1"].statement
+    assert by["fig5_epoch1_vs_base"].paper_effect == pytest.approx(pv.FIG5[1] - pv.FIG5[0])
     for c in C.CLAIMS:
         assert c.kind in (C.DIFF, C.RATIO, C.SPEEDUP, C.CORR, C.MEAS)
         if c.kind != C.MEAS:
@@ -102,6 +107,8 @@ def test_records_from_tables_round_trip_and_report(tmp_path):
     assert t1.git_commit == "abc123" and t1.seeds == [0] and t1.inputs == {"base_ae": "11", "eq_ae": "22"}
     assert t1.wall_time_s == pytest.approx(30.0) and t1.title == "Latent equivariance error"
     assert "re-derived from the committed" in t1.origin and t1.get("delta_R", "eq") == 0.25
+    # v1 runs: the seeds the tables say (report.md's provenance), never today's replicate_seeds
+    assert all("replicate_seeds" not in r.params for r in recs.values())
     R.save_records_beside_figures(recs.values(), folder)
     back = R.load_record(folder / "records" / "table1.json")
     assert back.verdict == V.NOT_TESTABLE and back.origin == t1.origin
@@ -140,6 +147,20 @@ def test_compare_to_reference_inside_outside_and_no_interval(tmp_path):
     assert out["c"]["relative_difference"] == 0.0 and out["a"]["relative_difference"] == pytest.approx(3.9)
 
 
+def test_compare_to_reference_refuses_a_claim_whose_definition_changed():
+    ref = dict(claim="fig5_epoch1", verdict=V.WITHIN_NOISE, effect=-1.0, effect_ci_low=-3.0, effect_ci_high=1.0,
+               n_replicates=3, metric="gFID", subject="eq epoch 1", comparator="epoch 0")
+    same = dict(ref, effect=-1.2)
+    out = R.compare_to_reference([same], [ref])[0]
+    assert out["agreement"] == "inside"
+    for key, changed in (("comparator", "plain epoch 1"), ("metric", "gFID_final"), ("subject", "eq")):
+        out = R.compare_to_reference([dict(same, **{key: changed})], [ref])[0]
+        assert out["agreement"] == "definition changed since the reference run", key
+    # a column missing on one side and empty on the other is the same (empty) definition
+    out = R.compare_to_reference([dict(same, comparator=None)], [dict(ref, comparator=float("nan"))])[0]
+    assert out["agreement"] == "inside"
+
+
 def test_identical_replicates_and_primary_claims_below_three_replicates_are_not_testable():
     rec, fig7 = R.RunRecord("table1", "t", "cpu"), R.RunRecord("fig7", "t", "cpu")
     for s, (eq, base) in enumerate([(0.25, 1.05), (0.30, 1.00)]):
@@ -162,6 +183,21 @@ def test_the_fixed_base_pairs_with_every_finetune_seed():
     t = V.paired_t_interval([0.25 - 1.05, 0.30 - 1.05, 0.28 - 1.05], alpha=0.05 / 6)
     assert row["n_replicates"] == 3 and row["verdict"] == V.REPRODUCED
     assert (row["effect_ci_low"], row["effect_ci_high"]) == pytest.approx((t.low, t.high))
+
+
+def test_an_unseeded_base_gfid_does_not_pair_with_generator_replicates():
+    # the base arm of a generative claim has its own generator seeds: one unseeded base gFID is no comparator arm
+    rec = R.RunRecord("table2", "t", "cpu")
+    rec.add("gFID_final", 60.0, subject="base")
+    for s, v in enumerate([50.0, 51.0, 52.5]):
+        rec.add("gFID_final", v, subject="eq", seed=s)
+    row = _rows([rec])["table2_gFID"]
+    assert row["verdict"] == V.NOT_TESTABLE and "comparator has no replicate seeds" in row["verdict_text"]
+    assert row["effect_ci_low"] is None
+    # the same numbers seeded per generator seed in the base arm pair by seed
+    for s, v in enumerate([60.0, 61.0, 59.0]):
+        rec.add("gFID_final", v, subject="base", seed=s)
+    assert _rows([rec])["table2_gFID"]["verdict"] == V.REPRODUCED
 
 
 def test_compare_reference_cli_on_synthetic_records(tmp_path, capsys):
@@ -249,9 +285,18 @@ def test_speedup_estimator_on_curves_with_a_known_crossing_and_censored():
     eq = [90.0, 70.0, 50.0, 45.0, 40.0]  # crosses 60 halfway between 600 (70) and 900 (50) -> step 750
     e = V.speedup_estimate(steps, eq, base)
     assert e.target == 60.0 and e.reach == 750 and e.speedup == pytest.approx(1500 / 750) and not e.censored
-    slow = [120.0, 100.0, 90.0, 75.0, 61.0]  # never reaches 60 within the budget
+    # a slower subject: the target is the worse final (61, its own), which the base reaches first at 1425
+    slow = [120.0, 100.0, 90.0, 75.0, 61.0]
     c = V.speedup_estimate(steps, slow, base)
-    assert c.censored and c.reach is None and c.speedup is None
+    assert c.target == 61.0 and c.reach == 1500 and c.comparator_reach == 1425 and not c.censored
+    assert c.speedup == pytest.approx(1425 / 1500)  # < 1: slower
+    # symmetric: swapping the arms inverts the estimate
+    assert V.speedup_estimate(steps, base, slow).speedup == pytest.approx(1500 / 1425)
+    # a curve with no usable final value never reaches a target: censored, no number (the robustness path)
+    c = V.speedup_estimate(steps, eq[:4] + [float("nan")], base)
+    assert c.censored and c.speedup is None
+    c = V.speedup_estimate(steps, eq, base[:4] + [float("nan")])  # either arm's
+    assert c.censored and c.speedup is None
     first = V.speedup_estimate(steps, [55.0, 50, 45, 40, 35], base)  # already there at the first checkpoint
     assert first.at_first_checkpoint and first.speedup == pytest.approx(5.0)
     with pytest.raises(ValueError):
@@ -262,6 +307,56 @@ def test_speedup_estimator_on_curves_with_a_known_crossing_and_censored():
     assert v.word == V.REPRODUCED and (v.low, v.high) == pytest.approx((math.exp(t.low), math.exp(t.high)))
     cv = V.speedup_verdict([2.0, None, 2.3], comparator="the base")
     assert cv.word == V.NOT_TESTABLE and cv.effect is None and "censored: in 1 of 3" in cv.text
+
+
+_SIM_STEPS = list(range(250, 3001, 250))
+
+
+def _sim_curve(shape, scale, rng, noise, rescale=1.0):
+    """A decreasing gFID curve at ``rescale`` × ``_SIM_STEPS`` (rescale 2 = twice as fast) + Gaussian evaluation
+    noise: ``"plateau"`` falls linearly from 100 to 20 at step ``scale`` then stays flat;
+    ``"exp"`` = 20 + 80·e^(−t/scale)
+    (still improving at the end of the budget)."""
+    t = np.asarray(_SIM_STEPS, dtype=float) * rescale
+    clean = np.maximum(20.0, 100.0 - 80.0 * t / scale) if shape == "plateau" else 20.0 + 80.0 * np.exp(-t / scale)
+    return (clean + rng.normal(0.0, noise, size=t.size)).tolist()
+
+
+def _simulated_speedup_words(rng, n_designs, shape, rescale, k=3):
+    words = []
+    for _ in range(n_designs):  # one curve per design; the subject's runs `rescale` times as fast
+        scale = rng.uniform(600, 1800) if shape == "plateau" else rng.uniform(400, 1000)
+        noise = rng.uniform(0.1, 2.0)
+        ests = [V.speedup_estimate(_SIM_STEPS, _sim_curve(shape, scale, rng, noise, rescale),
+                                   _sim_curve(shape, scale, rng, noise)).speedup for _ in range(k)]
+        words.append(V.speedup_verdict(ests).word)
+    return words
+
+
+@pytest.mark.parametrize("shape", ["plateau", "exp"])
+def test_speedup_verdict_is_calibrated_under_the_null_of_one_curve_for_both_arms(shape):
+    # issue 14-style null calibration: 400 designs of k = 3 replicates, both arms drawn from one decreasing curve
+    # (decreasing-then-plateau, or still improving) + noise. The old estimator (target = the comparator's final gFID,
+    # which its own curve reaches by definition) gave every uncensored replicate a speed-up >= 1 and 'reproduced' in
+    # ~50% of the plateau designs here; the symmetric one stays near the test's level, in both directions.
+    words = _simulated_speedup_words(np.random.default_rng(1414), 400, shape, rescale=1.0)
+    share = {w: words.count(w) / len(words) for w in set(words)}
+    assert share.get(V.REPRODUCED, 0.0) <= 0.05, share
+    assert share.get(V.OPPOSITE, 0.0) <= 0.05, share
+
+
+def test_speedup_verdict_finds_a_true_twofold_time_rescaling():
+    # a curve still improving at the end of the budget: the subject's runs twice as fast -> 'reproduced' in most
+    # k = 3 designs (on an exactly flat plateau the first step reaching a noisy plateau level is mostly noise: then
+    # about half the designs come out 'reproduced' at k = 3)
+    words = _simulated_speedup_words(np.random.default_rng(7), 100, "exp", rescale=2.0)
+    assert words.count(V.REPRODUCED) / len(words) >= 0.75, {w: words.count(w) for w in set(words)}
+    # and the reverse (the subject twice as slow) comes out opposite, with the speed-up near 1/2
+    rng = np.random.default_rng(8)
+    ests = [V.speedup_estimate(_SIM_STEPS, _sim_curve("exp", 700, rng, 0.3),
+                               _sim_curve("exp", 700, rng, 0.3, rescale=2.0)).speedup for _ in range(3)]
+    v = V.speedup_verdict(ests)
+    assert v.word == V.OPPOSITE and v.effect == pytest.approx(0.5, rel=0.15)
 
 
 def test_speedup_claim_reads_per_replicate_estimates_and_reports_censoring():
@@ -309,6 +404,110 @@ def test_a_base_stopped_at_a_cap_makes_every_generative_claim_not_testable():
     assert not any(C.is_generative(c) for c in C.CLAIMS if c.record in ("table1", "table1_vq"))
 
 
+def test_a_base_without_a_recorded_stop_reason_counts_as_not_converged():
+    gen = _gen_record("table2", {"base": [60.0, 62.0, 61.0], "eq": [50.0, 51.0, 52.5]})
+    silent = R.RunRecord("base_ae", "t", "cpu")  # a kit-trained base whose record carries no stop reason
+    silent.add("pretrain_steps", 4000.0, "steps", subject="base")
+    reason = C.base_cap_reason([gen, silent])
+    assert reason and "stop reason is not recorded" in reason
+    row = _rows([gen, silent])["table2_gFID"]
+    assert row["verdict"] == V.NOT_TESTABLE and "stop reason is not recorded" in row["verdict_text"]
+    silent.add("plateau_reached", None, subject="base")  # a value that is no value says nothing either
+    assert C.base_cap_reason([silent])
+    ok = R.RunRecord("base_ae", "t", "cpu")
+    ok.add("plateau_reached", 1.0, subject="base")
+    assert C.base_cap_reason([gen, ok]) is None and _rows([gen, ok])["table2_gFID"]["verdict"] == V.REPRODUCED
+
+
+def _vq_record(stop_notes):
+    rec = _gen_record("table1_vq", {"base": [60.0, 62.0, 61.0], "eq": [50.0, 51.0, 52.5]},
+                      metric="maskgit_gFID_final", notes="n = 1000")
+    if stop_notes is not None:
+        rec.add("base_vq_pretrain_steps", 3000.0, "steps", subject="base", notes=stop_notes)
+    return rec
+
+
+def test_the_cap_rule_applies_to_the_vq_base_for_table3():
+    assert _rows([_vq_record("stop reason: plateau")])["table3_maskgit_gFID"]["verdict"] == V.REPRODUCED
+    for notes, why in (("stop reason: max_steps", "stopped at a cap (max_steps)"), (None, "not recorded")):
+        row = _rows([_vq_record(notes)])["table3_maskgit_gFID"]
+        assert row["verdict"] == V.NOT_TESTABLE and why in row["verdict_text"], notes
+    # the continuous base's cap does not void the discrete path, nor the VQ base's the continuous claims
+    capped = R.RunRecord("base_ae", "t", "cpu")
+    capped.add("plateau_reached", 0.0, "bool", subject="base")
+    assert _rows([_vq_record("stop reason: plateau"), capped])["table3_maskgit_gFID"]["verdict"] == V.REPRODUCED
+    gen = _gen_record("table2", {"base": [60.0, 62.0, 61.0], "eq": [50.0, 51.0, 52.5]})
+    assert _rows([_vq_record("stop reason: max_steps"), gen])["table2_gFID"]["verdict"] == V.REPRODUCED
+
+
+def test_per_record_verdicts_see_the_cap_rule_so_the_report_agrees_with_results_csv(tmp_path):
+    gen = _gen_record("table2", {"base": [60.0, 62.0, 61.0], "plain": [58.0, 59.5, 59.0],
+                                 "eq": [50.0, 51.0, 52.5]})
+    capped = R.RunRecord("base_ae", "t", "cpu")
+    capped.add("plateau_reached", 0.0, "bool", subject="base")
+    runs = tmp_path / "runs"
+    gen.save(runs)
+    capped.save(runs)
+    assert C.record_verdict(gen, R.load_records("cpu", runs))[0] == V.NOT_TESTABLE
+    assert C.record_verdict(gen)[0] == V.REPRODUCED  # (what a caller without the other records would say)
+    # a stale saved copy of the record itself (here: the opposite result) never overrides the one being judged
+    stale = _gen_record("table2", {"base": [50.0, 51.0, 52.5], "plain": [50.0, 51.0, 52.5], "eq": [60.0, 62.0, 61.0]})
+    assert C.record_verdict(gen, [stale])[0] == V.REPRODUCED
+    folder = tmp_path / "fig"
+    R.write_report("cpu", folder, root=runs)
+    rows = {r["claim"]: r for r in R.read_results_csv(folder / "results.csv")}
+    assert rows["table2_gFID"]["verdict"] == V.NOT_TESTABLE
+    report = (folder / "report.md").read_text()
+    section = report.split("## table2:")[1].split("\n## ")[0]
+    assert "Verdict: **not testable at this scale**" in section and "Verdict: **reproduced**" not in section
+    R.save_records_beside_figures(R.load_records("cpu", runs), folder)
+    assert R.load_record(folder / "records" / "table2.json").verdict == V.NOT_TESTABLE
+
+
+def test_primaries_voided_by_the_cap_rule_or_identical_replicates_take_no_rank_in_the_holm_family():
+    t1 = R.RunRecord("table1", "t", "cpu")
+    t1.add("delta_R", 1.05, subject="base")
+    for s, eq in enumerate([0.25, 0.40, 0.31]):
+        t1.add("delta_R", eq, subject="eq", seed=s)
+    gen = _gen_record("table2", {"plain": [58.0, 59.0, 60.0], "eq": [50.0, 51.01, 52.0]})  # p far below delta_R's
+    capped = R.RunRecord("base_ae", "t", "cpu")
+    capped.add("plateau_reached", 0.0, "bool", subject="base")
+    assert _rows([t1, gen])["table1_delta_R"]["alpha"] == pytest.approx(0.05 / 5)  # gFID took the first rank
+    rows = _rows([t1, gen, capped])
+    assert rows["table6_gFID_fixed_budget"]["verdict"] == V.NOT_TESTABLE
+    assert rows["table1_delta_R"]["alpha"] == pytest.approx(0.05 / 6)  # the voided gFID no longer counts as tested
+    # identical replicates: no variance, no test -> nan, never p = 0
+    by = {c.id: c for c in C.CLAIMS}
+    assert math.isnan(C._pvalue(by["table1_delta_R"], [-0.8, -0.8, -0.8]))
+    assert math.isnan(C._pvalue(by["recon_kept_rFID"], [1.02, 1.02, 1.02]))
+    assert C._pvalue(by["table1_delta_R"], [-0.8, -0.75, -0.7]) < 0.01
+
+
+def _id_record(data_ci):
+    rec = R.RunRecord("table5_id", "t", "cpu")
+    rec.add("ID_TwoNN", 12.0, subject="base", notes="95% CI [11.0, 13.0], n=2000")
+    rec.add("ID_TwoNN_n500", 8.0, subject="base", notes="first 500 test images; 95% CI [7.2, 8.9], n=500")
+    for s, v in enumerate([9.0, 9.5, 9.2]):
+        rec.add("ID_TwoNN", v, subject="eq", seed=s)
+    rec.add("ID_TwoNN_n500", 20.0, subject="data: pooled 2x2", notes="first 500 test images, pooled 2x2; 95% CI "
+            "[18.0, 22.5], n=500")
+    rec.add("ID_TwoNN_n500", 8.3, subject="data: pixels", notes=f"first 500 test images, pixels; 95% CI {data_ci}, "
+            "n=500")
+    return rec
+
+
+def test_table5_id_is_not_testable_when_the_base_latent_id_lies_inside_the_datas_own():
+    row = _rows([_id_record("[7.5, 9.6]")])["table5_ID"]
+    assert row["verdict"] == V.NOT_TESTABLE and "no dimension to lose" in row["verdict_text"]
+    assert "pixels: [7.5, 9.6]" in row["verdict_text"] and row["effect_ci_high"] < 0  # reported, not judged
+    row = _rows([_id_record("[np.float64(7.5), np.float64(9.6)]")])["table5_ID"]  # a numpy repr in the notes
+    assert row["verdict"] == V.NOT_TESTABLE
+    # the base's latent ID above both data intervals: the claim is judged
+    assert _rows([_id_record("[5.0, 7.9]")])["table5_ID"]["verdict"] == V.REPRODUCED
+    assert C.data_id_reason([_id_record("[5.0, 7.9]")]) is None
+    assert C.data_id_reason([_id_record("None")]) is None  # no interval: the rule cannot be checked
+
+
 def test_fig5_epoch1_pairs_eq_and_plain_by_seed():
     rec = R.RunRecord("fig5", "t", "cpu")
     eq, plain, base = {0: 50.0, 1: 54.0, 2: 49.0, 3: 70.0}, {2: 52.0, 0: 53.5, 1: 55.0}, {0: 60.0, 1: 61.0, 2: 58.0}
@@ -341,3 +540,15 @@ def test_id_gfid_points_are_independent_autoencoders_one_per_variant_and_fine_tu
     v = V.correlation_verdict(list(xs), list(ys), independent=True)
     assert row["n_replicates"] == 5 and row["effect"] == pytest.approx(v.effect)  # two seeds of a variant: two points
     assert row["verdict"] == v.word
+    # the base (a fixed comparator) recorded per generator seed is still ONE autoencoder: one point, its mean
+    rec2 = R.RunRecord("ablations", "t", "cpu")
+    for (subj, s), (idv, g) in pts.items():
+        if subj != "none (base)":
+            rec2.add("ID", idv, subject=subj, seed=s)
+            rec2.add("gFID", g, subject=subj, seed=s)
+    for s, g in enumerate([68.0, 70.0, 72.0]):
+        rec2.add("ID", 50.0, subject="none (base)", seed=s)
+        rec2.add("gFID", g, subject="none (base)", seed=s)
+    row2 = _rows([rec2])["id_gfid_relation"]
+    assert row2["n_replicates"] == 5 and row2["effect"] == pytest.approx(v.effect)
+    assert "the base once" in row2["verdict_text"]

@@ -164,18 +164,34 @@ def test_cli_main(tmp_path, capsys):
     assert out["step"] == 2 and len(out["checkpoints"]) == 2
 
 
-def test_arms_with_one_seed_share_initialisation_and_batches(tmp_path):
+def test_arms_with_one_seed_share_initialisation_and_batches(tmp_path, monkeypatch):
     """Common random numbers (issue #14): the generators of two arms (different latents, one seed) start from the same
     weights and see the same batch indices; another seed starts elsewhere."""
-    from eqvae_lib.train_gen import _Batches
+    from eqvae_lib import train_gen as tg
+
+    drawn: list[list[torch.Tensor]] = []
+
+    class SpyBatches(tg._Batches):  # records the indices each train_gen run actually draws
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            drawn.append([])
+
+        def __call__(self, step):
+            idx = super().__call__(step)
+            drawn[-1].append(idx.clone())
+            return idx
+
+    monkeypatch.setattr(tg, "_Batches", SpyBatches)
     a = _cache()
     g = torch.Generator().manual_seed(1)
     b = LatentCache.from_tensors(torch.randn(64, 4, 4, 4, generator=g) * 3 - 1, torch.arange(64) % 3, a.norm)
-    ra = train_gen(_cfg(ema_decay=1.0, steps=2, ckpt_steps=[], seed=5), a, tmp_path / "a")
-    rb = train_gen(_cfg(ema_decay=1.0, steps=2, ckpt_steps=[], seed=5), b, tmp_path / "b")
-    rc = train_gen(_cfg(ema_decay=1.0, steps=2, ckpt_steps=[], seed=6), a, tmp_path / "c")
+    ra = train_gen(_cfg(ema_decay=1.0, steps=10, ckpt_steps=[], seed=5), a, tmp_path / "a")
+    rb = train_gen(_cfg(ema_decay=1.0, steps=10, ckpt_steps=[], seed=5), b, tmp_path / "b")
+    rc = train_gen(_cfg(ema_decay=1.0, steps=10, ckpt_steps=[], seed=6), a, tmp_path / "c")
     assert _equal_states(ra.ema.state_dict(), rb.ema.state_dict())  # decay 1: EMA = the initial weights
     assert not _equal_states(ra.ema.state_dict(), rc.ema.state_dict())
     assert not _equal_states(ra.model.state_dict(), rb.model.state_dict())  # different latents trained differently
-    ba, bb = _Batches(64, 8, 5), _Batches(64, 8, 5)
-    assert all(torch.equal(ba(s), bb(s)) for s in range(20))
+    # the batch indices the two arms' runs drew (10 steps: past one epoch of 64 / 8), step by step
+    assert len(drawn) == 3 and len(drawn[0]) == len(drawn[1]) == 10
+    assert all(torch.equal(x, y) for x, y in zip(drawn[0], drawn[1]))
+    assert not all(torch.equal(x, y) for x, y in zip(drawn[0], drawn[2]))  # another seed, other batches
