@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
 import torch
 
 from . import autoencoders as ae
@@ -692,7 +693,6 @@ def load_throughput(P: Config, path: Path | None = None) -> dict[str, dict] | No
 
 def projection_table(P: Config, measured: dict[str, dict], notebooks: tuple[str, ...] = NOTEBOOKS):
     """A DataFrame: notebook, projected time (text), minutes, at_most, notes — for notebook 00 and the CLI."""
-    import pandas as pd
 
     rows = project(work_table(knobs_of(P)), {s: v["rate"] for s, v in measured.items()}, notebooks)
     return pd.DataFrame([{"notebook": r["notebook"], "projected": format_minutes(r),
