@@ -9,6 +9,7 @@ Commands:
   compare-reference  say, claim by claim, whether your run's effects lie inside the committed reference intervals
   fetch-data make Fashion-MNIST available offline
   project    projected wall time of each notebook of a profile on this machine (measured throughput x step counts)
+  plateau-pilot  train a profile's base with the plateau rule off and report where the rule would fire (#15 design)
 
 Exit codes: 0 success, 2 bad input (one line on stderr: missing path, not a checkpoint, a pickle the kit will not
 execute, an image it cannot convert, a bad value).
@@ -27,6 +28,7 @@ COMMANDS = {
     "compare-reference": ("eqvae_lib.records", "cli_compare_reference"),
     "fetch-data": ("eqvae_lib.data", "_main"),
     "project": ("eqvae_lib.projection", "cli_project"),
+    "plateau-pilot": ("eqvae_lib.plateau_pilot", "cli_plateau_pilot"),
 }
 
 

@@ -372,6 +372,23 @@ def loss_config(P: Config, objective: str, **overrides) -> LossConfig:
     return LossConfig(objective=objective, **values)
 
 
+def base_ae_train_config(P: Config, data: Data) -> tuple[AETrainConfig, dict]:
+    """The base autoencoder's training config and architecture (``build_autoencoder`` kwargs) under profile ``P``:
+    the plain objective (Eq. 1) with the GAN from ``pretrain_disc_start``, the plateau rule on, the caps
+    ``pretrain_max_steps``/``pretrain_max_epochs``, seed ``run.seed``. One definition for the cached base
+    (:func:`train_or_load_base_autoencoder`) and the plateau pilot (``eqvae_lib.plateau_pilot``)."""
+    b = P.base_ae
+    cfg = AETrainConfig(loss=loss_config(P, "plain", disc_start=b.pretrain_disc_start), batch_size=b.pretrain_batch,
+                        lr=b.pretrain_lr, max_steps=b.pretrain_max_steps, max_epochs=b.pretrain_max_epochs,
+                        plateau=True, val_every=b.pretrain_val_every, val_size=P.data.val_size,
+                        plateau_window=b.pretrain_plateau_window, plateau_threshold=b.pretrain_plateau_threshold,
+                        seed=P.run.seed, checkpoint_every_steps=P.run.checkpoint_every_steps, export_ldm=False,
+                        progress=P.run.progress)
+    arch = dict(arch=b.ae_arch, in_channels=data.channels, out_channels=data.channels,
+                latent_channels=b.latent_channels, sample_size=P.data.image_size)
+    return cfg, arch
+
+
 def train_or_load_base_autoencoder(P: Config, data: Data | None = None) -> AEArtefact:
     """The base autoencoder (the stand-in for SD-VAE): loaded from ``base_vae`` when set (paper profile: a diffusers
     folder, LDM checkpoint or hub id), else pretrained from scratch (seed ``run.seed``) on the profile's training
@@ -384,14 +401,7 @@ def train_or_load_base_autoencoder(P: Config, data: Data | None = None) -> AEArt
         vae = ae.load_autoencoder(b.base_vae).eval()
         return AEArtefact(vae, None, None, ae.weights_hash(vae), source=b.base_vae)
     data = data or load_data(P)
-    cfg = AETrainConfig(loss=loss_config(P, "plain", disc_start=b.pretrain_disc_start), batch_size=b.pretrain_batch,
-                        lr=b.pretrain_lr, max_steps=b.pretrain_max_steps, max_epochs=b.pretrain_max_epochs,
-                        plateau=True, val_every=b.pretrain_val_every, val_size=P.data.val_size,
-                        plateau_window=b.pretrain_plateau_window, plateau_threshold=b.pretrain_plateau_threshold,
-                        seed=P.run.seed, checkpoint_every_steps=P.run.checkpoint_every_steps, export_ldm=False,
-                        progress=P.run.progress)
-    arch = dict(arch=b.ae_arch, in_channels=data.channels, out_channels=data.channels,
-                latent_channels=b.latent_channels, sample_size=P.data.image_size)
+    cfg, arch = base_ae_train_config(P, data)
     key = artefact_key("ae", {"train": dataclasses.asdict(cfg), "model": arch},
                        {"train": data.train_id, "val": data.test_id})
     run_dir = cache_dir("ae-base", key)
@@ -1066,11 +1076,10 @@ def reference_stats(P: Config, data: Data, extractor, n: int | None = None):
 
 
 # ---------------------------------------------------------------------------------------------- discrete path
-def train_or_load_base_vq(P: Config, data: Data) -> AEArtefact:
-    """The base VQ autoencoder (stand-in for the paper's VQ-GAN): ``vq_arch`` with ``vq_codebook_size`` codes,
-    pretrained with the plain objective (VQ loss in place of KL) and dead-code restarts until the validation plateau
-    (the base AE's rule; ``vq_pretrain_max_steps``/``_epochs`` replace its caps when set; caps in steps/epochs only).
-    May train for minutes."""
+def base_vq_train_config(P: Config, data: Data) -> tuple[AETrainConfig, dict]:
+    """The base VQ tokenizer's training config and architecture (``build_autoencoder`` kwargs) under profile ``P``:
+    the base AE's recipe (:func:`base_ae_train_config`) with ``vq_pretrain_max_steps``/``_epochs`` replacing its caps
+    when set. One definition for :func:`train_or_load_base_vq` and the plateau pilot."""
     b, v = P.base_ae, P.vq
     max_steps = v.vq_pretrain_max_steps if v.vq_pretrain_max_steps is not None else b.pretrain_max_steps
     max_epochs = v.vq_pretrain_max_epochs if v.vq_pretrain_max_epochs is not None else b.pretrain_max_epochs
@@ -1082,6 +1091,17 @@ def train_or_load_base_vq(P: Config, data: Data) -> AEArtefact:
                         progress=P.run.progress)
     arch = dict(arch=v.vq_arch, in_channels=data.channels, codebook_size=v.vq_codebook_size,
                 sample_size=P.data.image_size)
+    return cfg, arch
+
+
+def train_or_load_base_vq(P: Config, data: Data) -> AEArtefact:
+    """The base VQ autoencoder (stand-in for the paper's VQ-GAN): ``vq_arch`` with ``vq_codebook_size`` codes,
+    pretrained with the plain objective (VQ loss in place of KL) and dead-code restarts until the validation plateau
+    (the base AE's rule; ``vq_pretrain_max_steps``/``_epochs`` replace its caps when set; caps in steps/epochs only).
+    May train for minutes."""
+    v = P.vq
+    cfg, arch = base_vq_train_config(P, data)
+    max_steps, max_epochs = cfg.max_steps, cfg.max_epochs
     key = artefact_key("vq", {"train": dataclasses.asdict(cfg), "model": arch},
                        {"train": data.train_id, "val": data.test_id})
     run_dir = cache_dir("vq-base", key)

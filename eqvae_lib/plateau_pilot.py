@@ -1,0 +1,156 @@
+"""The base-only design pilot of protocol v2 (issue #15, item 1): where does the validation plateau rule fire?
+
+The profile's base autoencoder (or base VQ tokenizer) is trained exactly as the pipeline trains it
+(:func:`~eqvae_lib.pipeline.base_ae_train_config` / :func:`~eqvae_lib.pipeline.base_vq_train_config`: same
+objective, batch, lr, GAN start, validation images, seed), except that the plateau rule does not stop it and a step
+cap ``max_steps`` does. The validation trace it logs (L1, MSE, PSNR on ``val_size`` held-out test images every
+``pretrain_val_every`` steps) is then read post hoc with the rule itself (:func:`plateau_fire_step`), which gives
+the step at which a run with the rule on would have stopped. The profile's caps are then set above that step so that
+the reference run stops at its plateau, not at a cap. The pilot uses base metrics only (no EQ-vs-control result is
+seen), as the issue requires of a design pilot.
+
+A pilot may run on a GPU to save time; its record says on which device and with which precision (``bf16`` off by
+default so the arithmetic is fp32 as on the CPU, up to TF32 matmuls and summation order: the fire step is a design
+input, not a result).
+
+Command line: ``python -m eqvae_lib plateau-pilot --profile cpu --kind ae --steps 15000 --out runs/pilot-ae``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import load_config
+from .io import atomic_write_json, git_commit
+from .pipeline import base_ae_train_config, base_vq_train_config, load_data
+from .train_ae import load_summary, plateau_reached, pretrain
+from .vq import pretrain_vq
+
+KINDS = ("ae", "vq")
+
+
+def plateau_fire_step(trace: list[dict], gan_on: int, window: int, threshold: float) -> int | None:
+    """The first validation step at which the plateau rule (:func:`~eqvae_lib.train_ae.plateau_reached`) fires on
+    ``trace`` (dicts with ``step`` and ``l1``, in step order), counting only validations after the GAN start
+    ``gan_on`` (as the training loop does: switching the GAN on trades L1 for sharpness). None when it never fires
+    within the trace."""
+    seen: list[float] = []
+    for t in trace:
+        if t["step"] <= gan_on:
+            continue
+        seen.append(float(t["l1"]))
+        if plateau_reached(seen, window, threshold)[0]:
+            return int(t["step"])
+    return None
+
+
+def validation_trace(run_dir: str | Path) -> list[dict]:
+    """The validation points of a ``train_ae`` run's ``log.jsonl``: dicts ``step``, ``l1``, ``mse``, ``psnr`` in step
+    order (a point written again after a resume replaces the earlier one).
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no ``log.jsonl``."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no training log; is {run_dir} a train_ae run folder?")
+    points = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if isinstance(row.get("val"), dict):
+            points[int(row["step"])] = {"step": int(row["step"]), **{k: float(row["val"][k])
+                                                                      for k in ("l1", "mse", "psnr")}}
+    return [points[k] for k in sorted(points)]
+
+
+@dataclass(frozen=True)
+class PlateauPilot:
+    """Result of :func:`train_plateau_pilot`: ``trace`` = validation points (``step``, ``l1``, ``mse``, ``psnr``
+    (dB, images in [-1, 1])), ``fire_step`` = where the rule would have stopped (None: not within ``steps_run``),
+    ``gan_on`` = the GAN start step, ``steps_per_epoch`` at the profile's batch, ``wall_s`` = training seconds of
+    this process (resumes add up), ``record`` = path of the JSON record."""
+
+    kind: str
+    profile: str
+    trace: list[dict]
+    fire_step: int | None
+    gan_on: int
+    window: int
+    threshold: float
+    steps_run: int
+    steps_per_epoch: int
+    device: str
+    wall_s: float
+    record: Path
+
+
+def train_plateau_pilot(profile: str, kind: str, max_steps: int, out: str | Path, device: str | None = None,
+                        bf16: bool = False, max_time_s: float | None = None) -> PlateauPilot:
+    """Train the profile's base ``kind`` (``"ae"``: the base autoencoder; ``"vq"``: the base VQ tokenizer) with the
+    plateau rule off for ``max_steps`` optimizer steps into ``out`` (resumable: a rerun continues from its last
+    checkpoint), then read where the rule would have fired. ``max_time_s`` (seconds of training) also ends the pilot —
+    a pilot on a lent machine may need it; the base of a reference run is never capped in time. Writes ``out/plateau_pilot_<kind>.json`` (atomic) with
+    the trace, the fire step, the resolved training config, device, precision, git commit and wall time. May train
+    for an hour or more on a CPU.
+
+    Raises:
+        ValueError: ``kind`` not in ``KINDS``, or the profile loads its base (``base_vae``: nothing to pilot).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: choose one of {KINDS}")
+    P = load_config(profile)
+    if kind == "ae" and P.base_ae.base_vae:
+        raise ValueError(f"profile {profile!r} loads its base autoencoder ({P.base_ae.base_vae}); nothing to pilot")
+    data = load_data(P)
+    cfg, arch = (base_ae_train_config if kind == "ae" else base_vq_train_config)(P, data)
+    cfg = dataclasses.replace(cfg, plateau=False, max_steps=int(max_steps), max_epochs=None, max_time_s=max_time_s,
+                              device=device, bf16=bf16, progress=False, log_every=50)
+    out = Path(out)
+    print(f"plateau pilot ({profile}, {kind}): {arch['arch']} on {len(data.train_x)} images, batch {cfg.batch_size}, "
+          f"lr {cfg.lr}, GAN from step {cfg.loss.disc_start}, validation every {cfg.val_every} steps on "
+          f"{cfg.val_size} images, {max_steps} steps, device {device or 'auto'}, bf16 {bf16}", flush=True)
+    t0 = time.time()
+    (pretrain if kind == "ae" else pretrain_vq)(data.train_x, cfg, out, val=data.test_x, **arch)
+    wall = time.time() - t0
+    trace = validation_trace(out)
+    steps_run = int(load_summary(out)["steps"])
+    gan_on = cfg.loss.disc_start if cfg.loss.disc_weight > 0 else 0
+    fire = plateau_fire_step(trace, gan_on, cfg.plateau_window, cfg.plateau_threshold)
+    steps_per_epoch = -(-len(data.train_x) // (cfg.batch_size * cfg.grad_accum))
+    dev = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    record = out / f"plateau_pilot_{kind}.json"
+    atomic_write_json(record, {
+        "claim": "plateau_pilot", "kind": kind, "profile": profile, "fire_step": fire,
+        "fire_epoch": None if fire is None else fire / steps_per_epoch, "gan_on": gan_on,
+        "window": cfg.plateau_window, "threshold": cfg.plateau_threshold, "steps_run": steps_run,
+        "steps_per_epoch": steps_per_epoch, "trace": trace, "train_config": dataclasses.asdict(cfg),
+        "model": arch, "device": dev, "gpu": torch.cuda.get_device_name() if dev.startswith("cuda") else None,
+        "bf16": bf16, "max_time_s": max_time_s, "torch": torch.__version__, "git_commit": git_commit(),
+        "wall_s": round(wall, 1),
+        "note": "design pilot: base metrics only; the plateau rule off, read post hoc (plateau_fire_step)"})
+    print(f"plateau rule fires at step {fire} ({'never' if fire is None else f'{fire / steps_per_epoch:.2f} epochs'}"
+          f" within {steps_run} steps); record {record}", flush=True)
+    return PlateauPilot(kind, profile, trace, fire, gan_on, cfg.plateau_window, cfg.plateau_threshold,
+                        steps_run, steps_per_epoch, dev, wall, record)
+
+
+def cli_plateau_pilot(argv: list[str]) -> int:
+    """``python -m eqvae_lib plateau-pilot --profile cpu --kind ae --steps N --out DIR [--device cuda] [--bf16]``.
+    Returns 0, or 2 on bad input (one line on stderr)."""
+    p = argparse.ArgumentParser(prog="python -m eqvae_lib plateau-pilot", description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--kind", choices=KINDS, default="ae")
+    p.add_argument("--steps", type=int, required=True, help="step cap of the pilot (the plateau rule is off)")
+    p.add_argument("--out", required=True, help="run folder (resumable)")
+    p.add_argument("--device", help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (default off: fp32 as on the CPU)")
+    p.add_argument("--max-time", type=float, help="also stop after this many seconds of training (pilot only)")
+    a = p.parse_args(argv)
+    train_plateau_pilot(a.profile, a.kind, a.steps, a.out, a.device, a.bf16, a.max_time)
+    return 0
