@@ -21,14 +21,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
 import torch
 
 from .config import load_config
-from .io import atomic_write_json, git_commit
+from .io import atomic_write_json, atomic_write_text, git_commit
+from .runtime import REPO_ROOT
 from .pipeline import base_ae_train_config, base_vq_train_config, load_data
 from .train_ae import load_summary, plateau_reached, pretrain
 from .vq import pretrain_vq
@@ -140,17 +144,105 @@ def train_plateau_pilot(profile: str, kind: str, max_steps: int, out: str | Path
                         steps_run, steps_per_epoch, dev, wall, record)
 
 
+def plot_plateau_pilots(records: list[str | Path], out: str | Path) -> Path:
+    """Validation PSNR (dB) against optimizer step of each pilot record (``plateau_pilot_<kind>.json``), with the GAN
+    start and the step at which the plateau rule fires; saved as ``out`` (``.png`` and ``.pdf``). Returns the png.
+
+    Raises:
+        FileNotFoundError: a record does not exist."""
+    out = Path(out)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for path in records:
+        r = json.loads(Path(path).read_text())
+        steps = [t["step"] for t in r["trace"]]
+        line, = ax.plot(steps, [t["psnr"] for t in r["trace"]], marker="o", ms=3,
+                        label=f"base {r['kind'].upper()} ({r['model']['arch']})")
+        if r["fire_step"] is not None:
+            ax.axvline(r["fire_step"], color=line.get_color(), ls="--", lw=1)
+        ax.axvline(r["gan_on"], color="grey", ls=":", lw=1)
+    ax.set_xlabel("optimizer step (batch 64)")
+    ax.set_ylabel("validation PSNR (dB)")
+    ax.set_title(f"plateau pilot, profile {r['profile']} (dotted: GAN start; dashed: the plateau rule fires)",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    fig.savefig(out.with_suffix(".pdf"))
+    plt.close(fig)
+    return out.with_suffix(".png")
+
+
+def psnr_trend(record: dict, skip: int = 1000) -> dict:
+    """Least-squares trend of a pilot's validation PSNR after the GAN start: over the validations with
+    ``gan_on + skip < step <= fire_step`` (or the last step when the rule never fired; ``skip`` steps leave out the
+    GAN's switch-on shock). Returns ``first``/``last`` step, ``n`` points, ``slope_db_per_1000`` (dB per 1000 steps)
+    and ``residual_sd_db`` (dB, the swing between validations around the trend).
+
+    Raises:
+        ValueError: fewer than 3 validations in that range."""
+    end = record["fire_step"] or record["steps_run"]
+    pts = [t for t in record["trace"] if record["gan_on"] + skip < t["step"] <= end]
+    if len(pts) < 3:
+        raise ValueError(f"{len(pts)} validations after step {record['gan_on'] + skip}: too few for a trend")
+    x = np.array([t["step"] for t in pts], float)
+    y = np.array([t["psnr"] for t in pts], float)
+    slope, icpt = np.polyfit(x, y, 1)
+    return {"first": int(x[0]), "last": int(x[-1]), "n": len(pts), "slope_db_per_1000": float(slope * 1000),
+            "residual_sd_db": float(np.std(y - (icpt + slope * x), ddof=2))}
+
+
+def readme_paragraph(records: list[dict]) -> str:
+    """The README's sentences on the plateau pilots, generated from their records (no hand-typed number)."""
+    out = []
+    for r in records:
+        name = {"ae": "base AE", "vq": "base VQ"}[r["kind"]]
+        tr = psnr_trend(r)
+        where = (f"the rule fired at step {r['fire_step']} ({r['fire_step'] / r['steps_per_epoch']:.1f} epochs)"
+                 if r["fire_step"] is not None else f"the rule did not fire within {r['steps_run']} steps")
+        out.append(f"`{r['profile']}` {name} ({r['model']['arch']}, {r['device']}): {where}; over steps "
+                   f"{tr['first']}–{tr['last']} its validation PSNR rose {tr['slope_db_per_1000']:+.2f} dB per 1000 "
+                   f"steps (least squares) with a residual SD of {tr['residual_sd_db']:.2f} dB between validations.")
+    return "\n".join(f"- {line}" for line in out)
+
+
+def update_readme(records: list[str | Path], readme: str | Path) -> bool:
+    """Replace the block between ``<!-- plateau-pilot -->`` and ``<!-- /plateau-pilot -->`` of ``readme`` with
+    :func:`readme_paragraph` of the records. Returns True when it changed.
+
+    Raises:
+        ValueError: the README has no such markers."""
+    readme = Path(readme)
+    text = readme.read_text()
+    pat = re.compile(r"<!-- plateau-pilot -->.*?<!-- /plateau-pilot -->", re.S)
+    if not pat.search(text):
+        raise ValueError(f"{readme} has no '<!-- plateau-pilot -->' ... '<!-- /plateau-pilot -->' markers")
+    block = readme_paragraph([json.loads(Path(r).read_text()) for r in records])
+    new = pat.sub(lambda _: f"<!-- plateau-pilot -->\n{block}\n<!-- /plateau-pilot -->", text)
+    if new != text:
+        atomic_write_text(readme, new)
+    return new != text
+
+
 def cli_plateau_pilot(argv: list[str]) -> int:
     """``python -m eqvae_lib plateau-pilot --profile cpu --kind ae --steps N --out DIR [--device cuda] [--bf16]``.
     Returns 0, or 2 on bad input (one line on stderr)."""
     p = argparse.ArgumentParser(prog="python -m eqvae_lib plateau-pilot", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", default="cpu")
     p.add_argument("--kind", choices=KINDS, default="ae")
-    p.add_argument("--steps", type=int, required=True, help="step cap of the pilot (the plateau rule is off)")
-    p.add_argument("--out", required=True, help="run folder (resumable)")
+    p.add_argument("--steps", type=int, help="step cap of the pilot (the plateau rule is off)")
+    p.add_argument("--out", required=True, help="run folder (resumable); with --from-records: the plot's path")
+    p.add_argument("--from-records", nargs="+", metavar="JSON", help="train nothing: plot these pilot records into "
+                   "--out (.png/.pdf) and regenerate the README's plateau-pilot block from them")
     p.add_argument("--device", help="cpu / cuda (default: cuda when available)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (default off: fp32 as on the CPU)")
     p.add_argument("--max-time", type=float, help="also stop after this many seconds of training (pilot only)")
     a = p.parse_args(argv)
+    if a.from_records:
+        print(plot_plateau_pilots(a.from_records, a.out))
+        print("README changed" if update_readme(a.from_records, REPO_ROOT / "README.md") else "README unchanged")
+        return 0
+    if a.steps is None:
+        raise ValueError("--steps is required to train a pilot (or give --from-records to plot existing records)")
     train_plateau_pilot(a.profile, a.kind, a.steps, a.out, a.device, a.bf16, a.max_time)
     return 0

@@ -2,13 +2,16 @@
 the rule off gives the step at which a run with the rule on stops."""
 
 import json
+from pathlib import Path
 
 import torch
 
 from eqvae_lib import autoencoders as ae
 from eqvae_lib.losses import LossConfig
-from eqvae_lib.plateau_pilot import plateau_fire_step, validation_trace
+from eqvae_lib.plateau_pilot import plateau_fire_step, psnr_trend, readme_paragraph, update_readme, validation_trace
 from eqvae_lib.train_ae import AETrainConfig, train_autoencoder
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _trace(l1s, start=10, every=10):
@@ -51,3 +54,33 @@ def test_post_hoc_fire_step_equals_the_stop_of_a_run_with_the_rule_on(tmp_path):
     fire = plateau_fire_step(validation_trace(tmp_path / "off"), gan_on=4, window=2, threshold=0.05)
     assert fire == on["steps"]
     assert fire > 4 + 2 * 2  # the rule needs window + 1 validations after the GAN start
+
+
+def _record(psnrs, fire=None, start=250, every=250, gan_on=1500):
+    tr = [{"step": start + i * every, "l1": 0.1, "mse": 0.01, "psnr": v} for i, v in enumerate(psnrs)]
+    return {"kind": "ae", "profile": "cpu", "model": {"arch": "small-f4"}, "device": "cpu", "fire_step": fire,
+            "steps_run": tr[-1]["step"], "steps_per_epoch": 1000, "gan_on": gan_on, "trace": tr}
+
+
+def test_psnr_trend_recovers_a_known_slope_and_swing():
+    # PSNR = 20 + 0.5 dB per 1000 steps + alternating ±0.2 dB swings after step 2500; the GAN shock before is skipped
+    steps = [250 * (i + 1) for i in range(24)]
+    swing = [0.2 if i % 2 else -0.2 for i in range(24)]
+    psnr = [5.0 if s <= 2500 else 20 + 0.5 * s / 1000 + w for s, w in zip(steps, swing)]
+    t = psnr_trend(_record(psnr))
+    assert (t["first"], t["last"], t["n"]) == (2750, 6000, 14)
+    assert abs(t["slope_db_per_1000"] - 0.5) < 0.05  # alternating swings bias the slope by at most 0.4/span
+    assert 0.18 < t["residual_sd_db"] < 0.23
+    assert psnr_trend(_record(psnr, fire=4000))["last"] == 4000  # up to the fire step only
+
+
+def test_readme_block_is_generated_from_the_committed_pilot_records(tmp_path):
+    recs = sorted((REPO / "figures" / "cpu" / "design").glob("plateau_pilot_*.json"))
+    assert recs, "the committed plateau pilot records are missing"
+    block = readme_paragraph([json.loads(p.read_text()) for p in recs])
+    assert block in (REPO / "README.md").read_text(), ("README's plateau-pilot block differs from its records: run "
+                                                       "python -m eqvae_lib plateau-pilot --from-records ...")
+    fake = tmp_path / "README.md"
+    fake.write_text("a\n<!-- plateau-pilot -->\nold\n<!-- /plateau-pilot -->\nb\n")
+    assert update_readme(recs, fake) and not update_readme(recs, fake)
+    assert fake.read_text() == f"a\n<!-- plateau-pilot -->\n{block}\n<!-- /plateau-pilot -->\nb\n"
