@@ -173,18 +173,18 @@ def plot_plateau_pilots(records: list[str | Path], out: str | Path) -> Path:
     return out.with_suffix(".png")
 
 
-def psnr_trend(record: dict, skip: int = 1000) -> dict:
-    """Least-squares trend of a pilot's validation PSNR after the GAN start: over the validations with
-    ``gan_on + skip < step <= fire_step`` (or the last step when the rule never fired; ``skip`` steps leave out the
-    GAN's switch-on shock). Returns ``first``/``last`` step, ``n`` points, ``slope_db_per_1000`` (dB per 1000 steps)
-    and ``residual_sd_db`` (dB, the swing between validations around the trend).
+def psnr_trend(trace: list[dict], gan_on: int, end: int, skip: int = 1000) -> dict:
+    """Least-squares trend of the validation PSNR of a training trace (dicts with ``step`` and ``psnr`` in dB) after
+    the GAN start: over the validations with ``gan_on + skip < step <= end`` (``skip`` steps leave out the GAN's
+    switch-on shock; ``end`` = the step where the plateau rule fired, or the last step). Returns ``first``/``last``
+    step, ``n`` points, ``slope_db_per_1000`` (dB per 1000 steps) and ``residual_sd_db`` (dB, the swing between
+    validations around the trend). Says how far from flat a base was when it stopped.
 
     Raises:
         ValueError: fewer than 3 validations in that range."""
-    end = record["fire_step"] or record["steps_run"]
-    pts = [t for t in record["trace"] if record["gan_on"] + skip < t["step"] <= end]
+    pts = [t for t in trace if gan_on + skip < t["step"] <= end]
     if len(pts) < 3:
-        raise ValueError(f"{len(pts)} validations after step {record['gan_on'] + skip}: too few for a trend")
+        raise ValueError(f"{len(pts)} validations in steps ({gan_on + skip}, {end}]: too few for a trend")
     x = np.array([t["step"] for t in pts], float)
     y = np.array([t["psnr"] for t in pts], float)
     slope, icpt = np.polyfit(x, y, 1)
@@ -197,7 +197,7 @@ def readme_paragraph(records: list[dict]) -> str:
     out = []
     for r in records:
         name = {"ae": "base AE", "vq": "base VQ"}[r["kind"]]
-        tr = psnr_trend(r)
+        tr = psnr_trend(r["trace"], r["gan_on"], r["fire_step"] or r["steps_run"])
         where = (f"the rule fired at step {r['fire_step']} ({r['fire_step'] / r['steps_per_epoch']:.1f} epochs)"
                  if r["fire_step"] is not None else f"the rule did not fire within {r['steps_run']} steps")
         out.append(f"`{r['profile']}` {name} ({r['model']['arch']}, {r['device']}): {where}; over steps "

@@ -4,6 +4,7 @@ the rule off gives the step at which a run with the rule on stops."""
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from eqvae_lib import autoencoders as ae
@@ -67,11 +68,14 @@ def test_psnr_trend_recovers_a_known_slope_and_swing():
     steps = [250 * (i + 1) for i in range(24)]
     swing = [0.2 if i % 2 else -0.2 for i in range(24)]
     psnr = [5.0 if s <= 2500 else 20 + 0.5 * s / 1000 + w for s, w in zip(steps, swing)]
-    t = psnr_trend(_record(psnr))
+    r = _record(psnr)
+    t = psnr_trend(r["trace"], r["gan_on"], r["steps_run"])
     assert (t["first"], t["last"], t["n"]) == (2750, 6000, 14)
     assert abs(t["slope_db_per_1000"] - 0.5) < 0.05  # alternating swings bias the slope by at most 0.4/span
     assert 0.18 < t["residual_sd_db"] < 0.23
-    assert psnr_trend(_record(psnr, fire=4000))["last"] == 4000  # up to the fire step only
+    assert psnr_trend(r["trace"], r["gan_on"], 4000)["last"] == 4000  # up to the fire step only
+    with pytest.raises(ValueError, match="too few"):
+        psnr_trend(r["trace"], r["gan_on"], 3000)
 
 
 def test_readme_block_is_generated_from_the_committed_pilot_records(tmp_path):
