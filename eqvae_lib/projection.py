@@ -17,8 +17,8 @@ at 181 images/s on the reference machine and at 34 images/s on a loaded 2-core o
 
 Every config key the count model reads is read in :func:`knobs_of` (one place, so a renamed key changes one line).
 Not modelled (said in the rows' notes): TwoNN bootstrap arithmetic, LPIPS of the reconstruction metrics, Inception
-features (``inception_n``; ``fid_extractor: inception``), the VQ / MaskGIT notebook 10, figure drawing and process
-start-up (~10 s per notebook).
+features (``inception_n``; ``fid_extractor: inception``), figure drawing and process start-up (~10 s per notebook).
+Notebook 10 (VQ tokenizer + MaskGIT) is modelled with its own stage types (``vq_*``, ``maskgit_*``).
 
 CLI: ``python -m eqvae_lib project --profile P`` prints the projection (reusing the throughput notebook 00 stored in
 ``runs/<profile>/throughput.json`` when that file is younger than every file of the library, else measuring, ~1 min).
@@ -48,7 +48,9 @@ from .losses import EQVAELoss
 from .metrics.fid import ClassifierNet
 from .pipeline import ablation_variants, fig5_epochs, id_sizes, loss_config, paper_eval_scales, trained_scales
 from .runtime import device as runtime_device
+from .maskgit import build_maskgit, maskgit_loss, sample as maskgit_sample
 from .train_gen import TrainGenConfig, build_model, make_objective, sample_latents, update_ema
+from .vq import build_vq, codebook_size, decode_tokens, encode_tokens
 
 PKG_DIR = Path(__file__).resolve().parent
 #: number of images of the full splits when ``n_train`` / ``n_test`` are None
@@ -114,6 +116,12 @@ class Knobs:
     pilot_candidate_sizes: tuple[int, ...]
     pilot_steps: int
     pilot_batch: int
+    vq_pretrain_max_epochs: float | None
+    vq_pretrain_max_steps: int | None
+    vq_finetune_epochs: int
+    maskgit_batch: int
+    maskgit_epochs: float
+    maskgit_eval_epochs: tuple[float, ...]
 
 
 def knobs_of(P: Config) -> Knobs:
@@ -130,7 +138,7 @@ def knobs_of(P: Config) -> Knobs:
         count model does not know (a loaded base is fine); what the pipeline's functions raise (e.g. no Fig. 5
         epoch left).
     """
-    d, b, f, m, g, pl = P.data, P.base_ae, P.finetune, P.metrics, P.gen, P.pilot
+    d, b, f, m, g, pl, v = P.data, P.base_ae, P.finetune, P.metrics, P.gen, P.pilot, P.vq
     full = DATASET_SIZES.get(d.dataset)
     if full is None and (d.n_train is None or d.n_test is None):
         raise ValueError(f"dataset {d.dataset!r}: set n_train and n_test (the projection needs the image counts)")
@@ -160,7 +168,12 @@ def knobs_of(P: Config) -> Knobs:
         ablation_epochs=f.ablation_epochs, ablation_gfid=f.ablation_gfid, inception_n=m.inception_n,
         matched_rfid_max_extra_epochs=f.matched_rfid_max_extra_epochs,
         pilot_candidate_sizes=tuple(int(c["image_size"]) for c in pl.pilot_candidates),
-        pilot_steps=pl.pilot_steps, pilot_batch=pl.pilot_batch)
+        pilot_steps=pl.pilot_steps, pilot_batch=pl.pilot_batch,
+        vq_pretrain_max_epochs=v.vq_pretrain_max_epochs if v.vq_pretrain_max_epochs is not None
+        else b.pretrain_max_epochs,
+        vq_pretrain_max_steps=v.vq_pretrain_max_steps if v.vq_pretrain_max_steps is not None else b.pretrain_max_steps,
+        vq_finetune_epochs=v.vq_finetune_epochs, maskgit_batch=v.maskgit_batch, maskgit_epochs=v.maskgit_epochs,
+        maskgit_eval_epochs=tuple(v.maskgit_eval_epochs))
 
 
 # ------------------------------------------------------------------------------------------------ count model
@@ -170,6 +183,9 @@ STAGE_UNITS = {
     "ae_finetune_eq": "images/s", "encode": "images/s", "decode": "images/s", "features": "images/s",
     "classifier_train": "images/s", **{f"gen_train_{m}": "latents/s" for m in ("dit", "sit")},
     **{f"gen_sample_{m}": "images/s" for m in ("dit", "sit")},
+    "vq_pretrain": "images/s", "vq_pretrain_gan": "images/s", "vq_finetune_plain": "images/s",
+    "vq_finetune_eq": "images/s", "vq_encode": "images/s", "vq_reconstruct": "images/s",
+    "maskgit_train": "token grids/s", "maskgit_sample": "images/s",
 }
 #: the default ablation variant: the EQ fine-tune of the first replicate seed (cached by notebook 02)
 DEFAULT_ABLATION = "rotation+scale (default)"
@@ -428,9 +444,43 @@ def work_table(k: Knobs) -> CountModel:
         for aid in ["base"] + [ft("eq", s0, e) for e in k.fig5_epochs] + [ft("plain", s0, last)]:
             metric(nb, "intrinsic_dim", aid, False)
             curve(nb, head, aid, s0)
-    note("10_discrete_vq_maskgit", "VQ tokenizer and MaskGIT not modelled")
+    # 10 VQ + MaskGIT: the base VQ (its caps), one plain and one EQ fine-tune (seed run.seed), the three tokenizers'
+    # latent equivariance + reconstruction, their token caches, and a MaskGIT curve per tokenizer x replicate seed
+    nb = "10_discrete_vq_maskgit"
+    spe = k.n_train // k.pretrain_batch
+    vq_caps = [c for c in (math.ceil(k.vq_pretrain_max_epochs * spe) if k.vq_pretrain_max_epochs is not None
+                           else None, k.vq_pretrain_max_steps) if c is not None]
+    if vq_caps:
+        steps = min(vq_caps)
+        pre = min(steps, k.pretrain_disc_start)
+        add(nb, "vq_pretrain", pre * k.pretrain_batch, f"base VQ: {pre} steps without the GAN", True)
+        add(nb, "vq_pretrain_gan", (steps - pre) * k.pretrain_batch, f"base VQ: {steps - pre} steps with the GAN",
+            True)
+        n_val = (steps // k.pretrain_val_every if k.pretrain_val_every else 0) + 1
+        add(nb, "vq_reconstruct", n_val * k.val_size, f"base VQ: {n_val} validations", True)
+        note(nb, "base VQ: at most its step/epoch cap (the plateau rule may stop it earlier)")
+    else:
+        note(nb, "base VQ: no cap in steps or epochs: only the plateau stops it, so its time is not projected")
+    for o in ("plain", "eq"):
+        steps = k.vq_finetune_epochs * (min(k.finetune_subset, k.n_train) // k.finetune_batch)
+        add(nb, f"vq_finetune_{o}", steps * k.finetune_batch, f"{o} fine-tune of the base VQ: {steps} steps")
+        add(nb, "vq_reconstruct", k.val_size, f"{o} fine-tune of the base VQ: final validation")
+    need(nb, ("extractor",), extractor)
+    need(nb, ("reference",), lambda n_: add(n_, "features", k.n_test, "FID reference (all test images)"))
+    n_eval = len(k.maskgit_eval_epochs) * k.gen_fid_n
+    grids = int(k.maskgit_epochs * (k.n_train // k.maskgit_batch)) * k.maskgit_batch
+    for tok in ("base VQ", "plain VQ", "EQ VQ"):
+        add(nb, "vq_encode", k.eval_n * (E + 1), f"equivariance of the {tok} ({E} transforms)")
+        add(nb, "vq_reconstruct", k.eval_n, f"reconstruction of the {tok}")
+        add(nb, "features", 2 * k.eval_n, f"reconstruction of the {tok}")
+        add(nb, "vq_encode", k.n_train, f"token cache of the {tok}")
+        for s in seeds:
+            add(nb, "maskgit_train", grids, f"MaskGIT on the {tok} seed {s}: {k.maskgit_epochs:g} epochs")
+            add(nb, "maskgit_sample", n_eval, f"MaskGIT on the {tok} seed {s}: {len(k.maskgit_eval_epochs)} "
+                "evaluations")
+            add(nb, "features", n_eval, f"MaskGIT on the {tok} seed {s}")
     note("99_report", "report only (seconds)")
-    return CountModel(work, caps, notes, unmodelled=("10_discrete_vq_maskgit",))
+    return CountModel(work, caps, notes)
 
 
 # -------------------------------------------------------------------------------------------------- projection
@@ -542,9 +592,10 @@ def measure_throughput(P: Config, seconds: float = 3.0, progress: bool = True, o
     Returns:
         ``{stage: {"rate": items/s, "unit": ..., "batch": b, "steps": timed steps, "seconds": timed s}}`` for the
         stage types of :data:`STAGE_UNITS` the profile uses (``gen_*_<method>`` for each of ``gen_methods``;
-        ``features``: the classifier extractor's network; Inception is not measured). ``only``: measure these stage types only;
-        ``device``: where to measure (default: where the kit trains, :func:`eqvae_lib.runtime.device`).
-    May take about a minute (≈ 12 stage types × ``seconds``, plus warm-ups).
+        ``features``: the classifier extractor's network; Inception is not measured; ``vq_*``/``maskgit_*``: notebook
+        10's, :func:`_measure_vq_maskgit`). ``only``: measure these stage types only; ``device``: where to measure
+        (default: where the kit trains, :func:`eqvae_lib.runtime.device`).
+    May take a minute or two (≈ 20 stage types × ``seconds``, plus warm-ups).
     """
     torch.manual_seed(0)
     k = knobs_of(P)
@@ -634,7 +685,58 @@ def measure_throughput(P: Config, seconds: float = 3.0, progress: bool = True, o
                 return len(ae.decode(vae, zs.to(dev)))
         if want(f"gen_sample_{method}"):
             put(f"gen_sample_{method}", sb, _timed(sample_step, seconds, dev=dev))
+    if only is None or any(s.startswith(("vq_", "maskgit_")) for s in only):
+        _measure_vq_maskgit(P, x, seconds, dev, want, put)
     return out
+
+
+def _measure_vq_maskgit(P: Config, x: torch.Tensor, seconds: float, dev: torch.device, want, put) -> None:
+    """The stage types of notebook 10: VQ training steps (``vq_pretrain``/``_gan``, ``vq_finetune_plain``/``_eq``,
+    the KL path's step with the profile's VQ), ``vq_encode`` (images -> tokens), ``vq_reconstruct`` (encode +
+    quantise + decode), ``maskgit_train`` (one MaskGIT step on ``maskgit_batch`` token grids) and ``maskgit_sample``
+    (``maskgit_decode_steps`` parallel-decoding steps + decoding to images)."""
+    b, v = P.base_ae, P.vq
+    ch = x.shape[1]
+    vq = build_vq(v.vq_arch, in_channels=ch, codebook_size=v.vq_codebook_size, sample_size=P.data.image_size).to(dev)
+    for stage, objective, disc_start, batch in (
+            ("vq_pretrain", "plain", 10 ** 9, b.pretrain_batch), ("vq_pretrain_gan", "plain", 0, b.pretrain_batch),
+            ("vq_finetune_plain", "plain", 0, P.finetune.finetune_batch),
+            ("vq_finetune_eq", "eq", 0, P.finetune.finetune_batch)):
+        if want(stage):
+            put(stage, batch, _timed(_ae_step_fn(P, vq, x, objective, disc_start, batch), seconds, dev=dev))
+    vq.eval()
+    eb = 64
+    with torch.no_grad():
+        tokens = encode_tokens(vq, x[:eb])
+        if want("vq_encode"):
+            put("vq_encode", eb, _timed(lambda i: len(encode_tokens(vq, x[:eb])), seconds, dev=dev))
+        if want("vq_reconstruct"):
+            put("vq_reconstruct", eb, _timed(lambda i: len(decode_tokens(vq, encode_tokens(vq, x[:eb]))), seconds,
+                                             dev=dev))
+    model = build_maskgit(v.maskgit_model, codebook_size=codebook_size(vq), grid=tuple(tokens.shape[1:]),
+                          num_classes=10).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    grids = torch.randint(0, codebook_size(vq), (v.maskgit_batch, *tokens.shape[1:]), device=dev)
+    labels = torch.randint(0, 10, (v.maskgit_batch,), device=dev)
+
+    def mg_step(i):
+        loss, _ = maskgit_loss(model, grids, labels, generator=torch.Generator(dev).manual_seed(i))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return len(grids)
+    if want("maskgit_train"):
+        put("maskgit_train", v.maskgit_batch, _timed(mg_step, seconds, dev=dev))
+    model.eval()
+    sb = min(P.gen.gen_sample_batch, 64)
+
+    def mg_sample(i):
+        with torch.no_grad():
+            toks = maskgit_sample(model, n=sb, labels=torch.arange(sb, device=dev) % 10, steps=v.maskgit_decode_steps,
+                                  generator=torch.Generator(dev).manual_seed(i))
+            return len(decode_tokens(vq, toks))
+    if want("maskgit_sample"):
+        put("maskgit_sample", sb, _timed(mg_sample, seconds, dev=dev))
 
 
 # -------------------------------------------------------------------------------------------------- stored rates
@@ -716,12 +818,16 @@ def cli_project(argv: list[str]) -> int:
     unknown = [n for n in notebooks if n not in NOTEBOOKS]
     if unknown:
         raise ValueError(f"unknown notebooks {unknown}; known: {', '.join(NOTEBOOKS)}")
-    knobs_of(P)  # bad values fail before measuring
+    model = work_table(knobs_of(P))  # bad values fail before measuring
+    stages = tuple(sorted({w.stage for w in model.work if w.notebook in notebooks}))  # only what these notebooks use
     measured = None if args.measure else load_throughput(P)
+    if measured is not None and any(st not in measured for st in stages):
+        measured = None  # stored by a run of other notebooks: measure again
     source = str(throughput_path(P.profile))
     if measured is None:
-        print(f"measuring this machine's throughput for profile {P.profile} (~{12 * args.seconds + 30:.0f} s)")
-        measured = measure_throughput(P, seconds=args.seconds)
+        print(f"measuring this machine's throughput for profile {P.profile} "
+              f"(~{len(stages) * args.seconds + 30:.0f} s)")
+        measured = measure_throughput(P, seconds=args.seconds, only=stages)
         source = f"measured now, stored in {save_throughput(P, measured)}"
     table = projection_table(P, measured, notebooks)
     print(f"Projected wall time per notebook, profile {P.profile}, this machine (throughput: {source}):")

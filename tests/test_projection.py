@@ -33,6 +33,8 @@ SYNTH = dict(
     pilot_candidates=[{"dataset": "fashion-mnist", "image_size": 32, "arch": "small-f4"},
                       {"dataset": "fashion-mnist", "image_size": 64, "arch": "small-f4"}],
     pilot_steps=5, pilot_batch=4,
+    vq_pretrain_max_steps=None, vq_pretrain_max_epochs=None, vq_finetune_epochs=3, maskgit_batch=50,
+    maskgit_epochs=2, maskgit_eval_epochs=[1, 2],
 )
 
 
@@ -98,7 +100,20 @@ def test_count_model_on_a_synthetic_profile():
     assert t[("09_ablations", "decode")] == 20 + 70 + 60
     assert t[("09_ablations", "features")] == 140 + 120
     assert not any(w.stage.startswith("gen_") for w in m.work if w.notebook == "09_ablations")
-    assert "10_discrete_vq_maskgit" in m.unmodelled
+    # 10: the base VQ takes the base AE's caps (VQ caps None): 150 steps, 50 without the GAN, 4 validations of 20
+    # images; plain and EQ fine-tunes 3 epochs x 10 steps x 10 images, one final validation each (20); per tokenizer
+    # (3): latent equivariance (E + 1) x 10 = 90 encodes, reconstruction 10 (+ 20 features), token cache 1000
+    # encodes; MaskGIT per tokenizer x seed (3 x 2 = 6 curves): 2 epochs x floor(1000 / 50) steps x 50 grids = 2000
+    # grids, 2 evaluations x gen_fid_n 16 = 32 samples (+ 32 features); the FID reference was built by notebook 07
+    nb = "10_discrete_vq_maskgit"
+    assert (t[(nb, "vq_pretrain")], t[(nb, "vq_pretrain_gan")]) == (500, 1000)
+    assert t[(nb, "vq_finetune_plain")] == t[(nb, "vq_finetune_eq")] == 300
+    assert t[(nb, "vq_reconstruct")] == 80 + 2 * 20 + 3 * 10
+    assert t[(nb, "vq_encode")] == 3 * (90 + 1000)
+    assert t[(nb, "maskgit_train")] == 6 * 2000
+    assert t[(nb, "maskgit_sample")] == 6 * 32
+    assert t[(nb, "features")] == 3 * 20 + 6 * 32
+    assert nb not in m.unmodelled
 
 
 def test_count_model_fig5_all_epochs_ablation_gfid_matched_rfid():
@@ -153,10 +168,11 @@ def test_stored_throughput_is_reused_only_for_the_same_config_and_when_younger_t
     assert pr.load_throughput(P, path) is None
 
 
-def test_measure_throughput_selected_stages():
-    rates = pr.measure_throughput(build_config(SYNTH), seconds=0.0, progress=False,
-                                  only=("features", "classifier_train"))
-    assert set(rates) == {"features", "classifier_train"}
+@pytest.mark.parametrize("only", [("features", "classifier_train"), ("vq_reconstruct", "maskgit_train",
+                                                                    "maskgit_sample")])
+def test_measure_throughput_selected_stages(only):
+    rates = pr.measure_throughput(build_config(SYNTH), seconds=0.0, progress=False, only=only)
+    assert set(rates) == set(only)
     assert all(v["rate"] > 0 and v["steps"] >= 1 for v in rates.values())
 
 
