@@ -319,6 +319,8 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
     Raises:
         ValueError: too few images for one step, a checkpoint from another world size, non-square images,
             ``disc_init`` without saved discriminator weights or with another architecture.
+        CheckpointFormatError: ``run_dir/checkpoint.pt`` is not of format ``eqvae-ae-v1`` (written by an older kit
+            version: the message says to delete it or use a new run folder).
         FloatingPointError: a non-finite loss (names the step and branch).
     """
     run_dir = Path(run_dir)

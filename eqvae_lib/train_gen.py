@@ -51,7 +51,7 @@ from .latents import LatentCache, LatentNorm, decode_latents, load_latent_cache
 from .perf import adam_kwargs, enable_tf32, maybe_compile
 from .sit import LinearInterpolant, sample_sit, sit_model
 from .training import (EMA, Checkpointer, JsonlLogger, barrier, load_checkpoint, mean_over_processes, process_group,
-                       resolve_device, wrap_ddp)
+                       resolve_device, spawn_processes, wrap_ddp)
 from .training import update_ema  # noqa: F401  (kept importable from here: projection.py uses it)
 
 CHECKPOINT_FORMAT = "eqvae-gen-v1"
@@ -474,26 +474,18 @@ def sample_from_checkpoint(ck: GenCheckpoint, vae, n: int, **kwargs):
 
 
 # ---------------------------------------------------------------------------------------- processes without torchrun
-def _spawn_worker(rank: int, world: int, port: int, cfg_dict: dict, cache: Any, run_dir: str, threads: int) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
-    torch.set_num_threads(threads)
+def _spawn_worker(cfg_dict: dict, cache: Any, run_dir: str) -> None:
     train_gen(TrainGenConfig(**cfg_dict), cache, run_dir, device="cpu")
 
 
 def launch_spawn(world_size: int, cfg: TrainGenConfig, cache: LatentCache | str | Path, run_dir: str | Path,
                  threads_per_process: int = 1) -> None:
-    """Run ``train_gen`` as ``world_size`` CPU processes (gloo DDP) with ``torch.multiprocessing.spawn``; for tests
-    and machines without torchrun. ``eval_fn`` is not supported here (use torchrun + your own script). Results are in
-    ``run_dir`` (checkpoints, log)."""
-    import socket
-    import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """Run ``train_gen`` as ``world_size`` CPU processes (gloo DDP; :func:`eqvae_lib.training.spawn_processes`); for
+    tests and machines without torchrun. ``eval_fn`` is not supported here (use torchrun + your own script). Results
+    are in ``run_dir`` (checkpoints, log)."""
     cache_arg = str(cache.folder) if isinstance(cache, LatentCache) and cache.folder is not None else cache
-    mp.spawn(_spawn_worker, args=(world_size, port, asdict(cfg), cache_arg, str(run_dir), threads_per_process),
-             nprocs=world_size, join=True)
+    spawn_processes(_spawn_worker, world_size, asdict(cfg), cache_arg, str(run_dir),
+                    threads_per_process=threads_per_process)
 
 
 def main(argv: list[str] | None = None) -> int:

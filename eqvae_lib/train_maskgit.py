@@ -30,7 +30,7 @@ from . import rng as rng_rule
 from .maskgit import CHECKPOINT_FORMAT, MaskGIT, MaskGITConfig, maskgit_loss, maskgit_state, random_mask
 from .perf import adam_kwargs, enable_tf32, maybe_compile
 from .training import (EMA, Checkpointer, JsonlLogger, barrier, load_checkpoint, lr_scheduler, mean_over_processes,
-                       process_group, wrap_ddp)
+                       process_group, spawn_processes, wrap_ddp)
 
 
 @dataclass
@@ -268,11 +268,8 @@ def _train(model, tokens, labels, cfg, out_dir, eval_fn, log_path, resume, progr
 
 
 # ---------------------------------------------------------------------------------------- processes without torchrun
-def _spawn_worker(rank: int, world: int, port: int, config: dict, state: dict, tokens: torch.Tensor,
-                  labels: torch.Tensor | None, cfg: dict, out_dir: str, threads: int) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
-    torch.set_num_threads(threads)
+def _spawn_worker(config: dict, state: dict, tokens: torch.Tensor, labels: torch.Tensor | None, cfg: dict,
+                  out_dir: str) -> None:
     model = MaskGIT(MaskGITConfig(**config))
     model.load_state_dict(state)
     train_maskgit(model, tokens, labels, MaskGITTrainConfig(**cfg), out_dir=out_dir)
@@ -280,14 +277,10 @@ def _spawn_worker(rank: int, world: int, port: int, config: dict, state: dict, t
 
 def launch_spawn(world_size: int, model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | None,
                  cfg: MaskGITTrainConfig, out_dir: str | os.PathLike, threads_per_process: int = 1) -> None:
-    """Run :func:`train_maskgit` as ``world_size`` CPU processes (gloo DDP) with ``torch.multiprocessing.spawn``,
-    every process starting from ``model``'s weights; for tests and machines without torchrun. ``eval_fn`` is not
-    supported here. Results (checkpoints at ``cfg.checkpoint_steps``, the log) are in ``out_dir``."""
-    import socket
-    import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """Run :func:`train_maskgit` as ``world_size`` CPU processes (gloo DDP; :func:`eqvae_lib.training.
+    spawn_processes`), every process starting from ``model``'s weights; for tests and machines without torchrun.
+    ``eval_fn`` is not supported here. Results (checkpoints at ``cfg.checkpoint_steps``, the log) are in
+    ``out_dir``."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    mp.spawn(_spawn_worker, args=(world_size, port, asdict(model.config), state, tokens, labels, asdict(cfg),
-                                  str(out_dir), threads_per_process), nprocs=world_size, join=True)
+    spawn_processes(_spawn_worker, world_size, asdict(model.config), state, tokens, labels, asdict(cfg), str(out_dir),
+                    threads_per_process=threads_per_process)

@@ -6,7 +6,8 @@ from this module.
 
 * **Processes** — :func:`process_group` / :func:`init_distributed`: ``torch.distributed`` from torchrun's
   environment (``WORLD_SIZE`` > 1; NCCL with one GPU per process (``LOCAL_RANK``) when training on CUDA, gloo when
-  training on the CPU); :func:`resolve_device` picks the training device.
+  training on the CPU); :func:`resolve_device` picks the training device; :func:`spawn_processes` starts local
+  processes with torchrun's environment (tests, machines without torchrun).
 * **Gradient synchronisation** — :func:`wrap_ddp` (``DistributedDataParallel``, the generator loops) and
   :func:`all_reduce_gradients` (the explicit mean over processes of the autoencoder loop, whose forward is not one
   ``module(x)`` call that DDP's hooks could see), :func:`broadcast_state`, :func:`mean_over_processes`.
@@ -120,6 +121,32 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     return dev
+
+
+def _spawned(rank: int, world: int, port: int, threads: int, fn: Callable[..., Any], args: tuple) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(threads)
+    fn(*args)
+
+
+def spawn_processes(fn: Callable[..., Any], world: int, *args: Any, threads_per_process: int = 1) -> None:
+    """Run ``fn(*args)`` in ``world`` new local processes with torchrun's environment (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT`` on a free local port) through ``torch.multiprocessing.spawn``,
+    so that a training loop inside ``fn`` finds its process group as under torchrun (gloo on the CPU); for tests and
+    machines without torchrun. ``fn`` must be a module-level function; returns when all processes have finished.
+
+    Raises:
+        torch.multiprocessing.ProcessRaisedException: a process failed (its traceback is in the message).
+    """
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_spawned, args=(world, port, threads_per_process, fn, args), nprocs=world, join=True)
 
 
 def barrier(world: int) -> None:

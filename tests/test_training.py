@@ -6,7 +6,6 @@ import json
 import math
 import os
 import pathlib
-import socket
 
 import pytest
 import torch
@@ -221,11 +220,9 @@ def test_single_process_defaults():
     assert training.resolve_device("cpu") == torch.device("cpu")
 
 
-def _worker(rank, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    with training.process_group("cpu") as pg:
+def _worker(out):
+    with training.process_group("cpu") as pg:  # spawn_processes set torchrun's environment
+        rank = pg.rank
         m = torch.nn.Linear(2, 3)
         with torch.no_grad():
             m.weight.fill_(float(rank))  # rank 1 starts elsewhere: the broadcast gives it rank 0's weights
@@ -235,18 +232,15 @@ def _worker(rank, port, out):
         training.broadcast_state(m.state_dict().values(), pg.world)
         mean = training.mean_over_processes(torch.tensor([float(rank)], dtype=torch.float64), pg.world)
         torch.save({"w": m.weight.grad, "b": m.bias.grad, "weight": m.weight.detach(), "mean": mean,
-                    "created": pg.created}, f"{out}/rank{rank}.pt")
+                    "created": pg.created, "world": pg.world, "env": int(os.environ["LOCAL_RANK"])},
+                   f"{out}/rank{rank}.pt")
 
 
 def test_two_gloo_processes_average_gradients_and_share_rank_0_state(tmp_path):
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    training.spawn_processes(_worker, 2, str(tmp_path))
     for r in (0, 1):
         got = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+        assert got["world"] == 2 and got["env"] == r
         assert torch.equal(got["w"], torch.full((3, 2), 1.5)) and torch.equal(got["b"], torch.full((3,), 15.0))
         assert torch.equal(got["weight"], torch.zeros(3, 2)) and float(got["mean"]) == 0.5 and got["created"]
 
