@@ -21,8 +21,8 @@ import importlib
 import sys
 
 COMMANDS = {
-    "pretrain": ("eqvae_lib.train_ae", "cli_pretrain"),
-    "finetune": ("eqvae_lib.train_ae", "cli_finetune"),
+    "pretrain": ("eqvae_lib.cli_ae", "cli_pretrain"),
+    "finetune": ("eqvae_lib.cli_ae", "cli_finetune"),
     "audit": ("eqvae_lib.metrics.audit", "cli_audit"),
     "report": ("eqvae_lib.records", "cli_report"),
     "compare-reference": ("eqvae_lib.records", "cli_compare_reference"),

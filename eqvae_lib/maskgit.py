@@ -11,8 +11,8 @@ model adds one extra id, ``mask_id = K``, for masked positions. Labels are int64
 extra class ``null_class = num_classes`` means "no label" (unlabelled data, the unconditional branch of guidance, and
 label dropout during training). ``labels=None`` everywhere means "all null".
 
-This module needs nothing but token grids and labels: the model, the masking schedule, the training loop and the
-sampler do not import any autoencoder code. The token cache helpers at the bottom (``build_token_cache`` etc.) use
+This module needs nothing but token grids and labels: the model, the masking schedule, the loss and the sampler do
+not import any autoencoder code. The training loop is :mod:`eqvae_lib.train_maskgit`. The token cache helpers at the bottom (``build_token_cache`` etc.) use
 ``eqvae_lib.vq`` to encode images and to decode tokens back to images, and check the tokenizer's weights hash
 (``eqvae_lib.io.state_dict_hash``) whenever tokens are turned back into pixels.
 
@@ -34,21 +34,18 @@ Choices (documented deviations / readings)
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import rng as rng_rule
-from .io import atomic_path, atomic_torch_save, state_dict_hash
-from .perf import adam_kwargs, enable_tf32, maybe_compile
+from .io import atomic_path, state_dict_hash
+from .training import Checkpointer, load_checkpoint
 
 
 # ------------------------------------------------------------------------------------------------------- schedule
@@ -258,7 +255,8 @@ def random_mask(tokens: torch.Tensor, schedule: str = "cosine", generator: torch
 def maskgit_loss(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, mask: torch.Tensor | None = None,
                  label_dropout: float | None = None, label_generator: torch.Generator | None = None,
-                 check: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                 check: bool = True, net: nn.Module | None = None, num_masked: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Masked-token cross-entropy (MaskGIT training objective).
 
     Args:
@@ -270,6 +268,11 @@ def maskgit_loss(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | No
         label_dropout: override of ``model.config.label_dropout`` (e.g. 0 for evaluation).
         label_generator: generator for the label dropout (the training loop's ``labels`` stream).
         check: validate the token range (one host sync; the training loop validates its cache once instead).
+        net: the module to call instead of ``model`` (e.g. its ``DistributedDataParallel`` wrapper); ``model``
+            still provides the config, mask id and null class.
+        num_masked: divide the summed cross-entropy (and the count of correct predictions) by this number instead of
+            by this batch's masked positions: data-parallel training passes the global batch's count, so that the
+            processes' losses add up to the global batch's mean.
 
     Returns:
         ``(loss, stats)``: scalar mean cross-entropy over masked positions (nats, with the config's label smoothing)
@@ -293,13 +296,18 @@ def maskgit_loss(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | No
                               generator=label_generator if label_generator is not None else generator) < p_drop
             labels = labels.masked_fill(drop, model.null_class)
     inputs = tokens.masked_fill(mask, model.mask_id)
-    logits = model(inputs, labels)
+    logits = (net if net is not None else model)(inputs, labels)
     flat_mask = mask.reshape(mask.shape[0], -1)
     target = tokens.reshape(tokens.shape[0], -1)[flat_mask]
     sel = logits[flat_mask].float()
-    loss = F.cross_entropy(sel, target, label_smoothing=model.config.label_smoothing)
-    with torch.no_grad():
-        acc = (sel.argmax(-1) == target).float().mean()
+    if num_masked is None:
+        loss = F.cross_entropy(sel, target, label_smoothing=model.config.label_smoothing)
+        with torch.no_grad():
+            acc = (sel.argmax(-1) == target).float().mean()
+    else:
+        loss = F.cross_entropy(sel, target, label_smoothing=model.config.label_smoothing, reduction="sum") / num_masked
+        with torch.no_grad():
+            acc = (sel.argmax(-1) == target).float().sum() / num_masked
     return loss, {"loss": loss.detach(), "acc": acc, "mask_frac": flat_mask.float().mean()}
 
 
@@ -399,14 +407,28 @@ def sample(model: MaskGIT, n: int | None = None, labels: torch.Tensor | Sequence
 
 
 # -------------------------------------------------------------------------------------------------- checkpoints
+#: format id of MaskGIT checkpoints (the envelope of :class:`eqvae_lib.training.Checkpointer`)
+CHECKPOINT_FORMAT = "eqvae-maskgit-v1"
+
+
+def maskgit_state(model: MaskGIT, ema: MaskGIT | None = None, optimizer: torch.optim.Optimizer | None = None,
+                  scheduler: Any = None, extra: dict | None = None) -> dict[str, Any]:
+    """What a MaskGIT checkpoint holds besides the envelope: config, weights, EMA weights (or None), optimizer and
+    lr-scheduler states (or None), ``extra``."""
+    return {"config": asdict(model.config), "model": model.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None, "extra": extra or {}}
+
+
 def save_maskgit(path: str | os.PathLike, model: MaskGIT, ema: MaskGIT | None = None, step: int = 0,
                  optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None) -> None:
-    """Write a checkpoint atomically (``atomic_torch_save``): config, weights, EMA weights, step, optimizer state.
-    Load with ``load_maskgit`` (``torch.load(weights_only=True)``)."""
-    obj = {"config": asdict(model.config), "model": model.state_dict(),
-           "ema": ema.state_dict() if ema is not None else None, "step": int(step),
-           "optimizer": optimizer.state_dict() if optimizer is not None else None, "extra": extra or {}}
-    atomic_torch_save(obj, path)
+    """Write a checkpoint atomically (:class:`eqvae_lib.training.Checkpointer`, format ``eqvae-maskgit-v1``):
+    config, weights, EMA weights, step, optimizer state. Load with ``load_maskgit``
+    (``torch.load(weights_only=True)``)."""
+    path = Path(path)
+    Checkpointer(path.parent, CHECKPOINT_FORMAT, name=path.name).save(step, maskgit_state(model, ema, optimizer,
+                                                                                       extra=extra))
 
 
 def load_maskgit(path: str | os.PathLike, use_ema: bool = True, device: torch.device | str = "cpu") -> MaskGIT:
@@ -417,232 +439,16 @@ def load_maskgit(path: str | os.PathLike, use_ema: bool = True, device: torch.de
 
     Raises:
         FileNotFoundError: naming the path.
+        CheckpointFormatError: not a MaskGIT checkpoint of this kit (names the file, says what to delete).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MaskGIT checkpoint {path} not found")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = load_checkpoint(path, CHECKPOINT_FORMAT, map_location=device)
     model = MaskGIT(MaskGITConfig(**ckpt["config"])).to(device)
     sd = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
     model.load_state_dict(sd)
     return model.eval()
-
-
-# ------------------------------------------------------------------------------------------------ training loop
-@dataclass
-class MaskGITTrainConfig:
-    """Training hyper-parameters (AdamW; MaskGIT used lr 1e-4, betas (0.9, 0.96), wd 0.045, batch 256).
-
-    Attributes:
-        steps: optimiser steps. batch_size: grids per step. lr, betas, weight_decay: AdamW.
-        warmup_steps: linear warm-up; lr_schedule: ``"constant"`` or ``"cosine"`` (to 0 at ``steps``) after it.
-        grad_clip: max gradient norm (None = off). ema_decay: EMA of the weights (None = off).
-        checkpoint_steps: steps after which a checkpoint ``step_{S:07d}.pt`` is written into ``out_dir``.
-        eval_steps: steps after which ``eval_fn`` runs (default: ``checkpoint_steps``).
-        log_every: steps between JSONL log lines (the loop's only host syncs). seed: data order, masks and label
-            dropout (RNG rule of eqvae_lib.rng: streams ``data`` (seed, epoch), ``mask`` and ``labels`` (seed, step),
-            drawn on the model's device for the whole batch).
-        compile: ``torch.compile`` the transformer (opt-in).
-    """
-
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.96)
-    weight_decay: float = 0.045
-    warmup_steps: int = 100
-    lr_schedule: str = "constant"
-    grad_clip: float | None = 1.0
-    ema_decay: float | None = None
-    checkpoint_steps: tuple[int, ...] = ()
-    eval_steps: tuple[int, ...] | None = None
-    log_every: int = 50
-    seed: int = 0
-    compile: bool = False
-
-
-def _lr_at(step: int, cfg: MaskGITTrainConfig) -> float:
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "cosine":
-        span = max(1, cfg.steps - cfg.warmup_steps)
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
-    if cfg.lr_schedule != "constant":
-        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
-    return cfg.lr
-
-
-def train_maskgit(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor | None = None,
-                  cfg: MaskGITTrainConfig | None = None, out_dir: str | os.PathLike | None = None,
-                  eval_fn: Callable[[int, MaskGIT], dict] | None = None, log_path: str | os.PathLike | None = None,
-                  resume: str | os.PathLike | None = None, progress: bool = False) -> dict[str, Any]:
-    """Train a MaskGIT on a token cache (masked-token prediction; AdamW, optional EMA, JSONL log, checkpoints).
-
-    Args:
-        model: the MaskGIT (on the device to train on; bf16 autocast is used on CUDA).
-        tokens: int64 ``[N, h, w]`` in ``0..K-1`` (moved to the model's device batch by batch).
-        labels: int64 ``[N]`` in ``0..num_classes-1``, or None for unlabelled data (null class throughout).
-        cfg: ``MaskGITTrainConfig``. Data order: a fresh random permutation each epoch (epoch = N grids).
-        out_dir: folder for checkpoints ``step_{S:07d}.pt`` (needed when ``cfg.checkpoint_steps`` is not empty).
-        eval_fn: ``eval_fn(step, model) -> dict`` called at ``cfg.eval_steps`` with the EMA model when EMA is on
-            (else the trained model), in eval mode; its dict goes into the log line ``{"kind": "eval", ...}``.
-        log_path: JSONL file; one line ``{"kind": "train", "step", "epoch", "loss", "acc", "lr", "grids_per_s"}``
-            every ``cfg.log_every`` steps (appended, flushed). Default ``out_dir/log.jsonl`` when out_dir is given.
-        resume: a checkpoint written by this function; training continues from its step (weights, EMA, optimizer;
-            masks and label dropout are functions of (seed, step)): without dropout, resuming reproduces the
-            uninterrupted run exactly.
-        progress: show a tqdm bar.
-
-    Returns:
-        ``{"model", "ema" (or None), "step", "evals": {step: dict}, "checkpoints": [paths], "last": last log dict}``.
-
-    Raises:
-        ValueError: for mismatched tokens/labels, a token grid of the wrong size, or checkpoints without out_dir.
-    """
-    cfg = cfg or MaskGITTrainConfig()
-    if tokens.ndim != 3 or tuple(tokens.shape[1:]) != model.config.grid:
-        raise ValueError(f"train_maskgit: tokens must be [N, h, w] with the model's grid (h, w) = "
-                         f"{model.config.grid}, got {tuple(tokens.shape)}")
-    if labels is not None and len(labels) != len(tokens):
-        raise ValueError(f"train_maskgit: {len(labels)} labels for {len(tokens)} token grids")
-    if labels is not None and model.config.num_classes == 0:
-        raise ValueError("train_maskgit: labels given but the model is unconditional (num_classes=0)")
-    if cfg.checkpoint_steps and out_dir is None:
-        raise ValueError("train_maskgit: checkpoint_steps given but no out_dir")
-    k = model.config.codebook_size
-    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= k):  # once, not per step
-        raise ValueError(f"train_maskgit: token ids must lie in 0..{k - 1}, got [{int(tokens.min())}, "
-                         f"{int(tokens.max())}]; were the tokens made by a tokenizer with another codebook size?")
-    if labels is not None and len(labels) and (int(labels.min()) < 0 or int(labels.max()) > model.null_class):
-        raise ValueError(f"train_maskgit: labels must lie in 0..{model.null_class} (null class included), got "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
-    device = next(model.parameters()).device
-    enable_tf32(device)
-    out_dir = Path(out_dir) if out_dir is not None else None
-    if log_path is None and out_dir is not None:
-        log_path = out_dir / "log.jsonl"
-    log_path = Path(log_path) if log_path is not None else None
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt_steps = set(int(s) for s in cfg.checkpoint_steps)
-    eval_steps = set(int(s) for s in (cfg.eval_steps if cfg.eval_steps is not None else cfg.checkpoint_steps))
-
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "emb" in name else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas),
-                            **adam_kwargs(device))
-    ema = None
-    if cfg.ema_decay is not None:
-        ema = copy.deepcopy(model).eval()
-        for p in ema.parameters():
-            p.requires_grad_(False)
-    step = 0
-    if resume is not None:
-        ck = torch.load(resume, map_location=device, weights_only=True)
-        model.load_state_dict(ck["model"])
-        if ck.get("optimizer") is not None:
-            opt.load_state_dict(ck["optimizer"])
-        if ema is not None and ck.get("ema") is not None:
-            ema.load_state_dict(ck["ema"])
-        step = int(ck["step"])
-
-    n_data = len(tokens)
-    perm_epoch = -1
-    perm = None
-    use_amp = device.type == "cuda"
-    evals: dict[int, dict] = {}
-    ckpts: list[str] = []
-    last: dict = {}
-    acc_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device, read at log steps
-    acc_acc = torch.zeros((), dtype=torch.float64, device=device)
-    acc_n, t0 = 0, time.perf_counter()
-
-    def log(rec: dict) -> None:
-        if log_path is not None:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-                f.flush()
-
-    def run_eval(s: int) -> None:
-        target = ema if ema is not None else model
-        was = target.training
-        target.eval()
-        res = dict(eval_fn(s, target) or {})
-        target.train(was)
-        evals[s] = res
-        log({"kind": "eval", "step": s, "epoch": s * cfg.batch_size / n_data, **res})
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.steps, initial=step, desc="maskgit")
-    model.train()
-    was_checking, model.check_inputs = model.check_inputs, False  # tokens and labels validated once above
-    maybe_compile(model, cfg.compile)
-    try:
-        while step < cfg.steps:
-            pos = step * cfg.batch_size
-            # batch indices: consecutive slices of per-epoch permutations (RNG rule, stream "data", index epoch)
-            idx = []
-            while len(idx) < cfg.batch_size:
-                e, off = divmod(pos + len(idx), n_data)
-                if e != perm_epoch:
-                    perm = torch.randperm(n_data, generator=rng_rule.generator(cfg.seed, "data", e))
-                    perm_epoch = e
-                take = min(cfg.batch_size - len(idx), n_data - off)
-                idx.extend(perm[off: off + take].tolist())
-            idx_t = torch.tensor(idx)
-            x = tokens[idx_t].to(device, non_blocking=True).long()
-            y = labels[idx_t].to(device, non_blocking=True).long() if labels is not None else None
-            lr = _lr_at(step, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, st = maskgit_loss(model, x, y, generator=rng_rule.generator(cfg.seed, "mask", step,
-                                                                                  device=device),
-                                        label_generator=rng_rule.generator(cfg.seed, "labels", step, device=device),
-                                        check=False)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            if ema is not None:
-                with torch.no_grad():
-                    for pe, pm in zip(ema.parameters(), model.parameters()):
-                        pe.lerp_(pm.detach(), 1 - cfg.ema_decay)
-                    for be, bm in zip(ema.buffers(), model.buffers()):
-                        be.copy_(bm)
-            step += 1
-            acc_loss += st["loss"].double()
-            acc_acc += st["acc"].double()
-            acc_n += 1
-            if bar is not None:
-                bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:  # the loop's only host syncs
-                dt = time.perf_counter() - t0
-                last = {"kind": "train", "step": step, "epoch": step * cfg.batch_size / n_data,
-                        "loss": float(acc_loss) / acc_n, "acc": float(acc_acc) / acc_n, "lr": lr,
-                        "grids_per_s": acc_n * cfg.batch_size / max(dt, 1e-9)}
-                log(last)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{last['loss']:.3f}")
-                acc_loss.zero_()
-                acc_acc.zero_()
-                acc_n, t0 = 0, time.perf_counter()
-            if step in ckpt_steps:
-                path = out_dir / f"step_{step:07d}.pt"
-                save_maskgit(path, model, ema, step, opt, extra={"rng_rule": rng_rule.RNG_RULE})
-                ckpts.append(str(path))
-            if eval_fn is not None and step in eval_steps:
-                run_eval(step)
-    finally:
-        model.check_inputs = was_checking
-    if bar is not None:
-        bar.close()
-    return {"model": model, "ema": ema, "step": step, "evals": evals, "checkpoints": ckpts, "last": last}
 
 
 # ------------------------------------------------------------------------------------------------- token cache

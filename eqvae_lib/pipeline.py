@@ -43,8 +43,8 @@ from .data import ImageFolder, get_dataset
 from .io import atomic_write_json, hash_obj, sha256_tensor
 from .latents import build_latent_cache
 from .losses import EQVAELoss, LossConfig
-from .maskgit import (MaskGITTrainConfig, build_maskgit, build_token_cache, decode_to_images, load_token_cache,
-                      sample as maskgit_sample, train_maskgit)
+from .maskgit import build_maskgit, build_token_cache, decode_to_images, load_token_cache, sample as maskgit_sample
+from .train_maskgit import MaskGITTrainConfig, train_maskgit
 from .metrics import equivariance as eqm
 from .metrics import fid as fidm
 from .metrics import intrinsic_dim as idm
@@ -74,7 +74,7 @@ STAGE_ROOTS: dict[str, tuple[str, ...]] = {
     "fid": ("metrics.fid",),
     "latents": ("autoencoders", "latents"),
     "gen": ("autoencoders", "train_gen", "latents", "dit", "sit", "metrics.fid"),
-    "maskgit": ("maskgit", "vq", "metrics.fid"),
+    "maskgit": ("train_maskgit", "maskgit", "vq", "metrics.fid"),
 }
 #: configs, records, verdicts, report, plotting, paper values: they cannot change an artefact
 EXPERIMENT_LAYER = ("config", "pipeline", "records", "plotting", "paper_values", "claims", "verdicts", "__main__",

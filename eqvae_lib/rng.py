@@ -80,3 +80,9 @@ def rank_slice(global_batch: int, rank: int, world: int) -> slice:
         raise ValueError(f"cannot split a global batch of {global_batch} over {world} processes (rank {rank})")
     b = global_batch // world
     return slice(rank * b, (rank + 1) * b)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of epoch ``epoch``: ``torch.randperm(n)`` drawn from stream ``data`` (seed, epoch) on the CPU
+    (int64 ``[n]``, a permutation of ``0..n-1``). Every training loop of the kit orders its data with it."""
+    return torch.randperm(int(n), generator=generator(seed, "data", epoch))

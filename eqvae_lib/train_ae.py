@@ -6,6 +6,9 @@ batch (micro-batch × accumulation × processes; 160 → 7.2e-4), no schedule, n
 for each micro-batch the AE loss (losses.EQVAELoss.generator_loss) is back-propagated, then the discriminator loss on
 the same (detached) pair; then both optimizers step.
 
+Plumbing (process group, gradient mean, atomic checkpoint, JSONL log) comes from :mod:`eqvae_lib.training`; the
+command line (``python -m eqvae_lib pretrain / finetune``) is :mod:`eqvae_lib.cli_ae`.
+
 Multi-process (``torchrun --nproc_per_node N``; NCCL on CUDA, gloo on CPU): every process takes a disjoint shard of
 each epoch's permutation; after the backward passes the gradients of the AE and of the discriminator are averaged
 with ``all_reduce`` and the discriminator's BatchNorm buffers are broadcast from rank 0 — the same arithmetic as
@@ -33,11 +36,14 @@ the autoencoder and discriminator through ``torch.compile``.
 
 Run folder (``run_dir``)::
 
-    checkpoint.pt   latest training state (atomic; after every epoch, optionally every K steps, and at the end):
-                    AE + discriminator weights, both optimizers, the loss RNG and torch's RNG, epoch / position /
-                    step / images seen, branch counts, plateau trace, elapsed time
-    log.jsonl       one line per optimizer step: losses, branch + τ, adaptive weight, discriminator logits
-                    real / fake, lr, images seen; validation lines (``"val": {...}``) and the plateau decision
+    checkpoint.pt   latest training state (:class:`eqvae_lib.training.Checkpointer`, format ``eqvae-ae-v1``; atomic;
+                    after every epoch, optionally every K steps, and at the end): AE + discriminator weights, both
+                    optimizers, torch's RNG, epoch / position / step / images seen, branch counts, plateau trace,
+                    elapsed time
+    log.jsonl       :class:`eqvae_lib.training.JsonlLogger`: one ``"kind": "train"`` line per ``log_every`` steps:
+                    losses, branch + τ, adaptive weight, discriminator logits real / fake, lr, images seen;
+                    ``"kind": "val"`` lines (``"val": {...}``) with the plateau decision; ``"kind": "event"`` lines
+                    (start, resume, epoch_end, end)
     model/          final autoencoder, diffusers format (latent normalisation stored in its config)
     discriminator.safetensors, discriminator_config.json
                     the final PatchGAN (weights; class, in_channels, ndf, n_layers and weights hash beside them), so a
@@ -67,7 +73,6 @@ does in a fine-tune. The architecture beside the weights must equal the loss's (
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -79,15 +84,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file as load_safetensors, save_file as save_safetensors
 
 from . import autoencoders as ae
-from .runtime import RUNS_DIR, seed_everything, device as default_device
-from .io import atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text, git_commit, state_dict_hash
+from .runtime import seed_everything
+from .io import atomic_path, atomic_write_json, git_commit, state_dict_hash
 from . import rng as rng_rule
 from .losses import BRANCHES, EQVAELoss, LossConfig
 from .perf import adam_kwargs, enable_tf32, maybe_compile
+from .training import (Checkpointer, JsonlLogger, all_reduce_gradients, barrier, broadcast_state, dist_info,
+                       resolve_device)
+from .training import init_distributed  # noqa: F401  (importable from here: torchrun scripts call it before training)
+
+#: format id of ``checkpoint.pt`` (the envelope of :class:`eqvae_lib.training.Checkpointer`)
+CHECKPOINT_FORMAT = "eqvae-ae-v1"
 
 
 @dataclass
@@ -135,25 +145,6 @@ class AETrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: str | torch.device | None = None) -> tuple[int, int]:
-    """Initialise torch.distributed from torchrun's environment (``WORLD_SIZE`` > 1): NCCL with one GPU per process
-    (``LOCAL_RANK``) when training on CUDA, gloo when training on the CPU (``device="cpu"``, or no GPU), also on a
-    machine with fewer GPUs than processes. ``device`` is what ``AETrainConfig.device`` will be (None = CUDA when
-    available). Returns ``(rank, world_size)``; ``(0, 1)`` without torchrun."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        cuda = default_device(device).type == "cuda"
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return _dist_info()
-
-
 class _Source:
     """Training images from a tensor ``[N, C, H, W]``, a pair ``(images, labels)`` or a Dataset of (x, label)."""
 
@@ -203,8 +194,7 @@ class _Source:
 
 def _epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
     """This rank's share of epoch ``epoch``'s permutation (stream ``data`` of the RNG rule: (seed, epoch) only)."""
-    g = rng_rule.generator(seed, "data", epoch)
-    order = torch.randperm(n, generator=g)
+    order = rng_rule.epoch_permutation(n, seed, epoch)
     per_rank = n // world
     return order[rank * per_rank: (rank + 1) * per_rank].tolist()
 
@@ -239,19 +229,6 @@ def plateau_reached(values: list[float], window: int, threshold: float) -> tuple
     ref, best = values[-window - 1], min(values[-window:])
     imp = (ref - best) / max(abs(ref), 1e-12)
     return imp < threshold, imp
-
-
-def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    o = 0
-    for g in grads:
-        g.copy_(flat[o: o + g.numel()].view_as(g))
-        o += g.numel()
 
 
 def _is_kit_model(vae) -> bool:
@@ -342,13 +319,13 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
     Raises:
         ValueError: too few images for one step, a checkpoint from another world size, non-square images,
             ``disc_init`` without saved discriminator weights or with another architecture.
+        CheckpointFormatError: ``run_dir/checkpoint.pt`` is not of format ``eqvae-ae-v1`` (written by an older kit
+            version: the message says to delete it or use a new run folder).
         FloatingPointError: a non-finite loss (names the step and branch).
     """
     run_dir = Path(run_dir)
-    rank, world = _dist_info()
-    dev = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    rank, world = dist_info()
+    dev = resolve_device(cfg.device)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     seed_everything(cfg.seed)
@@ -384,14 +361,13 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
     val_images = _Source(val).first(cfg.val_size) if val is not None else src.first(cfg.val_size)
     st: dict[str, Any] = {"step": 0, "epoch": 0, "step_in_epoch": 0, "images_seen": 0, "elapsed_s": 0.0,
                           "branch_counts": {b: 0 for b in BRANCHES}, "val_trace": [], "stop_reason": None}
-    ckpt_path, log_path = run_dir / "checkpoint.pt", run_dir / "log.jsonl"
+    # the latest state only (one file, replaced atomically); one log, only rank 0 writes
+    checkpointer = Checkpointer(run_dir, CHECKPOINT_FORMAT, name="checkpoint.pt", rank=rank)
+    logger = JsonlLogger(run_dir / "log.jsonl", enabled=rank == 0)
     resumed = False
-    if cfg.resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if cfg.resume and checkpointer.latest() is not None:
+        ck = checkpointer.load(world=world)
         disc_origin = ck["disc_origin"] if isinstance(ck.get("disc_origin"), dict) else disc_origin
-        if ck["world_size"] != world:
-            raise ValueError(f"{ckpt_path} was written by {ck['world_size']} process(es), this run has {world}; "
-                             "resume with the same number of processes or start a new run folder")
         model.load_state_dict(ck["vae"])
         disc.load_state_dict(ck["disc"])
         opt_ae.load_state_dict(ck["opt_ae"])
@@ -400,40 +376,26 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
         st.update(json.loads(ck["state_json"]))
         st["stop_reason"] = None  # the stopping rules are re-evaluated with this run's config
         resumed = True
-        if rank == 0 and log_path.is_file():  # cut the log back to the checkpoint
-            keep = [ln for ln in log_path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= st["step"]]
-            atomic_write_text(log_path, "".join(ln + "\n" for ln in keep))
-    if world > 1:
-        for t in list(model.state_dict().values()) + list(disc.state_dict().values()):
-            dist.broadcast(t, 0)
+        logger.truncate(lambda r: r.get("step", 0) <= st["step"])  # cut the log back to the checkpoint
+    broadcast_state(list(model.state_dict().values()) + list(disc.state_dict().values()), world)
 
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        log_f = open(log_path, "a")
-    else:
-        log_f = None
-
-    def log(rec: dict) -> None:
-        if log_f is not None:
-            log_f.write(json.dumps(rec) + "\n")
-            log_f.flush()
 
     def save_checkpoint() -> None:
-        if rank == 0:
-            atomic_torch_save({"vae": model.state_dict(), "disc": disc.state_dict(), "opt_ae": opt_ae.state_dict(),
-                               "opt_d": opt_d.state_dict(), "rng_rule": rng_rule.RNG_RULE,
-                               "torch_rng": torch.get_rng_state(),
-                               "world_size": world, "state_json": json.dumps(st), "disc_origin": disc_origin},
-                              ckpt_path)
+        checkpointer.save(st["step"], {"vae": model.state_dict(), "disc": disc.state_dict(),
+                                       "opt_ae": opt_ae.state_dict(), "opt_d": opt_d.state_dict(),
+                                       "torch_rng": torch.get_rng_state(), "state_json": json.dumps(st),
+                                       "disc_origin": disc_origin}, world)
+        logger.sync()
 
     if not resumed:
-        log({"step": 0, "event": "start", "lr": lr, "effective_batch": eff_batch, "world_size": world,
-             "steps_per_epoch": steps_per_epoch, "perceptual": cfg.loss.perceptual, "objective": cfg.loss.objective,
-             "discriminator_init": disc_origin, "notes": notes or {},
-             "plateau_rule": _plateau_rule_text(cfg) if cfg.plateau else None})
+        logger.log("event", 0, event="start", lr=lr, effective_batch=eff_batch, world_size=world,
+                   steps_per_epoch=steps_per_epoch, perceptual=cfg.loss.perceptual, objective=cfg.loss.objective,
+                   discriminator_init=disc_origin, notes=notes or {},
+                   plateau_rule=_plateau_rule_text(cfg) if cfg.plateau else None)
     else:
-        log({"step": st["step"], "event": "resume", "epoch": st["epoch"], "step_in_epoch": st["step_in_epoch"]})
+        logger.log("event", st["step"], event="resume", epoch=st["epoch"], step_in_epoch=st["step_in_epoch"])
 
     def should_stop() -> str | None:
         if cfg.max_steps is not None and st["step"] >= cfg.max_steps:
@@ -498,14 +460,14 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
                         acc[k] = acc[k] + v.float() if k in acc else v.float().clone()
                 acc_n += 1
                 rec = {**logs, **d_logs} if not rec else rec  # the first micro-batch's branch / τ
-            if world > 1:
-                _all_reduce_grads(ae_params, world)
-                _all_reduce_grads(list(disc.parameters()), world)
+            # explicit gradient mean over processes, not DistributedDataParallel: DDP's hooks fire on
+            # ``module(x)`` calls, but the loss calls ``vae.encode``/``vae.decode`` and the adaptive GAN weight takes
+            # ``torch.autograd.grad`` of the last decoder layer inside the step; the arithmetic is DDP's (mean)
+            all_reduce_gradients(ae_params, world)
+            all_reduce_gradients(disc.parameters(), world)
             opt_ae.step()
             opt_d.step()
-            if world > 1:
-                for b in disc.buffers():
-                    dist.broadcast(b, 0)
+            broadcast_state(disc.buffers(), world)  # BatchNorm statistics: rank 0's, as DDP's broadcast_buffers
             st["step"] += 1
             st["step_in_epoch"] += 1
             st["images_seen"] += eff_batch
@@ -528,8 +490,8 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
                 if pbar is not None:  # the terms a user reads, not their total
                     pbar.set_postfix(rec=f"{rec['nll']:.4g}", kl=f"{rec['reg']:.3g}", gan=f"{rec['g_loss']:.3g}",
                                      disc=f"{rec['d_loss']:.3g}", br=rec["branch"][:2])
-                log({"step": st["step"], "epoch": epoch, "images_seen": st["images_seen"], "lr": lr, **rec,
-                     "branch_counts": dict(st["branch_counts"]), "elapsed_s": round(st["elapsed_s"], 3)})
+                logger.log("train", st["step"], epoch=epoch, images_seen=st["images_seen"], lr=lr, **rec,
+                           branch_counts=dict(st["branch_counts"]), elapsed_s=round(st["elapsed_s"], 3))
             if cfg.val_every and st["step"] % cfg.val_every == 0:
                 v = validate(model, val_images)
                 st["val_trace"].append({"step": st["step"], **v})
@@ -537,8 +499,7 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
                 gan_on = cfg.loss.disc_start if cfg.loss.disc_weight > 0 else 0
                 stop, imp = plateau_reached([t["l1"] for t in st["val_trace"] if t["step"] > gan_on],
                                             cfg.plateau_window, cfg.plateau_threshold)
-                log({"step": st["step"], "val": v, "plateau_improvement": imp, "plateau_stop": bool(stop and
-                                                                                                  cfg.plateau)})
+                logger.log("val", st["step"], val=v, plateau_improvement=imp, plateau_stop=bool(stop and cfg.plateau))
                 if cfg.plateau and stop:
                     st["stop_reason"] = "plateau"
                 t_last = time.time()  # validation time is not training time
@@ -550,7 +511,7 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
             st["step_in_epoch"] = 0
             save_checkpoint()  # end of every epoch
             t_last = time.time()
-            log({"step": st["step"], "event": "epoch_end", "epoch": st["epoch"], "images_seen": st["images_seen"]})
+            logger.log("event", st["step"], event="epoch_end", epoch=st["epoch"], images_seen=st["images_seen"])
         reason = should_stop()
     st["stop_reason"] = reason
     save_checkpoint()
@@ -583,10 +544,9 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
             "discriminator_init": disc_origin, "discriminator_final_hash": state_dict_hash(disc), **(notes or {}),
         }
         atomic_write_json(run_dir / "summary.json", summary)
-        log({"step": st["step"], "event": "end", "stop_reason": reason, "final_val": final_val})
-        log_f.close()
-    if world > 1:
-        dist.barrier()
+        logger.log("event", st["step"], event="end", stop_reason=reason, final_val=final_val)
+    logger.close()
+    barrier(world)
     return run_dir
 
 
@@ -627,176 +587,3 @@ def finetune(vae, train, cfg: AETrainConfig, run_dir, val=None, disc_init=None, 
     if isinstance(vae, (str, os.PathLike)):
         vae = ae.load_autoencoder(vae)
     return train_autoencoder(vae, train, cfg, run_dir, val=val, disc_init=disc_init, notes=notes)
-
-
-# ---------------------------------------------------------------------------------------------- command line
-def _common_args(p: argparse.ArgumentParser) -> None:
-    lc, tc = LossConfig(), AETrainConfig()
-    p.add_argument("--data", required=True, help="image folder, or fashion-mnist / photo-crops")
-    p.add_argument("--out", help="run folder (default runs/<command>-<time>)")
-    p.add_argument("--size", type=int, help="image side in pixels (default: the model's sample_size)")
-    p.add_argument("--n", type=int, help="use only the first N training images")
-    p.add_argument("--val-size", type=int, default=tc.val_size, help="held-out images for validation")
-    p.add_argument("--batch-size", type=int, default=tc.batch_size, help="images per micro-batch and process")
-    p.add_argument("--grad-accum", type=int, default=tc.grad_accum, help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=float, help=f"learning rate (default {tc.base_lr} x effective batch)")
-    p.add_argument("--steps", type=int, help="max optimizer steps")
-    p.add_argument("--epochs", type=float, help="max epochs")
-    p.add_argument("--time", type=float, help="max training seconds")
-    p.add_argument("--perceptual", default=lc.perceptual, choices=["stlpips-alex", "stlpips-vgg", "lpips-vgg",
-                                                                   "none"])
-    p.add_argument("--disc-weight", type=float, default=lc.disc_weight, help="GAN weight (0 = no GAN)")
-    p.add_argument("--disc-ndf", type=int, default=lc.disc_ndf, help="PatchGAN width")
-    p.add_argument("--kl-weight", type=float, default=lc.kl_weight, help="KL weight (λ_reg)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--val-every", type=int, default=tc.val_every, help="steps between validations (0 = never)")
-    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every K steps")
-    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for image folders")
-
-
-def _load_data(args, channels: int, size: int):
-    from .data import ImageFolder, get_dataset
-
-    if Path(args.data).is_dir():
-        train = ImageFolder(args.data, size=size, crop="random", seed=args.seed)
-        if args.n:
-            from torch.utils.data import Subset
-
-            train = Subset(train, range(min(args.n, len(train))))
-        val = ImageFolder(args.data, size=size, crop="center", seed=args.seed)
-        from torch.utils.data import Subset
-
-        return train, Subset(val, range(min(args.val_size, len(val))))
-    if args.data not in ("fashion-mnist", "photo-crops"):
-        raise ValueError(f"--data {args.data!r} is neither a folder nor one of fashion-mnist, photo-crops")
-    kw = {"channels": channels} if args.data == "fashion-mnist" else {}
-    if args.data == "photo-crops" and channels != 3:
-        raise ValueError(f"photo-crops are RGB but the autoencoder has {channels} input channel(s)")
-    train = get_dataset(args.data, "train", size=size, n=args.n, seed=args.seed, **kw)
-    val = get_dataset(args.data, "test", size=size, n=args.val_size, seed=args.seed, **kw)
-    return train.tensors(), val.tensors()
-
-
-def _train_cfg(args, loss: LossConfig, **extra) -> AETrainConfig:
-    return AETrainConfig(loss=loss, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-                         max_steps=args.steps, max_epochs=args.epochs, max_time_s=args.time, seed=args.seed,
-                         device=args.device, val_every=args.val_every, val_size=args.val_size,
-                         checkpoint_every_steps=args.checkpoint_every, resume=not args.no_resume,
-                         progress=not args.no_progress, num_workers=args.workers, **extra)
-
-
-def _run_cli(fn, argv, prog: str = "eqvae") -> int:
-    """Bad input → one line on stderr and exit code 2 (``eqvae_lib.cli_util.run_guarded``)."""
-    from .cli_util import run_guarded
-
-    return run_guarded(prog, fn, argv)
-
-
-def _record_inputs(run_dir: Path, args, vae, train) -> None:
-    """``inputs.json`` of a CLI run: the autoencoder argument, its loaded normalisation, the data and every
-    conversion applied to the images (issue #16: no silent conversion)."""
-    from .cli_util import CONVERSIONS_HELP
-    from .data import ImageFolder
-
-    base = getattr(train, "dataset", train)
-    data = base.describe() if isinstance(base, ImageFolder) else {
-        "dataset": args.data, "size": args.size or int(vae.config.sample_size),
-        "conversions": ("28x28 grey padded to 32 (value -1), resized" + (", repeated to 3 channels"
-                        if int(vae.config.in_channels) == 3 else "")) if args.data == "fashion-mnist"
-        else "random crops of the bundled photos, resized (bilinear, antialiased)"}
-    shift, scale = ae.latent_norm(vae)
-    atomic_write_json(Path(run_dir) / "inputs.json", {
-        "vae": getattr(args, "vae", None), "data": data, "conversions_rule": CONVERSIONS_HELP,
-        "loaded_latent_norm": {"shift": shift.tolist(), "scale": scale.tolist()},
-        "checkpoint_options": {k: getattr(args, k, None) for k in ("scaling_factor", "shift_factor",
-                                                                    "original_config")}})
-
-
-def cli_finetune(argv: list[str]) -> int:
-    """``python -m eqvae_lib finetune --vae PATH_OR_HUB_ID --data DIR|fashion-mnist|photo-crops [...]``: fine-tune
-    a user's autoencoder with EQ-VAE (or ``--objective plain``), write the run folder with the model in diffusers
-    format and, for kl-f8-type models, an LDM ``model.ckpt``. Returns 0, or 2 on bad input (message on stderr)."""
-    def run(argv):
-        lc = LossConfig()
-        from .cli_util import CONVERSIONS_HELP, add_checkpoint_options, checkpoint_kwargs
-
-        p = argparse.ArgumentParser(prog="python -m eqvae_lib finetune", description="Fine-tune an autoencoder with EQ-VAE (paper Eq. 7) or the plain control; writes the run folder with the model in diffusers format (and an LDM .ckpt for kl-f8, which carries the model's normalisation and config). Resumes from --out when it holds a checkpoint.", epilog=CONVERSIONS_HELP + " Exit code 2 with one line on bad input.")
-        p.add_argument("--vae", required=True, help="diffusers folder, LDM .ckpt/.safetensors, or hub id")
-        p.add_argument("--objective", default="eq", choices=["eq", "plain", "explicit"])
-        p.add_argument("--p-alpha", type=float, default=lc.p_alpha, help="P(prior preservation), paper's meaning")
-        p.add_argument("--p-prior-s", type=float, default=lc.p_prior_s)
-        p.add_argument("--family", default=lc.family, choices=["rotation", "scale", "rotation+scale",
-                                                                "rotation+anisotropic"])
-        p.add_argument("--scale-grid", default=lc.scale_grid, choices=["discrete", "continuous"])
-        p.add_argument("--interpolation", default=lc.interpolation, choices=["bilinear", "bicubic"])
-        p.add_argument("--min-latent-side", type=int, default=lc.min_latent_side)
-        p.add_argument("--disc-start", type=int, default=0, help="step at which the GAN term starts (fine-tuning: 0)")
-        _common_args(p)
-        add_checkpoint_options(p)
-        args = p.parse_args(argv)
-        if args.steps is None and args.epochs is None and args.time is None:
-            args.epochs = 1
-        vae = ae.load_autoencoder(args.vae, **checkpoint_kwargs(args))
-        size = args.size or int(vae.config.sample_size)
-        train, val = _load_data(args, vae.config.in_channels, size)
-        loss = LossConfig(objective=args.objective, perceptual=args.perceptual, p_alpha=args.p_alpha,
-                          p_prior_s=args.p_prior_s, family=args.family, scale_grid=args.scale_grid,
-                          interpolation=args.interpolation, min_latent_side=args.min_latent_side,
-                          disc_start=args.disc_start, disc_weight=args.disc_weight, disc_ndf=args.disc_ndf,
-                          kl_weight=args.kl_weight)
-        cfg = _train_cfg(args, loss)
-        init_distributed(cfg.device)
-        out = Path(args.out) if args.out else RUNS_DIR / f"finetune-{args.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = finetune(vae, train, cfg, out, val=val)
-        if _dist_info()[0] == 0:
-            _record_inputs(run_dir, args, vae, train)
-            s = load_summary(run_dir)
-            print(f"done: {s['steps']} steps, final val PSNR {s['final_val']['psnr']:.2f} dB; model in "
-                  f"{s['model_dir']}" + (f", LDM checkpoint {s['ldm_checkpoint']}" if s["ldm_checkpoint"] else ""))
-        return 0
-
-    return _run_cli(run, argv, "finetune")
-
-
-def cli_pretrain(argv: list[str]) -> int:
-    """``python -m eqvae_lib pretrain --arch small-f4 --data fashion-mnist [...]``: train a base autoencoder from
-    scratch with the plain LDM loss and the plateau rule. Returns 0, or 2 on bad input (message on stderr)."""
-    def run(argv):
-        tc = AETrainConfig()
-        from .cli_util import CONVERSIONS_HELP
-
-        p = argparse.ArgumentParser(prog="python -m eqvae_lib pretrain", description="Train a base autoencoder from scratch with the plain LDM objective until the validation L1 plateaus (the kit's stand-in for SD-VAE).", epilog=CONVERSIONS_HELP + " Exit code 2 with one line on bad input.")
-        p.add_argument("--arch", default="small-f4", choices=list(ae.CONFIGS))
-        p.add_argument("--in-channels", type=int, help="1 or 3 (default: the arch's; 3 for photo-crops)")
-        p.add_argument("--latent-channels", type=int, default=4)
-        p.add_argument("--disc-start", type=int, default=2000, help="step at which the GAN term starts")
-        p.add_argument("--no-plateau", action="store_true", help="disable the plateau rule")
-        p.add_argument("--plateau-window", type=int, default=tc.plateau_window)
-        p.add_argument("--plateau-threshold", type=float, default=tc.plateau_threshold)
-        _common_args(p)
-        args = p.parse_args(argv)
-        if args.steps is None and args.epochs is None and args.time is None and args.no_plateau:
-            args.epochs = 1
-        in_ch = args.in_channels or (3 if args.data == "photo-crops" or Path(args.data).is_dir()
-                                     else ae.CONFIGS[args.arch]["in_channels"])
-        size = args.size or int(ae.CONFIGS[args.arch]["sample_size"])
-        train, val = _load_data(args, in_ch, size)
-        loss = LossConfig(objective="plain", perceptual=args.perceptual, disc_start=args.disc_start,
-                          disc_weight=args.disc_weight, disc_ndf=args.disc_ndf, kl_weight=args.kl_weight)
-        cfg = _train_cfg(args, loss, plateau=not args.no_plateau, plateau_window=args.plateau_window,
-                         plateau_threshold=args.plateau_threshold)
-        init_distributed(cfg.device)
-        out = Path(args.out) if args.out else RUNS_DIR / f"pretrain-{args.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = pretrain(train, cfg, out, arch=args.arch, val=val, in_channels=in_ch,
-                           latent_channels=args.latent_channels)
-        if _dist_info()[0] == 0:
-            _record_inputs(run_dir, args, ae.load_autoencoder(Path(run_dir) / "model"), train)
-            s = load_summary(run_dir)
-            print(f"done: {s['steps']} steps ({s['stop_reason']}), final val PSNR {s['final_val']['psnr']:.2f} dB; "
-                  f"model in {s['model_dir']}")
-        return 0
-
-    return _run_cli(run, argv, "pretrain")

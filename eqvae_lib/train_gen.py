@@ -2,7 +2,7 @@
 image sampling.
 
 Protocol (EQ-VAE arXiv 2502.09509 v3, Sec. 5.1 / App. B, after DiT): AdamW lr 1e-4, weight decay 0, global batch 256,
-EMA 0.9999, no learning-rate schedule, label dropout 0.1, bf16 autocast on CUDA. Multi-GPU through ``torchrun``
+EMA 0.9999 (``lerp``, as ``torch.optim.swa_utils.get_ema_multi_avg_fn``), no learning-rate schedule, label dropout 0.1, bf16 autocast on CUDA. Multi-GPU through ``torchrun``
 (DistributedDataParallel; NCCL on CUDA, gloo on CPU), or ``launch_spawn`` for processes without torchrun.
 
 Determinism (the RNG rule of :mod:`eqvae_lib.rng`): every random draw of a step is drawn for the GLOBAL batch, on
@@ -21,16 +21,19 @@ runs the backbone through ``torch.compile`` (opt-in).
 Batches: each epoch is a permutation of the cache seeded by (seed, epoch); steps take consecutive global batches
 (the last incomplete batch of an epoch is dropped, as DiT's ``drop_last=True``).
 
-Files in ``run_dir``: ``config.json``, ``log.jsonl`` (one JSON object per line: ``{"step", "loss", "latents_per_s",
-"wall_s", ...}`` every ``log_every`` steps and at the last step (``"partial": true`` when off that grid; such
-lines are dropped when the run is resumed), and ``{"step", "eval": {...}}`` at checkpoint steps),
-``checkpoints/step_0000100.pt`` (model, EMA, optimizer, step, config, latent normalisation; atomic).
+Plumbing (:mod:`eqvae_lib.training`): process group, ``DistributedDataParallel``, :class:`~eqvae_lib.training.EMA`,
+the atomic :class:`~eqvae_lib.training.Checkpointer` and the :class:`~eqvae_lib.training.JsonlLogger`.
+
+Files in ``run_dir``: ``config.json``, ``log.jsonl`` (one JSON object per line: ``{"kind": "train", "step", "loss",
+"latents_per_s", "wall_s", ...}`` every ``log_every`` steps and at the last step (``"partial": true`` when off that
+grid; such lines are dropped when the run is resumed), and ``{"kind": "eval", "step", "eval": {...}}`` at checkpoint
+steps), ``checkpoints/step_0000100.pt`` (model, EMA, optimizer, step, config, latent normalisation; atomic; format
+``eqvae-gen-v1``).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import time
@@ -40,15 +43,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 
-from .runtime import device as default_device
 from .dit import DiT, GaussianDiffusion, create_diffusion, dit_model, sample_dit
 from . import rng as rng_rule
-from .io import atomic_torch_save, atomic_write_json, atomic_write_text, git_commit
+from .io import atomic_write_json, git_commit
 from .latents import LatentCache, LatentNorm, decode_latents, load_latent_cache
 from .perf import adam_kwargs, enable_tf32, maybe_compile
 from .sit import LinearInterpolant, sample_sit, sit_model
+from .training import (EMA, Checkpointer, JsonlLogger, barrier, load_checkpoint, mean_over_processes, process_group,
+                       resolve_device, spawn_processes, wrap_ddp)
+from .training import update_ema  # noqa: F401  (kept importable from here: projection.py uses it)
 
 CHECKPOINT_FORMAT = "eqvae-gen-v1"
 
@@ -162,13 +166,6 @@ def make_objective(cfg: TrainGenConfig) -> GaussianDiffusion | LinearInterpolant
     return LinearInterpolant(t_scale=cfg.t_scale)
 
 
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema ← decay · ema + (1 - decay) · model, parameter by parameter (DiT ``update_ema``)."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.mul_(decay).add_(p.detach(), alpha=1 - decay)
-
-
 def _cache_batch(cache: LatentCache, idx: torch.Tensor, eps: torch.Tensor | None, device: torch.device
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``cache.get(idx, eps)`` computed on ``device`` (the same arithmetic: z = μ + σ·ε in REPA mode, then the
@@ -198,57 +195,22 @@ class _Batches:
         return self._perm[k * self.batch: (k + 1) * self.batch]
 
 
-def _init_distributed(device: str | torch.device | None = None) -> tuple[int, int, int, bool]:
-    """(rank, world, local_rank, initialised_here). Initialises torch.distributed from torchrun's environment
-    (WORLD_SIZE > 1) with NCCL when training on CUDA (``device`` None with a GPU visible, or a CUDA device), gloo when
-    training on the CPU (also on a GPU machine); reuses an existing process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), False
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = default_device(device).type == "cuda"
-        if cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo")
-        return dist.get_rank(), dist.get_world_size(), local_rank, True
-    return 0, 1, 0, False
+def _checkpointer(run_dir: str | Path, rank: int = 0) -> Checkpointer:
+    return Checkpointer(Path(run_dir) / "checkpoints", CHECKPOINT_FORMAT, rank=rank)
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     """``run_dir/checkpoints/step_{step:07d}.pt``."""
-    return Path(run_dir) / "checkpoints" / f"step_{int(step):07d}.pt"
+    return _checkpointer(run_dir).path(step)
 
 
 def latest_checkpoint(run_dir: str | Path, max_step: int | None = None) -> Path | None:
     """The checkpoint of the largest step (≤ ``max_step`` if given) in ``run_dir/checkpoints``, or None."""
-    folder = Path(run_dir) / "checkpoints"
-    best = None
-    for p in folder.glob("step_*.pt") if folder.is_dir() else []:
-        try:
-            s = int(p.stem.split("_")[1])
-        except (IndexError, ValueError):
-            continue
-        if (max_step is None or s <= max_step) and (best is None or s > best[0]):
-            best = (s, p)
-    return best[1] if best else None
+    return _checkpointer(run_dir).latest(max_step)
 
 
 def _cpu_state(module: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-
-def _read_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _append_log(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -274,13 +236,11 @@ def train_gen(cfg: TrainGenConfig, cache: LatentCache | str | Path, run_dir: str
             range for a class-conditional model, or a checkpoint in ``run_dir`` from an incompatible model/cache.
     """
     from tqdm.auto import tqdm
-    rank, world, local_rank, owns_group = _init_distributed(device)
-    try:
+    with process_group(device) as pg:
+        rank, world = pg.rank, pg.world
         if not isinstance(cache, LatentCache):
             cache = load_latent_cache(cache)
-        if device is None:
-            device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-        device = torch.device(device)
+        device = resolve_device(device)
         if cfg.batch_size % world:
             raise ValueError(f"global batch_size {cfg.batch_size} is not divisible by the {world} processes")
         b_local = cfg.batch_size // world
@@ -292,20 +252,21 @@ def train_gen(cfg: TrainGenConfig, cache: LatentCache | str | Path, run_dir: str
             if cache.num_classes > num_classes:
                 raise ValueError(f"cache labels go up to {cache.num_classes - 1} but num_classes={num_classes}")
         run_dir = Path(run_dir)
-        log_path = run_dir / "log.jsonl"
+        checkpointer = _checkpointer(run_dir, rank)
+        logger = JsonlLogger(run_dir / "log.jsonl", enabled=rank == 0)
         batches = _Batches(len(cache), cfg.batch_size, cfg.seed)
         objective = make_objective(cfg)
 
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, cache.latent_shape, num_classes).to(device)
-        ema = copy.deepcopy(model).requires_grad_(False).eval()
+        ema = EMA(model, cfg.ema_decay)
         enable_tf32(device)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **adam_kwargs(device))
         start, loss_acc = 0, [0.0, 0]
 
-        ckpt_file = latest_checkpoint(run_dir, cfg.steps)
+        ckpt_file = checkpointer.latest(cfg.steps)
         if ckpt_file is not None:
-            ck = torch.load(ckpt_file, map_location="cpu", weights_only=True)
+            ck = checkpointer.load(ckpt_file)
             _check_resume(ck, cfg, cache, num_classes, ckpt_file)
             model.load_state_dict(ck["model"])
             ema.load_state_dict(ck["ema"])
@@ -313,23 +274,19 @@ def train_gen(cfg: TrainGenConfig, cache: LatentCache | str | Path, run_dir: str
             start, loss_acc = int(ck["step"]), list(ck["loss_acc"])
         if rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
-            kept = [r for r in _read_log(log_path) if int(r.get("step", 0)) <= start and not r.get("partial")]
-            atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
+            # lines after the checkpoint, and a last line off the log grid, are written again by this run
+            logger.truncate(lambda r: int(r.get("step", 0)) <= start and not r.get("partial"))
             atomic_write_json(run_dir / "config.json", {"config": asdict(cfg), "num_classes": num_classes,
                                                         "latent_shape": list(cache.latent_shape),
                                                         "latent_norm": cache.norm.to_dict(), "world_size": world,
                                                         "cache": str(cache.folder), "git": git_commit()})
-        if world > 1:
-            dist.barrier()
+        barrier(world)
 
-        net = maybe_compile(model, cfg.compile)
-        if world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = wrap_ddp(maybe_compile(model, cfg.compile), device, world)  # DDP averages the gradients
         model.train()
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
         shape = cache.latent_shape
-        sl = slice(rank * b_local, (rank + 1) * b_local)
+        sl = rng_rule.rank_slice(cfg.batch_size, rank, world)
         written, evals = [], []
         t_last, steps_since = time.time(), 0
         bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.model} ({cfg.method})",
@@ -358,7 +315,7 @@ def train_gen(cfg: TrainGenConfig, cache: LatentCache | str | Path, run_dir: str
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            update_ema(ema, model, cfg.ema_decay)
+            ema.update(model)
             acc_sum += loss.detach().double()
             acc_n += 1
             steps_since += 1
@@ -366,17 +323,14 @@ def train_gen(cfg: TrainGenConfig, cache: LatentCache | str | Path, run_dir: str
             bar.update(1)
             if done % cfg.log_every == 0 or done == cfg.steps:  # the loop's only host syncs
                 loss_acc = [float(acc_sum), acc_n]
-                mean_loss = torch.tensor([loss_acc[0] / max(loss_acc[1], 1)], dtype=torch.float64)
-                if world > 1:
-                    dist.all_reduce(mean_loss)
-                    mean_loss /= world
+                mean_loss = mean_over_processes(torch.tensor([loss_acc[0] / max(loss_acc[1], 1)],
+                                                             dtype=torch.float64, device=device), world)
                 dt = time.time() - t_last
                 partial = done % cfg.log_every != 0  # last step off the log grid: kept out of a resumed log
+                rate = round(cfg.batch_size * steps_since / max(dt, 1e-9), 2)
+                logger.log("train", done, loss=float(mean_loss), lr=cfg.lr, latents_per_s=rate, wall_s=round(dt, 3),
+                           **({"partial": True} if partial else {}))
                 if rank == 0:
-                    rec = {"step": done, "loss": float(mean_loss), "lr": cfg.lr,
-                           "latents_per_s": round(cfg.batch_size * steps_since / max(dt, 1e-9), 2),
-                           "wall_s": round(dt, 3)}
-                    _append_log(log_path, dict(rec, partial=True) if partial else rec)
                     bar.set_postfix(loss=f"{float(mean_loss):.4f}")
                 if not partial:
                     loss_acc, t_last, steps_since = [0.0, 0], time.time(), 0
@@ -387,27 +341,20 @@ def train_gen(cfg: TrainGenConfig, cache: LatentCache | str | Path, run_dir: str
                 if rank == 0:
                     if eval_fn is not None:
                         t0 = time.time()
-                        result = eval_fn(done, ema)
-                        rec = {"step": done, "eval": result, "eval_s": round(time.time() - t0, 2)}
-                        _append_log(log_path, rec)
-                        evals.append(rec)
-                        ema.eval()
-                    path = checkpoint_path(run_dir, done)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": done, "config": asdict(cfg),
-                                       "num_classes": num_classes, "latent_shape": list(shape),
-                                       "latent_norm": cache.norm.to_dict(), "model": _cpu_state(model),
-                                       "ema": _cpu_state(ema), "opt": opt.state_dict(), "loss_acc": loss_acc,
-                                       "world_size": world, "git": git_commit()}, path)
-                    written.append(path)
-                if world > 1:
-                    dist.barrier()
+                        result = eval_fn(done, ema.module)
+                        evals.append(logger.log("eval", done, eval=result, eval_s=round(time.time() - t0, 2)))
+                        ema.module.eval()
+                    written.append(checkpointer.save(done, {
+                        "config": asdict(cfg), "num_classes": num_classes, "latent_shape": list(shape),
+                        "latent_norm": cache.norm.to_dict(), "model": _cpu_state(model), "ema": _cpu_state(ema.module),
+                        "opt": opt.state_dict(), "loss_acc": loss_acc}, world))
+                    logger.sync()
+                barrier(world)
                 t_last = time.time()
         bar.close()
-        return TrainResult(model, ema, max(start, cfg.steps), run_dir, log_path, written, evals, cache.norm)
-    finally:
-        if owns_group:
-            dist.destroy_process_group()
+        logger.close()
+        return TrainResult(model, ema.module, max(start, cfg.steps), run_dir, logger.path, written, evals,
+                           cache.norm)
 
 
 def _check_resume(ck: dict, cfg: TrainGenConfig, cache: LatentCache, num_classes: int, path: Path) -> None:
@@ -437,12 +384,7 @@ def load_gen_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     Raises:
         FileNotFoundError / ValueError: missing file or not a generative checkpoint of this kit.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    if ck.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    ck = load_checkpoint(path, CHECKPOINT_FORMAT)
     cfg = TrainGenConfig.from_dict(ck["config"])
     model = build_model(cfg, tuple(ck["latent_shape"]), ck["num_classes"])
     model.load_state_dict(ck["ema" if use_ema else "model"])
@@ -532,26 +474,18 @@ def sample_from_checkpoint(ck: GenCheckpoint, vae, n: int, **kwargs):
 
 
 # ---------------------------------------------------------------------------------------- processes without torchrun
-def _spawn_worker(rank: int, world: int, port: int, cfg_dict: dict, cache: Any, run_dir: str, threads: int) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
-    torch.set_num_threads(threads)
+def _spawn_worker(cfg_dict: dict, cache: Any, run_dir: str) -> None:
     train_gen(TrainGenConfig(**cfg_dict), cache, run_dir, device="cpu")
 
 
 def launch_spawn(world_size: int, cfg: TrainGenConfig, cache: LatentCache | str | Path, run_dir: str | Path,
                  threads_per_process: int = 1) -> None:
-    """Run ``train_gen`` as ``world_size`` CPU processes (gloo DDP) with ``torch.multiprocessing.spawn``; for tests
-    and machines without torchrun. ``eval_fn`` is not supported here (use torchrun + your own script). Results are in
-    ``run_dir`` (checkpoints, log)."""
-    import socket
-    import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """Run ``train_gen`` as ``world_size`` CPU processes (gloo DDP; :func:`eqvae_lib.training.spawn_processes`); for
+    tests and machines without torchrun. ``eval_fn`` is not supported here (use torchrun + your own script). Results
+    are in ``run_dir`` (checkpoints, log)."""
     cache_arg = str(cache.folder) if isinstance(cache, LatentCache) and cache.folder is not None else cache
-    mp.spawn(_spawn_worker, args=(world_size, port, asdict(cfg), cache_arg, str(run_dir), threads_per_process),
-             nprocs=world_size, join=True)
+    spawn_processes(_spawn_worker, world_size, asdict(cfg), cache_arg, str(run_dir),
+                    threads_per_process=threads_per_process)
 
 
 def main(argv: list[str] | None = None) -> int:

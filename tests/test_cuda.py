@@ -13,6 +13,7 @@ import torch
 
 from eqvae_lib import autoencoders as ae
 from eqvae_lib import maskgit as M
+from eqvae_lib import train_maskgit as T
 from eqvae_lib.io import state_dict_hash
 from eqvae_lib.latents import LatentCache, LatentNorm
 from eqvae_lib.losses import EQVAELoss, LossConfig
@@ -108,7 +109,7 @@ def test_maskgit_overfits_one_batch_on_cuda_and_decodes_deterministically():
                             label_dropout=0.0, label_smoothing=0.0).cuda()
     g = torch.Generator().manual_seed(0)
     tok, lab = torch.randint(0, 16, (8, 4, 4), generator=g), torch.arange(8)
-    M.train_maskgit(model, tok, lab, M.MaskGITTrainConfig(steps=150, batch_size=8, lr=3e-3, warmup_steps=10,
+    T.train_maskgit(model, tok, lab, T.MaskGITTrainConfig(steps=150, batch_size=8, lr=3e-3, warmup_steps=10,
                                                            weight_decay=0.0, log_every=50))
     model.eval()
     mask = M.random_mask(tok, generator=torch.Generator().manual_seed(5))

@@ -105,7 +105,7 @@ def test_finetune_outputs_load_with_the_same_normalisation(tmp_path):
     """End to end: a model with SDXL's scaling factor, fine-tuned by the CLI; model/ and model.ckpt agree."""
     from PIL import Image
 
-    from eqvae_lib.train_ae import cli_finetune
+    from eqvae_lib.cli_ae import cli_finetune
 
     rng = np.random.default_rng(0)
     (tmp_path / "imgs").mkdir()
@@ -215,7 +215,7 @@ def test_missing_path_like_vae_is_reported_before_the_network(tmp_path, monkeypa
 
 def test_cli_help_documents_conversions():
     from eqvae_lib.metrics.audit import cli_audit
-    from eqvae_lib.train_ae import cli_finetune
+    from eqvae_lib.cli_ae import cli_finetune
 
     for fn in (cli_audit, cli_finetune):
         import contextlib

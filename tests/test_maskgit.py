@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from eqvae_lib import maskgit as M
+from eqvae_lib import train_maskgit as T
 from eqvae_lib import vq as V
 from eqvae_lib.io import state_dict_hash
 
@@ -73,8 +74,8 @@ def test_small_maskgit_overfits_one_batch():
     mask = M.random_mask(tok, generator=torch.Generator().manual_seed(5))
     model.eval()
     l0 = M.maskgit_loss(model, tok, lab, mask=mask)[0].item()
-    cfg = M.MaskGITTrainConfig(steps=150, batch_size=8, lr=3e-3, warmup_steps=10, weight_decay=0.0, log_every=50)
-    M.train_maskgit(model, tok, lab, cfg)
+    cfg = T.MaskGITTrainConfig(steps=150, batch_size=8, lr=3e-3, warmup_steps=10, weight_decay=0.0, log_every=50)
+    T.train_maskgit(model, tok, lab, cfg)
     model.eval()
     l1, st = M.maskgit_loss(model, tok, lab, mask=mask)
     assert l0 > 2.0  # about log(16) at initialisation
@@ -153,7 +154,7 @@ def test_label_dropout_and_unlabelled_use_null_class():
 
 def test_train_loop_checkpoints_eval_log_and_exact_resume(tmp_path):
     tok, lab = _batch(12)
-    cfg = M.MaskGITTrainConfig(steps=4, batch_size=5, lr=1e-3, warmup_steps=2, ema_decay=0.9,
+    cfg = T.MaskGITTrainConfig(steps=4, batch_size=5, lr=1e-3, warmup_steps=2, ema_decay=0.9,
                                checkpoint_steps=(2, 4), log_every=1)
     calls = []
 
@@ -162,7 +163,7 @@ def test_train_loop_checkpoints_eval_log_and_exact_resume(tmp_path):
         return {"probe": float(step)}
 
     ref = _model()
-    res = M.train_maskgit(ref, tok, lab, cfg, out_dir=tmp_path / "a", eval_fn=eval_fn)
+    res = T.train_maskgit(ref, tok, lab, cfg, out_dir=tmp_path / "a", eval_fn=eval_fn)
     assert [c[0] for c in calls] == [2, 4] and not any(c[1] for c in calls)  # eval mode
     assert [p.rsplit("/", 1)[-1] for p in res["checkpoints"]] == ["step_0000002.pt", "step_0000004.pt"]
     lines = [json.loads(s) for s in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
@@ -176,12 +177,12 @@ def test_train_loop_checkpoints_eval_log_and_exact_resume(tmp_path):
     assert state_dict_hash(M.load_maskgit(tmp_path / "a" / "step_0000004.pt", use_ema=False)) == state_dict_hash(ref)
     # resume from step 2 reproduces the uninterrupted run exactly (no dropout)
     resumed = _model(seed=123)
-    res2 = M.train_maskgit(resumed, tok, lab, cfg, out_dir=tmp_path / "b", resume=tmp_path / "a" / "step_0000002.pt")
+    res2 = T.train_maskgit(resumed, tok, lab, cfg, out_dir=tmp_path / "b", resume=tmp_path / "a" / "step_0000002.pt")
     assert res2["step"] == 4
     assert state_dict_hash(resumed) == state_dict_hash(ref)
     assert state_dict_hash(res2["ema"]) == state_dict_hash(res["ema"])
     with pytest.raises(ValueError, match="grid"):
-        M.train_maskgit(_model(), torch.zeros(2, 3, 3, dtype=torch.long), None, cfg)
+        T.train_maskgit(_model(), torch.zeros(2, 3, 3, dtype=torch.long), None, cfg)
 
 
 def test_token_cache_keyed_and_checked_by_tokenizer_hash(tmp_path):
@@ -241,4 +242,32 @@ def test_forward_checks_can_be_switched_off_for_the_hot_path():
     with pytest.raises(ValueError, match="0..16"):
         model(torch.full((1, 4, 4), 17))
     with pytest.raises(ValueError, match="0..15"):  # the training loop validates the whole cache up front
-        M.train_maskgit(_model(), torch.full((4, 4, 4), 16), None, M.MaskGITTrainConfig(steps=1, batch_size=2))
+        T.train_maskgit(_model(), torch.full((4, 4, 4), 16), None, T.MaskGITTrainConfig(steps=1, batch_size=2))
+
+
+def test_two_process_ddp_equals_one_process(tmp_path):
+    """2 gloo processes (DDP, each half of the global batch) compute the 1-process update: the masks and label
+    dropout are drawn for the global batch and the summed cross-entropy is divided by its masked positions."""
+    tok, lab = _batch(24)
+    cfg = T.MaskGITTrainConfig(steps=4, batch_size=8, lr=1e-3, warmup_steps=2, lr_schedule="cosine", ema_decay=0.9,
+                               checkpoint_steps=(4,), log_every=2)
+    model = _model(label_dropout=0.3, label_smoothing=0.1)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    T.launch_spawn(2, model, tok, lab, cfg, tmp_path / "ddp")
+    single = T.train_maskgit(model, tok, lab, cfg, out_dir=tmp_path / "one")
+    ddp = torch.load(tmp_path / "ddp" / "step_0000004.pt", weights_only=True)
+    assert ddp["world_size"] == 2 and ddp["format"] == "eqvae-maskgit-v1"
+    for key, ref in (("model", single["model"]), ("ema", single["ema"])):
+        diff = torch.cat([(ddp[key][k] - v).abs().reshape(-1) for k, v in ref.state_dict().items()])
+        moved = torch.cat([(v - start[k]).abs().reshape(-1) for k, v in ref.state_dict().items()])
+        assert float(moved.mean()) > 1e-4  # training moved the weights (~1e-3): the agreement is not trivial
+        # float summation order only: Adam turns the rounding of a near-zero gradient into a step of up to ~lr for
+        # a handful of elements (max ~3e-5 here); a per-process loss mean instead of the global one moves 99% of
+        # the elements by ~1e-4..4e-3
+        assert float(diff.quantile(0.99)) < 1e-6 and float(diff.mean()) < 1e-6 and float(diff.max()) < 2e-4, key
+    lo = [r for r in map(json.loads, (tmp_path / "one" / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    hi = [r for r in map(json.loads, (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert [r["step"] for r in lo] == [r["step"] for r in hi] == [2, 4]
+    for a, b in zip(lo, hi):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5) and a["acc"] == pytest.approx(b["acc"], abs=1e-6)
+        assert a["lr"] == b["lr"]

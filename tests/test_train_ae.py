@@ -13,7 +13,8 @@ import torch
 
 from eqvae_lib import autoencoders as ae
 from eqvae_lib.losses import EQVAELoss, LossConfig
-from eqvae_lib.train_ae import AETrainConfig, cli_finetune, plateau_reached, train_autoencoder
+from eqvae_lib.cli_ae import cli_finetune
+from eqvae_lib.train_ae import AETrainConfig, plateau_reached, train_autoencoder
 
 REPO = Path(__file__).resolve().parent.parent
 
