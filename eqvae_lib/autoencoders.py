@@ -740,7 +740,8 @@ def _jsonable(v):
 
 
 def _load_ldm_file(path: Path, original_config=None, assume_warning: bool = True):
-    from diffusers import AutoencoderKL  # lazy: import cost
+    # lazy: import cost
+    from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
 
     checkpoint, kit_config = _read_checkpoint(path)
