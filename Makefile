@@ -64,18 +64,18 @@ reproduce: $(STAMP) check-params data project $(EXECUTED)
 	@if grep -q '<!-- results:$(PROFILE) -->' README.md; then $(PY) -m eqvae_lib report --profile $(PROFILE) --readme; fi
 	@echo "== $(PROFILE): executed notebooks in $(NB_OUT), records in $(RUNS)/$(PROFILE)/records, figures in figures/$(PROFILE)"
 
-# The projected wall time of each notebook on this machine (eqvae_lib/projection.py: measured throughput x the work
-# the profile's configuration implies), printed once before the notebooks run. It never fails the build: when it
+# The projected wall time of each notebook on this machine (eqvae_lib/experiment/projection.py: measured throughput x
+# the work the profile's configuration implies), printed once before the notebooks run. It never fails the build: when it
 # cannot measure, it says why and the notebooks run anyway.
 project: $(STAMP)
 	@$(PY) -m eqvae_lib project --profile $(PROFILE) $(if $(filter smoke,$(PROFILE)),--seconds 0.5) \
 	    --notebooks $(notdir $(NOTEBOOKS)) $(PARAMS) \
 	    || echo "== projection of the wall times failed (exit $$?; see above); running the notebooks anyway"
 
-# Every -p NAME VALUE of PARAMS must be a key of a stage config of the profile (eqvae_lib/config.py): checked before
+# Every -p NAME VALUE of PARAMS must be a key of a stage config of the profile (eqvae_lib/experiment/config.py): checked
 # any notebook runs, so a misspelled override fails in seconds instead of being ignored.
 check-params: $(STAMP)
-	@$(if $(strip $(PARAMS)),$(PY) -m eqvae_lib.config check $(PARAMS),true)
+	@$(if $(strip $(PARAMS)),$(PY) -m eqvae_lib config check $(PARAMS),true)
 
 # One executed notebook per source notebook; re-run only when its source, the profile (or the cpu profile it
 # inherits) or the library changed, or when PARAMS / FORCE=1 is given (overrides always re-run every notebook).

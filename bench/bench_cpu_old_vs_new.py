@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import eqvae_lib  # noqa: E402
 from _legacy import BASELINE, legacy_package  # noqa: E402
-from eqvae_lib.config import RUNS_DIR  # noqa: E402
+from eqvae_lib.experiment.config import RUNS_DIR  # noqa: E402
 from eqvae_lib.io import atomic_write_json, git_commit  # noqa: E402
 
 

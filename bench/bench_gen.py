@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eqvae_lib.config import RUNS_DIR  # noqa: E402
+from eqvae_lib.experiment.config import RUNS_DIR  # noqa: E402
 from eqvae_lib.dit import count_params, dit_model, sample_dit  # noqa: E402
 from eqvae_lib.io import atomic_write_json, git_commit, state_dict_hash  # noqa: E402
 from eqvae_lib.latents import LatentCache, LatentNorm, decode_latents  # noqa: E402

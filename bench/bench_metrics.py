@@ -42,7 +42,7 @@ def alternate(kit, lib, repeats):
 def bench_extractor(ext, images, repeats, batch_size=64):
     from torch_fidelity.utils import get_featuresdict_from_dataset
 
-    from eqvae_lib.metrics.fid import UInt8ImageDataset
+    from eqvae_lib.metrics.fid_inputs import UInt8ImageDataset
 
     u8 = UInt8ImageDataset(images)
     ready = torch.utils.data.TensorDataset(torch.stack([u8[i] for i in range(len(u8))]))
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     import skdim
 
     from eqvae_lib.data import FashionMNIST
-    from eqvae_lib.metrics.fid import classifier_extractor, inception_extractor
+    from eqvae_lib.metrics.extractors import classifier_extractor, inception_extractor
     from eqvae_lib.metrics.intrinsic_dim import intrinsic_dimension
 
     rows = {"threads": torch.get_num_threads()}

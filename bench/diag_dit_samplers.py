@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eqvae_lib import pipeline  # noqa: E402
-from eqvae_lib.config import RUNS_DIR, load_config  # noqa: E402
+from eqvae_lib.experiment import pipeline  # noqa: E402
+from eqvae_lib.experiment.config import RUNS_DIR, load_config  # noqa: E402
 from eqvae_lib.io import atomic_write_json, git_commit  # noqa: E402
 from eqvae_lib.metrics import fid as fidm  # noqa: E402
 from eqvae_lib.train_gen import latest_checkpoint, load_gen_checkpoint, sample_from_checkpoint  # noqa: E402

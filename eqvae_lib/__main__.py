@@ -10,6 +10,7 @@ Commands:
   fetch-data make Fashion-MNIST available offline
   project    projected wall time of each notebook of a profile on this machine (measured throughput x step counts)
   plateau-pilot  train a profile's base with the plateau rule off and report where the rule would fire (#15 design)
+  config     `config keys` lists every knob per stage; `config check -p NAME VALUE ...` validates overrides
 
 Exit codes: 0 success, 2 bad input (one line on stderr: missing path, not a checkpoint, a pickle the kit will not
 execute, an image it cannot convert, a bad value).
@@ -20,15 +21,18 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .cli_util import run_guarded  # bad input anywhere: one line, exit code 2
+
 COMMANDS = {
     "pretrain": ("eqvae_lib.cli_ae", "cli_pretrain"),
     "finetune": ("eqvae_lib.cli_ae", "cli_finetune"),
     "audit": ("eqvae_lib.metrics.audit", "cli_audit"),
-    "report": ("eqvae_lib.records", "cli_report"),
-    "compare-reference": ("eqvae_lib.records", "cli_compare_reference"),
+    "report": ("eqvae_lib.experiment.records", "cli_report"),
+    "compare-reference": ("eqvae_lib.experiment.records", "cli_compare_reference"),
     "fetch-data": ("eqvae_lib.data", "_main"),
-    "project": ("eqvae_lib.projection", "cli_project"),
-    "plateau-pilot": ("eqvae_lib.plateau_pilot", "cli_plateau_pilot"),
+    "project": ("eqvae_lib.experiment.projection", "cli_project"),
+    "plateau-pilot": ("eqvae_lib.experiment.plateau_pilot", "cli_plateau_pilot"),
+    "config": ("eqvae_lib.experiment.config", "main"),
 }
 
 
@@ -44,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     module, func = COMMANDS[cmd]
     if cmd == "fetch-data":
         rest = ["fetch", *rest]
-    from .cli_util import run_guarded  # bad input anywhere: one line, exit code 2
-
     return run_guarded(cmd, getattr(importlib.import_module(module), func), rest)
 
 

@@ -62,16 +62,26 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import urlparse
 
 import torch
+import yaml
+from huggingface_hub import constants as hub_constants
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .io import apply_umask, atomic_path, atomic_torch_save, state_dict_hash
+
+# diffusers is imported inside the functions that build, load or convert a model ("lazy: import cost"): its model
+# classes take seconds to import, and `python -m eqvae_lib config check`, every --help and the losses/metrics on
+# already-built models never need them.
 
 #: Named configurations: diffusers ``AutoencoderKL`` config dicts. ``build_autoencoder(name, **overrides)``.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -145,7 +155,7 @@ def _unwrap(vae):
 
 def is_vq(vae) -> bool:
     """True for a diffusers ``VQModel`` (discrete autoencoder), False for ``AutoencoderKL``."""
-    from diffusers import VQModel
+    from diffusers import VQModel  # lazy: import cost
 
     return isinstance(_unwrap(vae), VQModel)
 
@@ -163,7 +173,7 @@ def build_autoencoder(name: str, **overrides) -> "diffusers.AutoencoderKL":  # n
     Raises:
         ValueError: unknown name, or an unknown config key (naming it and the known keys).
     """
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # lazy: import cost
 
     if name not in CONFIGS:
         raise ValueError(f"unknown autoencoder configuration {name!r}; choose one of {', '.join(CONFIGS)} "
@@ -492,8 +502,6 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
         head = fh.read(8)
     cfg_text = None
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="pt") as f:
                 state = {k: f.get_tensor(k) for k in f.keys()}
@@ -543,7 +551,7 @@ def _read_state_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _model_class(name: str):
-    from diffusers import AutoencoderKL, VQModel
+    from diffusers import AutoencoderKL, VQModel  # lazy: import cost
 
     classes = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
     if name not in classes:
@@ -667,7 +675,7 @@ def _is_hub_id(s: str) -> bool:
 def _load_hub(repo_id: str, **kwargs):
     """From the local hub cache without network; otherwise one notice line, then a download attempt whose failure is
     one line that first says the local path does not exist."""
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # lazy: import cost
 
     cfg_kw = {k: v for k, v in kwargs.items() if k in ("subfolder", "revision")}
     try:
@@ -701,16 +709,7 @@ def _load_hub(repo_id: str, **kwargs):
 def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
     """Whether a TCP connection to the hub endpoint opens within ``timeout`` s (one try; skipped — assumed
     reachable — when an HTTP(S) proxy is configured, since the proxy decides)."""
-    import socket
-    from urllib.parse import urlparse
-
-    try:
-        from huggingface_hub import constants
-
-        endpoint = constants.ENDPOINT
-    except Exception:  # noqa: BLE001
-        endpoint = "https://huggingface.co"
-    u = urlparse(endpoint)
+    u = urlparse(hub_constants.ENDPOINT or "https://huggingface.co")
     host = u.hostname or "huggingface.co"
     if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
         return True, host
@@ -722,8 +721,6 @@ def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
 
 
 def _ldm_config_dict(original_config) -> dict:
-    import yaml
-
     if original_config is None:
         return yaml.safe_load(KL_F8_LDM_YAML)
     if isinstance(original_config, dict):
@@ -743,6 +740,7 @@ def _jsonable(v):
 
 
 def _load_ldm_file(path: Path, original_config=None, assume_warning: bool = True):
+    # lazy: import cost
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
 
@@ -791,8 +789,6 @@ def ldm_original_config(vae) -> dict:
         ValueError: for models the LDM architecture cannot express (no mid-block attention, unequal block widths
             that are not multiples of the first, VQ models).
     """
-    import yaml
-
     model = _unwrap(vae)
     if is_vq(model):
         raise ValueError("LDM export is implemented for KL autoencoders only")
@@ -852,8 +848,6 @@ def export_ldm_checkpoint(vae, path: str | os.PathLike) -> Path:
     state = diffusers_to_ldm_state_dict(vae)
     cfg_text = _unwrap(vae).to_json_string()
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt", CONFIG_KEY: cfg_text})
     else:

@@ -14,6 +14,7 @@ Sources
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import math
 import os
@@ -24,9 +25,12 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib.cbook
 import numpy as np
+import skimage.data
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
 
 from .runtime import DATA_DIR
@@ -168,6 +172,7 @@ def fetch_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
         except DatasetNotFoundError:
             print("apt-get did not provide Fashion-MNIST; trying torchvision's download", file=sys.stderr)
     target = Path(root) if root is not None else DATA_DIR / "fashion-mnist"
+    # lazy: only the download fallback needs torchvision.datasets (seconds to import; the Debian package needs none)
     from torchvision.datasets import FashionMNIST as TVFashionMNIST
 
     tmp = target.parent / ".fashion-mnist-download"
@@ -204,19 +209,14 @@ def load_photo(name: str) -> np.ndarray:
         raise KeyError(f"unknown photo {name!r}; known: {', '.join(PHOTO_SOURCES)}")
     source = PHOTO_SOURCES[name]
     if source == "scikit-image":
-        import skimage.data
-
         img = getattr(skimage.data, name)()
         if name == "stereo_motorcycle":
             img = img[0]
     elif source == "scikit-learn":
-        from sklearn.datasets import load_sample_image
+        from sklearn.datasets import load_sample_image  # lazy: seconds to import; 2 photos use it
 
         img = load_sample_image(f"{name}.jpg")
     else:
-        import matplotlib.cbook
-        from PIL import Image
-
         with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
             img = np.asarray(Image.open(f).convert("RGB"))
     img = np.asarray(img)
@@ -354,8 +354,6 @@ def to_rgb8(im, path: str | os.PathLike = "<image>", int_bits: int | None = None
             or ``I``/``F`` values outside the range above — naming the file and the mode.
         ValueError: ``int_bits`` other than None, 8 or 16.
     """
-    from PIL import Image
-
     mode = im.mode
     if mode not in IMAGE_MODE_CONVERSIONS:
         raise UnsupportedImageError(f"{path}: image mode {mode!r} is not supported (supported: "
@@ -426,8 +424,6 @@ class ImageFolder(Dataset):
 
     def __init__(self, root: str | os.PathLike, size: int = 256, crop: str = "center", hflip: float = 0.0,
                  verify: str = "full", seed: int = 0, int_bits: int | None = None):
-        from PIL import Image
-
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"image folder {self.root} does not exist")
@@ -491,8 +487,6 @@ class ImageFolder(Dataset):
         self._epoch = epoch
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
         path = self.files[i]
         try:
             with Image.open(path) as im:
@@ -511,8 +505,6 @@ class ImageFolder(Dataset):
 
 def center_crop_adm(pil_image, image_size: int):
     """ADM / DiT centre crop (guided-diffusion ``center_crop_arr``): PIL image → PIL image ``image_size²``."""
-    from PIL import Image
-
     while min(*pil_image.size) >= 2 * image_size:
         pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
     scale = image_size / min(*pil_image.size)
@@ -525,8 +517,6 @@ def center_crop_adm(pil_image, image_size: int):
 
 def random_crop_ldm(pil_image, image_size: int, rng: np.random.Generator):
     """LDM autoencoder training crop: square of side U(0.5, 1)·short side at a random position, resized (bicubic)."""
-    from PIL import Image
-
     w, h = pil_image.size
     side = max(1, int(round(min(w, h) * rng.uniform(0.5, 1.0))))
     left = int(rng.integers(0, w - side + 1))
@@ -555,8 +545,6 @@ def get_dataset(name: str, split: str = "train", size: int = 32, n: int | None =
 
 
 def _main(argv: list[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m eqvae_lib.data", description="dataset utilities")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("fetch", help="make Fashion-MNIST available (Debian package or download into data/)")

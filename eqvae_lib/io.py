@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io as _io
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -102,8 +103,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _json_safe(obj: Any) -> Any:
-    import math
-
     if isinstance(obj, float):
         if math.isnan(obj):
             return "NaN"

@@ -44,8 +44,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .io import atomic_path, state_dict_hash
+from .io import atomic_path, git_commit, state_dict_hash
+from .runtime import RUNS_DIR
 from .training import Checkpointer, load_checkpoint
+from .vq import decode_tokens, encode_tokens
 
 
 # ------------------------------------------------------------------------------------------------------- schedule
@@ -478,7 +480,6 @@ class TokenCache:
 def token_cache_path(vq: nn.Module, name: str, root: str | os.PathLike | None = None) -> Path:
     """``root/tokens-{name}-{tokenizer_hash}.safetensors`` (default root ``RUNS_DIR/tokens``): one file per
     (dataset, tokenizer weights) pair, so tokens of different tokenizers can never be mixed up."""
-    from .runtime import RUNS_DIR
 
     root = Path(root) if root is not None else RUNS_DIR / "tokens"
     return root / f"tokens-{name}-{state_dict_hash(vq)}.safetensors"
@@ -542,8 +543,6 @@ def build_token_cache(vq: nn.Module, images: torch.Tensor | torch.utils.data.Dat
     Returns:
         the ``TokenCache`` (tokens on CPU).
     """
-    from .io import git_commit
-    from .vq import encode_tokens
 
     device = next(vq.parameters()).device
     was = vq.training
@@ -589,7 +588,6 @@ def decode_to_images(vq: nn.Module, tokens: torch.Tensor, tokenizer_hash: str | 
     Raises:
         ValueError: when ``tokenizer_hash`` differs from ``state_dict_hash(vq)``.
     """
-    from .vq import decode_tokens
 
     if tokenizer_hash:
         have = state_dict_hash(vq)

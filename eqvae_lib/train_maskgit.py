@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from . import rng as rng_rule
 from .maskgit import CHECKPOINT_FORMAT, MaskGIT, MaskGITConfig, maskgit_loss, maskgit_state, random_mask
@@ -196,7 +197,6 @@ def _train(model, tokens, labels, cfg, out_dir, eval_fn, log_path, resume, progr
 
     bar = None
     if progress and rank == 0:
-        from tqdm.auto import tqdm
         bar = tqdm(total=cfg.steps, initial=step, desc="maskgit")
     model.train()
     was_checking, model.check_inputs = model.check_inputs, False  # tokens and labels validated once above

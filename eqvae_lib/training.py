@@ -36,12 +36,14 @@ import copy
 import json
 import math
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import get_ema_multi_avg_fn
@@ -139,10 +141,6 @@ def spawn_processes(fn: Callable[..., Any], world: int, *args: Any, threads_per_
     Raises:
         torch.multiprocessing.ProcessRaisedException: a process failed (its traceback is in the message).
     """
-    import socket
-
-    import torch.multiprocessing as mp
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from eqvae_lib import claims as C
-from eqvae_lib import paper_values as pv
-from eqvae_lib import records as R
-from eqvae_lib import verdicts as V
-from eqvae_lib.config import FIGURES_DIR, REPO_ROOT
+from eqvae_lib.experiment import claims as C
+from eqvae_lib.experiment import paper_values as pv
+from eqvae_lib.experiment import records as R
+from eqvae_lib.experiment import verdicts as V
+from eqvae_lib.experiment.config import FIGURES_DIR, REPO_ROOT
 
 
 def _rows(records):

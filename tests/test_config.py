@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from eqvae_lib import config as C
-from eqvae_lib.pipeline import loss_config
+from eqvae_lib.experiment import config as C
+from eqvae_lib.experiment.pipeline import loss_config
 
 
 @pytest.mark.parametrize("name", C.PROFILES)
@@ -85,10 +85,10 @@ def test_config_lookup_is_strict_and_has_no_silent_default():
 
 def test_cli_check_fails_fast_on_an_unknown_override():
     env = {"EQVAE_PROFILE": "smoke", "PYTHONPATH": str(C.REPO_ROOT)}
-    bad = subprocess.run([sys.executable, "-m", "eqvae_lib.config", "check", "-p", "no_such_key", "1"],
+    bad = subprocess.run([sys.executable, "-m", "eqvae_lib", "config", "check", "-p", "no_such_key", "1"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "no_such_key" in bad.stderr
-    ok = subprocess.run([sys.executable, "-m", "eqvae_lib.config", "check", "-p", "kl_weight", "1e-5"],
+    ok = subprocess.run([sys.executable, "-m", "eqvae_lib", "config", "check", "-p", "kl_weight", "1e-5"],
                         capture_output=True, text=True, env=env, timeout=120)
     assert ok.returncode == 0, ok.stderr
 

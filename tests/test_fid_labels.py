@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from eqvae_lib.metrics.fid import stratified_labels
+from eqvae_lib.metrics.fid_inputs import stratified_labels
 
 
 @pytest.mark.parametrize("n,k", [(1000, 10), (1003, 10), (7, 10), (0, 3), (5, 1)])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from eqvae_lib import io
-from eqvae_lib.records import RunRecord, load_record, load_records, to_markdown, write_report
+from eqvae_lib.experiment.records import RunRecord, load_record, load_records, to_markdown, write_report
 
 
 def test_atomic_write_leaves_old_file_on_error(tmp_path):
@@ -96,7 +96,7 @@ def test_git_commit_marks_code_changes_dirty_but_not_figure_outputs(tmp_path, mo
 
 
 def test_scale_note_names_the_papers_autoencoder_and_only_off_the_paper_profile():
-    from eqvae_lib.plotting import scale_note
+    from eqvae_lib.experiment.plotting import scale_note
 
     assert scale_note("Fashion-MNIST", 32, "vq-f4 VQ", "cpu-full", paper_ae="VQ-GAN") == (
         "Scale: Fashion-MNIST 32 px, vq-f4 VQ, profile cpu-full (not the paper's ImageNet 256 px / VQ-GAN).")

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from eqvae_lib.metrics import extractors as X
 from eqvae_lib.metrics import fid as F
+from eqvae_lib.metrics import fid_inputs as FI
 
 
 def gaussian_fid_closed_form(mu1, var1, mu2, var2):
@@ -82,12 +84,12 @@ def test_reference_npz_round_trip_and_own_frechet(tmp_path):
 
 
 def test_uint8_dataset_yields_bare_rgb_uint8():
-    ds = F.UInt8ImageDataset(torch.zeros(2, 1, 8, 8))
+    ds = FI.UInt8ImageDataset(torch.zeros(2, 1, 8, 8))
     item = ds[0]
     assert isinstance(item, torch.Tensor) and item.dtype == torch.uint8 and item.shape == (3, 8, 8)
     assert int(item[0, 0, 0]) == 128
     with pytest.raises(ValueError, match="1 or 3"):
-        F.UInt8ImageDataset(torch.zeros(2, 2, 8, 8))
+        FI.UInt8ImageDataset(torch.zeros(2, 2, 8, 8))
 
 
 # ----------------------------------------------------------------------------------------- classifier extractor
@@ -97,7 +99,7 @@ TINY = dict(n_train=1500, epochs=2, batch_size=50, lr=5e-3, width=8, verbose=Fal
 @pytest.fixture(scope="module")
 def clf(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    ext = F.classifier_extractor(cache_dir=cache, **TINY)
+    ext = X.classifier_extractor(cache_dir=cache, **TINY)
     return ext, cache
 
 
@@ -112,14 +114,14 @@ def test_classifier_extractor_is_cached_and_named(clf):
     ext, cache = clf
     assert ext.metric_name == "FID (Fashion-MNIST classifier features)"
     assert "Inception" not in ext.metric_name
-    again = F.classifier_extractor(cache_dir=cache, **TINY)
+    again = X.classifier_extractor(cache_dir=cache, **TINY)
     assert again.weights_path == ext.weights_path and again.weights_hash == ext.weights_hash
     assert ext.info["holdout_accuracy"] > 0.3  # 10 classes: chance is 0.1
 
 
 def test_classifier_constructor_accepts_extra_kwargs(clf):
     ext, _ = clf
-    m = F.ClassifierFeatureExtractor(F.CLASSIFIER_NAME, ["feat"], feature_extractor_weights_path=str(ext.weights_path),
+    m = X.ClassifierFeatureExtractor(X.CLASSIFIER_NAME, ["feat"], feature_extractor_weights_path=str(ext.weights_path),
                                      cuda=False, kid_subset_size=7, verbose=False)
     out = m(torch.zeros(2, 3, 28, 28, dtype=torch.uint8))
     assert out[0].shape == (2, 128)
@@ -161,10 +163,10 @@ def test_reference_statistics_cache_key_depends_on_data_and_n(clf, fmnist):
 def test_inception_weights_build_and_verify(tmp_path):
     import json
 
-    path = F.build_inception_weights(cache_dir=tmp_path)
+    path = X.build_inception_weights(cache_dir=tmp_path)
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["verify_max_abs_diff"] < 1e-4
-    ext = F.FeatureExtractor(F.INCEPTION_NAME, path, "2048", "FID (Inception-v3 pool3)", meta["weights_hash"],
+    ext = X.FeatureExtractor(X.INCEPTION_NAME, path, "2048", "FID (Inception-v3 pool3)", meta["weights_hash"],
                              cuda=False)
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     f = ext.features(x, verbose=False)

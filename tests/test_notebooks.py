@@ -7,8 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from eqvae_lib.config import KEY_STAGE
-from eqvae_lib.records import CLAIMS
+from eqvae_lib.experiment.config import KEY_STAGE
+from eqvae_lib.experiment.records import CLAIMS
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from eqvae_lib import autoencoders as ae
-from eqvae_lib.config import REPO_ROOT
+from eqvae_lib.experiment.config import REPO_ROOT
 
 
 @pytest.mark.slow

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from eqvae_lib import pipeline
-from eqvae_lib.config import build_config
+from eqvae_lib.experiment import pipeline
+from eqvae_lib.experiment.config import build_config
 
 
 def test_steps_to_reach_interpolates_and_reports_not_reached():
@@ -92,7 +92,7 @@ def test_reference_stats_default_is_all_test_images(monkeypatch, tmp_path):
 
 
 def test_headline_generator_names_and_fid_sample_sizes():
-    from eqvae_lib.config import load_config
+    from eqvae_lib.experiment.config import load_config
     P = load_config("cpu")
     assert pipeline.headline_method(P) == "sit" and P.gen.gen_methods == ["sit"]
     assert pipeline.generator_name(P, "sit") == "SiT-T/2" and pipeline.generator_name(P, "dit") == "DiT-T/2"

@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from eqvae_lib import pipeline, train_ae
-from eqvae_lib.config import build_config
+from eqvae_lib import train_ae
+from eqvae_lib.experiment import pipeline
+from eqvae_lib.experiment.config import build_config
 
 TINY = dict(dataset="fashion-mnist", image_size=16, channels=1, n_train=64, n_test=32, val_size=16, seed=0,
             replicate_seeds=[0, 1], progress=False, ae_arch="small-f4", perceptual="none", disc_ndf=8,

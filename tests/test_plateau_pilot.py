@@ -1,4 +1,4 @@
-"""The plateau pilot (eqvae_lib.plateau_pilot, issue #15 item 1): reading the plateau rule post hoc from a run with
+"""The plateau pilot (eqvae_lib.experiment.plateau_pilot, issue #15 item 1): reading the plateau rule post hoc from a run with
 the rule off gives the step at which a run with the rule on stops."""
 
 import json
@@ -9,7 +9,7 @@ import torch
 
 from eqvae_lib import autoencoders as ae
 from eqvae_lib.losses import LossConfig
-from eqvae_lib.plateau_pilot import plateau_fire_step, psnr_trend, readme_paragraph, update_readme, validation_trace
+from eqvae_lib.experiment.plateau_pilot import plateau_fire_step, psnr_trend, readme_paragraph, update_readme, validation_trace
 from eqvae_lib.train_ae import AETrainConfig, train_autoencoder
 
 REPO = Path(__file__).resolve().parent.parent

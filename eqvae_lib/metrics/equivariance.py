@@ -146,7 +146,7 @@ def decoder_equivariance(images: torch.Tensor | Dataset, encode_fn: EncodeFn, de
         images, encode_fn, decode_fn, mode, latent, batch_size, device: as in :func:`equivariance_error`.
         scales: the s of Fig. 3. rotations: also evaluate 90°, 180°, 270°.
         include_identity: also evaluate τ = identity (plain reconstruction D(E(x)), the reference point).
-        extractor: :class:`eqvae_lib.metrics.fid.FeatureExtractor` for rFID (``None``: PSNR only).
+        extractor: :class:`eqvae_lib.metrics.extractors.FeatureExtractor` for rFID (``None``: PSNR only).
         kid: also KID per τ (``None`` = when N < 10 000; only with an extractor).
 
     Returns:

@@ -198,7 +198,7 @@ def reconstruction_metrics(images: torch.Tensor | Dataset, encode_fn: EncodeFn, 
             ``latent``).
         decode_fn: latents → images ``[B, C, H, W]`` in about [-1, 1].
         latent: ``"sample"`` (official evaluation) or ``"mean"``; recorded in the result, not enforced.
-        extractor: a :class:`eqvae_lib.metrics.fid.FeatureExtractor` for rFID (and KID), or ``None`` to skip rFID.
+        extractor: a :class:`eqvae_lib.metrics.extractors.FeatureExtractor` for rFID (and KID), or ``None`` to skip rFID.
         kid: compute KID beside rFID (``None`` = when N < 10 000).
         lpips: ``"alex"`` / ``"vgg"`` (ST-LPIPS trunk) or ``False`` to skip.
         ssim: compute SSIM.

@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 import math
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -30,9 +31,9 @@ from typing import Any, Union
 
 import yaml
 
-from .losses import PERCEPTUAL_CHOICES, LossConfig
-from .runtime import DATA_DIR, FIGURES_DIR, REPO_ROOT, RUNS_DIR, device, seed_everything  # noqa: F401 (re-export)
-from .transforms import FAMILIES, MODES
+from ..losses import PERCEPTUAL_CHOICES, LossConfig
+from ..runtime import DATA_DIR, FIGURES_DIR, REPO_ROOT, RUNS_DIR, device, seed_everything  # noqa: F401 (re-export)
+from ..transforms import FAMILIES, MODES
 
 PROFILES_DIR = REPO_ROOT / "profiles"
 PROFILES = ("smoke", "cpu", "cpu-full", "paper")
@@ -271,7 +272,7 @@ def unknown_key_error(key: str, where: str) -> ConfigError:
     if key in REMOVED_KEYS:
         hint = f": removed — {REMOVED_KEYS[key]}{hint.replace('; did', '. Did', 1) if hint else '.'}"
     return ConfigError(f"{key!r} ({where}) is not a key of any stage{hint} Valid keys are the fields of "
-                       f"eqvae_lib.config's stage classes (python -m eqvae_lib.config keys).")
+                       f"eqvae_lib.experiment.config's stage classes (python -m eqvae_lib config keys).")
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -547,10 +548,8 @@ def check_overrides(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m eqvae_lib.config keys`` lists the keys per stage; ``check -p NAME VALUE ...`` validates overrides
+    """``python -m eqvae_lib config keys`` lists the keys per stage; ``check -p NAME VALUE ...`` validates overrides
     against ``$EQVAE_PROFILE``."""
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["keys"]:
         for stage, cls in STAGES.items():

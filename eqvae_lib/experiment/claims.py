@@ -3,7 +3,7 @@
 Each ``Claim`` names the record and metric holding our numbers, the treatment (``subject``) and the ``comparator``
 (the matched plain control where the paper has one — Table 6 —, else the base), the effect definition (difference
 or ratio, null 0 or 1), the paper's direction or a non-inferiority margin, the replicate unit, the paper's two values
-(from :mod:`eqvae_lib.paper_values` only) and whether the claim is **primary**. The primary family is fixed before
+(from :mod:`paper_values` only) and whether the claim is **primary**. The primary family is fixed before
 results are seen (issue #14): Δ_R, Δ_S, reconstruction kept (rFID), intrinsic dimension, gFID at a fixed budget
 (against the plain control), Fig. 5 epoch 1. Its levels are Holm-adjusted (family size 6, untested members count).
 
@@ -17,7 +17,7 @@ one base autoencoder.
 
 Generative claims read the profile's headline generator (the first of ``gen_methods``, named in each metric's notes)
 under generator-agnostic names (``gFID_final``, ``speedup_vs_base``...); the ``dit_*``/``sit_*`` rows name one
-generator. Speed-ups are estimated per replicate from the curves (:func:`eqvae_lib.verdicts.speedup_estimate`:
+generator. Speed-ups are estimated per replicate from the curves (:func:`verdicts.speedup_estimate`:
 target = the worse of the two arms' final gFIDs, speed-up = comparator's steps to it / subject's, symmetric, can be
 < 1); a replicate whose curve never reaches the target is censored and the claim gets no number. If the base autoencoder
 stopped at a cap instead of its plateau — or its stop reason is not recorded — every generative claim is ``not
@@ -339,7 +339,7 @@ def _n_samples(record: Any, claim: Claim, notes: str) -> int | None:
 
 def _param(params: dict, key: str) -> Any:
     """A parameter of a record: flat (records before the typed configs, and those re-derived from tables) or under
-    ``params["stages"][stage][key]`` (:meth:`eqvae_lib.config.Config.record`)."""
+    ``params["stages"][stage][key]`` (:meth:`config.Config.record`)."""
     if key in params:
         return params[key]
     for stage in (params.get("stages") or {}).values():
@@ -510,7 +510,7 @@ def evaluate(records: Iterable[Any], claims: Iterable[Claim] = CLAIMS, alpha: fl
 
 def _speedup_row(c: Claim, obs: list[Obs]) -> dict:
     """A speed-up claim from per-replicate estimates (metric values with ``seed``; None = censored, a curve never
-    reached the worse of the two final gFIDs): :func:`eqvae_lib.verdicts.speedup_verdict`."""
+    reached the worse of the two final gFIDs): :func:`verdicts.speedup_verdict`."""
     reps = {o.seed: (float(o.value) if _finite(o.value) else None) for o in obs
             if o.subject == c.subject and o.metric == c.metric and o.seed is not None}
     vals = [reps[s] for s in sorted(reps)]
@@ -725,7 +725,7 @@ def record_verdict(record: Any, others: Iterable[Any] = ()) -> tuple[str, str]:
     The per-claim rows (``results.csv``) are the verdicts; a record's summary word never claims more than its least
     conclusive comparison: all its comparisons share a word → that word; otherwise ``within noise`` when the
     inconclusive ones have intervals, else ``not testable at this scale``. A record with only measurements gives
-    ``measurement``. ``others``: every other record of the run (:func:`eqvae_lib.records.load_records`): the base's
+    ``measurement``. ``others``: every other record of the run (:func:`records.load_records`): the base's
     stop reason lives in ``base_ae``, so a caller that leaves them out misses the cap rule (:func:`base_cap_reason`)
     and its summary could contradict ``results.csv``; every caller passes them.
     """

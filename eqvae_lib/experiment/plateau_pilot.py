@@ -1,7 +1,7 @@
 """The base-only design pilot of protocol v2 (issue #15, item 1): where does the validation plateau rule fire?
 
 The profile's base autoencoder (or base VQ tokenizer) is trained exactly as the pipeline trains it
-(:func:`~eqvae_lib.pipeline.base_ae_train_config` / :func:`~eqvae_lib.pipeline.base_vq_train_config`: same
+(:func:`~eqvae_lib.experiment.pipeline.base_ae_train_config` / :func:`~eqvae_lib.experiment.pipeline.base_vq_train_config`: same
 objective, batch, lr, GAN start, validation images, seed), except that the plateau rule does not stop it and a step
 cap ``max_steps`` does. The validation trace it logs (L1, MSE, PSNR on ``val_size`` held-out test images every
 ``pretrain_val_every`` steps) is then read post hoc with the rule itself (:func:`plateau_fire_step`), which gives
@@ -30,12 +30,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ..io import atomic_write_json, atomic_write_text, git_commit
+from ..runtime import REPO_ROOT
+from ..train_ae import load_summary, plateau_reached, pretrain
+from ..vq import pretrain_vq
 from .config import load_config
-from .io import atomic_write_json, atomic_write_text, git_commit
-from .runtime import REPO_ROOT
 from .pipeline import base_ae_train_config, base_vq_train_config, load_data
-from .train_ae import load_summary, plateau_reached, pretrain
-from .vq import pretrain_vq
 
 KINDS = ("ae", "vq")
 

@@ -2,7 +2,7 @@
 
 Each ``train_or_load_...`` function returns an artefact (the base autoencoder, fine-tuned autoencoders, latent caches,
 trained generators, metric results) and builds it — possibly for minutes, which it logs first with an estimate — only
-when it is not already cached. ``P`` is the resolved :class:`eqvae_lib.config.Config` (typed stage configs).
+when it is not already cached. ``P`` is the resolved :class:`config.Config` (typed stage configs).
 
 Cache layout (``data/cache/v2/<stage>/<key hash>/``, ``key.json`` beside the artefact): the key of an artefact is
   * the full config of its stage (``dataclasses.asdict`` of the built training/metric config) minus the fields listed
@@ -37,28 +37,30 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import autoencoders as ae
+from .. import autoencoders as ae
 from .config import DATA_DIR, REPO_ROOT, Config
-from .data import ImageFolder, get_dataset
-from .io import atomic_write_json, hash_obj, sha256_tensor
-from .latents import build_latent_cache
-from .losses import EQVAELoss, LossConfig
-from .maskgit import build_maskgit, build_token_cache, decode_to_images, load_token_cache, sample as maskgit_sample
-from .train_maskgit import MaskGITTrainConfig, train_maskgit
-from .metrics import equivariance as eqm
-from .metrics import fid as fidm
-from .metrics import intrinsic_dim as idm
-from .metrics import latent as latm
-from .metrics.batching import iter_batches
-from .metrics import reconstruction as recm
-from .train_ae import AETrainConfig, finetune, load_discriminator, load_summary, pretrain
-from .train_gen import (TrainGenConfig, latest_checkpoint, load_gen_checkpoint, sample_from_checkpoint, sample_images,
+from ..data import ImageFolder, get_dataset
+from ..io import atomic_write_json, hash_obj, sha256_tensor
+from ..latents import build_latent_cache
+from ..losses import EQVAELoss, LossConfig
+from ..maskgit import build_maskgit, build_token_cache, decode_to_images, load_token_cache, sample as maskgit_sample
+from ..metrics import equivariance as eqm
+from ..metrics import extractors as fidx
+from ..metrics import fid as fidm
+from ..metrics import intrinsic_dim as idm
+from ..metrics import latent as latm
+from ..metrics.batching import iter_batches
+from ..metrics.fid_inputs import stratified_labels
+from ..metrics import reconstruction as recm
+from ..train_maskgit import MaskGITTrainConfig, train_maskgit
+from ..train_ae import AETrainConfig, finetune, load_discriminator, load_summary, pretrain
+from ..train_gen import (TrainGenConfig, latest_checkpoint, load_gen_checkpoint, sample_from_checkpoint, sample_images,
                         train_gen)
-from .transforms import scale_range
+from ..transforms import scale_range
 from .verdicts import paired_t_interval, steps_to_reach  # noqa: F401 (steps_to_reach: re-export)
-from .vq import finetune_vq, pretrain_vq
+from ..vq import finetune_vq, pretrain_vq
 
-log = logging.getLogger("eqvae_lib.pipeline")
+log = logging.getLogger("eqvae_lib.experiment.pipeline")
 
 CACHE = DATA_DIR / "cache"
 LAYOUT = "v2"
@@ -71,21 +73,24 @@ STAGE_ROOTS: dict[str, tuple[str, ...]] = {
     "vq": ("train_ae", "vq"),
     "ae-metrics": ("autoencoders", "metrics.equivariance", "metrics.reconstruction", "metrics.intrinsic_dim",
                    "metrics.fid", "metrics.latent"),
-    "fid": ("metrics.fid",),
+    "fid": ("metrics.extractors", "metrics.fid"),
     "latents": ("autoencoders", "latents"),
     "gen": ("autoencoders", "train_gen", "latents", "dit", "sit", "metrics.fid"),
     "maskgit": ("train_maskgit", "maskgit", "vq", "metrics.fid"),
 }
-#: configs, records, verdicts, report, plotting, paper values: they cannot change an artefact
-EXPERIMENT_LAYER = ("config", "pipeline", "records", "plotting", "paper_values", "claims", "verdicts", "__main__",
-                    "projection")
+#: the experiment layer (the subpackage ``eqvae_lib.experiment``: configs, records, verdicts, report, plotting, paper
+#: values) and the command line ``__main__``: they cannot change an artefact
+EXPERIMENT_LAYER = ("experiment", "__main__")
 #: ...except this module: it decides how artefacts are built (posterior mean or sample, derived seeds, subsets), so
 #: its code is part of every stage's code version
-BUILDER = "pipeline"
+BUILDER = "experiment.pipeline"
+#: the package folder (``eqvae_lib/``) whose modules the code version reads
+PKG_DIR = Path(__file__).resolve().parent.parent
 #: config fields that cannot change a result, kept out of every key
 NOT_IN_KEY = ("progress", "checkpoint_every_steps", "log_every", "resume", "num_workers")
 #: old-layout cache folders (keys without code version): refused. (``data/cache/classifier`` and ``fid_stats`` stay:
-#: the CLIs' default cache of metrics.fid writes there, and the pipeline reads those from :func:`fid_cache_dir` only.)
+#: the CLIs' default cache of metrics.extractors / metrics.fid writes there, and the pipeline reads those from
+#: :func:`fid_cache_dir` only.)
 OLD_KINDS = ("ae-base", "ae-eq", "ae-plain", "ae-explicit", "ae-metrics", "latents", "gen-dit", "gen-sit", "vq-base",
              "vq-eq", "vq-plain", "tokens", "maskgit")
 #: offsets of the seeds derived from a run seed (one place; see :func:`derive_seed`)
@@ -121,7 +126,7 @@ def kit_import_graph(pkg: Path | None = None) -> dict[str, set[str]]:
     """The kit's own import graph: dotted module name (``"eqvae_lib.metrics.fid"``) -> the kit modules it imports,
     at the top of the file or inside functions (``from . import x`` resolved to ``x``). Read with ``ast``; nothing is
     imported. ``pkg`` (tests) replaces the package folder."""
-    pkg = Path(pkg) if pkg else Path(__file__).resolve().parent
+    pkg = Path(pkg) if pkg else PKG_DIR
     paths = {}
     for path in pkg.rglob("*.py"):
         if "__pycache__" in path.parts:
@@ -168,13 +173,13 @@ def stage_modules(stage: str, root: str | None = None) -> tuple[str, ...]:
     """The files (relative to the package) whose code builds ``stage``'s artefacts: :data:`STAGE_ROOTS` and every kit
     module they import transitively, less the package ``__init__`` and the experiment layer, plus this module
     (:data:`BUILDER`)."""
-    pkg = Path(root) if root else Path(__file__).resolve().parent
+    pkg = Path(root) if root else PKG_DIR
     graph, name = kit_import_graph(pkg), pkg.name
-    skip = {name} | {f"{name}.{m}" for m in EXPERIMENT_LAYER}
+    layer = tuple(f"{name}.{m}" for m in EXPERIMENT_LAYER)
     todo, seen = [f"{name}.{m}" for m in STAGE_ROOTS[stage]], {f"{name}.{BUILDER}"}
     while todo:
         m = todo.pop()
-        if m not in seen and m not in skip:
+        if m not in seen and m != name and not any(m == x or m.startswith(x + ".") for x in layer):
             seen.add(m)
             todo.extend(graph[m])
     return tuple(sorted(m[len(name) + 1:].replace(".", "/") + ".py" for m in seen))
@@ -184,7 +189,7 @@ def stage_modules(stage: str, root: str | None = None) -> tuple[str, ...]:
 def code_version(stage: str, root: str | None = None) -> str:
     """Hash of the normalised source of the stage's modules (:func:`stage_modules`); edits to comments or docstrings
     do not change it. ``root`` (tests) replaces the package folder."""
-    base = Path(root) if root else Path(__file__).resolve().parent
+    base = Path(root) if root else PKG_DIR
     h = hashlib.sha256()
     for rel in stage_modules(stage, root):
         h.update(rel.encode() + b"\0" + _normalised_source(base / rel).encode() + b"\0")
@@ -237,8 +242,9 @@ def cache_dir(stage: str, key: dict[str, Any]) -> Path:
 
 
 def fid_cache_dir() -> Path:
-    """Cache root handed to :mod:`eqvae_lib.metrics.fid` (classifier weights, reference statistics): versioned by the
-    FID code and the lock file, so a change to the extractor's code trains a new classifier."""
+    """Cache root handed to :mod:`eqvae_lib.metrics.extractors` and :mod:`eqvae_lib.metrics.fid` (classifier weights,
+    reference statistics): versioned by the FID code and the lock file, so a change to the extractor's code trains a
+    new classifier."""
     check_cache_layout()
     return CACHE / LAYOUT / "fid" / f"{code_version('fid')}-{lock_hash()}"
 
@@ -376,7 +382,7 @@ def base_ae_train_config(P: Config, data: Data) -> tuple[AETrainConfig, dict]:
     """The base autoencoder's training config and architecture (``build_autoencoder`` kwargs) under profile ``P``:
     the plain objective (Eq. 1) with the GAN from ``pretrain_disc_start``, the plateau rule on, the caps
     ``pretrain_max_steps``/``pretrain_max_epochs``, seed ``run.seed``. One definition for the cached base
-    (:func:`train_or_load_base_autoencoder`) and the plateau pilot (``eqvae_lib.plateau_pilot``)."""
+    (:func:`train_or_load_base_autoencoder`) and the plateau pilot (``eqvae_lib.experiment.plateau_pilot``)."""
     b = P.base_ae
     cfg = AETrainConfig(loss=loss_config(P, "plain", disc_start=b.pretrain_disc_start), batch_size=b.pretrain_batch,
                         lr=b.pretrain_lr, max_steps=b.pretrain_max_steps, max_epochs=b.pretrain_max_epochs,
@@ -559,10 +565,10 @@ def feature_extractor(P: Config, data: Data | None = None, kind: str | None = No
     kind = kind or P.metrics.fid_extractor
     channels = data.channels if data is not None else P.data.channels
     if kind == "classifier":
-        cfg = fidm.ClassifierConfig(dataset=P.data.dataset, size=P.data.image_size, channels=channels,
+        cfg = fidx.ClassifierConfig(dataset=P.data.dataset, size=P.data.image_size, channels=channels,
                                     n_train=P.metrics.classifier_n_train, epochs=P.metrics.classifier_epochs)
-        return fidm.classifier_extractor(cfg, cache_dir=fid_cache_dir(), verbose=P.run.progress)
-    return fidm.get_extractor(kind, dataset=P.data.dataset, size=P.data.image_size, channels=channels,
+        return fidx.classifier_extractor(cfg, cache_dir=fid_cache_dir(), verbose=P.run.progress)
+    return fidx.get_extractor(kind, dataset=P.data.dataset, size=P.data.image_size, channels=channels,
                               cache_dir=fid_cache_dir())
 
 
@@ -724,7 +730,7 @@ def replicate_suites(P: Config, data: Data) -> dict[int, dict[str, AEArtefact]]:
 def replicate_metrics(P: Config, data: Data, suites: dict[int, dict[str, AEArtefact]], extractor=None,
                       which: tuple[str, ...] = ("equivariance",)) -> list[tuple[str, int | None, dict]]:
     """:func:`autoencoder_metrics` of every arm and replicate: ``[(name, seed, result)]`` with the base measured
-    ONCE (``seed`` None: one fixed comparator, which :mod:`eqvae_lib.claims` pairs with every replicate seed) and
+    ONCE (``seed`` None: one fixed comparator, which :mod:`claims` pairs with every replicate seed) and
     ``plain`` / ``eq`` once per replicate seed (``seed`` = s). Evaluation noise is the same for all
     (:func:`autoencoder_metrics`)."""
     first = next(iter(suites.values()))
@@ -804,9 +810,9 @@ def gen_fid_n_at(P: Config, step: int) -> int:
 
 def fid_labels(n: int, num_classes: int, generator: torch.Generator) -> torch.Tensor | None:
     """Class labels of ``n`` gFID samples of a class-conditional generator: class-stratified
-    (:func:`eqvae_lib.metrics.fid.stratified_labels`, drawn first from ``generator``, so arms with the same seed get
+    (:func:`eqvae_lib.metrics.fid_inputs.stratified_labels`, drawn first from ``generator``, so arms with the same seed get
     the same labels); None for an unconditional one (``num_classes`` 0)."""
-    return fidm.stratified_labels(n, num_classes, generator) if num_classes > 0 else None
+    return stratified_labels(n, num_classes, generator) if num_classes > 0 else None
 
 
 def gen_config(P: Config, method: str, seed: int, labelled: bool) -> TrainGenConfig:

@@ -10,10 +10,12 @@ import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
+from torchvision.utils import make_grid
 
+from ..io import atomic_path, atomic_write_json
+from ..metrics import latent as latent_metrics
 from .config import FIGURES_DIR
-from .metrics import latent as latent_metrics
-from .io import atomic_path, atomic_write_json
 
 COLORS = {"base": "#7f7f7f", "plain": "#1f77b4", "eq": "#d62728", "paper": "#2ca02c"}
 
@@ -60,8 +62,6 @@ def scale_note(dataset: str, image_size: int, ae: str, profile: str, extra: str 
 
 def image_grid(images, nrow: int = 8):
     """``[B, C, H, W]`` in [-1, 1] → a numpy ``[H', W', 3]`` (or ``[H', W']``) array in [0, 1] for ``imshow``."""
-    from torchvision.utils import make_grid
-
     grid = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, padding=1, pad_value=1.0,
                      normalize=True, value_range=(-1, 1))
     arr = grid.permute(1, 2, 0).numpy()
@@ -76,8 +76,7 @@ def latent_pca_rgb(z):
     Returns:
         numpy ``[B, h, w, 3]`` in [0, 1] (each component min-max scaled over the batch).
     """
-    import numpy as np
-    from sklearn.decomposition import PCA
+    from sklearn.decomposition import PCA  # lazy: sklearn takes seconds to import; only Fig. 7 needs the PCA
 
     b, c, h, w = z.shape
     cells = z.detach().float().cpu().permute(0, 2, 3, 1).reshape(-1, c).numpy()

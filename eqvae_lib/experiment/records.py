@@ -2,27 +2,32 @@
 
 One JSON record per notebook run, at ``runs/<profile>/records/<claim>.json``: the claim id (e.g. ``"table1"``,
 ``"fig5"``), every metric with its unit, replicate seed and the paper's value where one exists, a verdict (one of
-``verdicts.VERDICT_WORDS``, computed by :func:`eqvae_lib.claims.record_verdict`), the profile and all parameters,
+``verdicts.VERDICT_WORDS``, computed by :func:`claims.record_verdict`), the profile and all parameters,
 seeds, the identities (hashes) of datasets and autoencoders, the git commit and the wall time. ``write_report`` copies
 a profile's records beside its figures (``figures/<profile>/records/``, committed) and builds ``results.csv`` (one row
-per claim of :data:`eqvae_lib.claims.CLAIMS`), ``measurements.csv`` (every metric), ``report.md`` and the README's
+per claim of :data:`claims.CLAIMS`), ``measurements.csv`` (every metric), ``report.md`` and the README's
 results tables from them only.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import platform
 import re
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import FIGURES_DIR, REPO_ROOT, RUNS_DIR
-from .io import atomic_write_json, git_commit
+import pandas as pd
+
+from ..io import atomic_write_json, atomic_write_text, git_commit
+from .claims import COLUMNS, check_rows, evaluate, record_verdict
+from .config import FIGURES_DIR, PROFILES, REPO_ROOT, RUNS_DIR, load_profile
 from .verdicts import VERDICT_WORDS
 
 #: Every claim the kit tests: claim id -> (notebook, what the paper claims). The report lists claims without a
@@ -41,7 +46,7 @@ CLAIMS = {
     "table1_vq": ("10_discrete_vq_maskgit", "VQ tokenizer + MaskGIT (Table 1 last row, Table 3)"),
 }
 
-#: The only verdict words (issue #14): see :mod:`eqvae_lib.verdicts`.
+#: The only verdict words (issue #14): see :mod:`verdicts`.
 VERDICTS = VERDICT_WORDS
 
 
@@ -108,7 +113,7 @@ class RunRecord:
 
     def set_verdict(self, verdict: str, text: str) -> None:
         """``verdict`` one of ``VERDICTS``; ``text`` says why in a sentence (numbers included). Notebooks pass
-        :func:`eqvae_lib.claims.record_verdict` ``(self)``, never a word of their own."""
+        :func:`claims.record_verdict` ``(self)``, never a word of their own."""
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
         self.verdict, self.verdict_text = verdict, text
@@ -159,8 +164,6 @@ def load_records(profile: str, root: Path | None = None) -> list[RunRecord]:
 def records_table(records: Iterable[RunRecord]):
     """One row per metric of every record: a ``pandas.DataFrame`` with columns claim, subject, metric, ours, unit,
     paper, source, notes, seed (the replicate seed; empty for single or aggregated values)."""
-    import pandas as pd
-
     rows = [dict(claim=r.claim, subject=m.subject, metric=m.name, ours=m.value, unit=m.unit, paper=m.paper,
                  source=m.source, notes=m.notes, seed=m.seed) for r in records for m in r.metrics]
     return pd.DataFrame(rows, columns=["claim", "subject", "metric", "ours", "unit", "paper", "source", "notes",
@@ -185,8 +188,6 @@ def to_markdown(df, floatfmt: str = ".4g") -> str:
 
 def save_table(df, name: str, folder: Path) -> tuple[Path, Path]:
     """Write ``df`` as ``folder/name.csv`` and ``folder/name.md`` (atomically); returns both paths."""
-    from .io import atomic_write_text
-
     csv, md = folder / f"{name}.csv", folder / f"{name}.md"
     atomic_write_text(csv, df.to_csv(index=False))
     atomic_write_text(md, to_markdown(df))
@@ -261,9 +262,7 @@ def claims_markdown(rows: list[dict]) -> str:
 
 
 def results_rows(records: list[RunRecord]) -> list[dict]:
-    """One verdict row per claim of :data:`eqvae_lib.claims.CLAIMS` (checked by :func:`claims.check_rows`)."""
-    from .claims import check_rows, evaluate
-
+    """One verdict row per claim of :data:`claims.CLAIMS` (checked by :func:`claims.check_rows`)."""
     rows = evaluate(records)
     check_rows(rows)
     return rows
@@ -277,11 +276,6 @@ def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
     Raises:
         FileNotFoundError: when the profile has no records yet (run its notebooks first).
     """
-    import pandas as pd
-
-    from .claims import COLUMNS, record_verdict
-    from .io import atomic_write_text
-
     records = collect_records(profile, folder, root)
     if not records:
         raise FileNotFoundError(f"no result records for profile {profile!r} in {(root or RUNS_DIR) / profile} or "
@@ -294,7 +288,8 @@ def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
     save_table(df, "measurements", folder)
     lines = [f"# EQ-VAE reproduction report — profile `{profile}`", "",
              "Built only from the result records of this profile's notebooks (`records/`) and the claim table "
-             "(`eqvae_lib/claims.py`); verdict rules in `eqvae_lib/verdicts.py`. Our numbers come from small-scale "
+             "(`eqvae_lib/experiment/claims.py`); verdict rules in `eqvae_lib/experiment/verdicts.py`. Our numbers "
+             "come from small-scale "
              "runs (see each record's scale); the paper's are ImageNet/OpenImages 256 px with SD-VAE and Inception "
              "features. Compare directions and ratios, not absolute values.", "",
              "**All results are conditional on one base autoencoder.** A replicate is one fine-tune with seed s plus "
@@ -349,10 +344,6 @@ def records_from_tables(profile: str, folder: Path) -> list[RunRecord]:
     Raises:
         FileNotFoundError: neither table exists in ``folder``.
     """
-    import pandas as pd
-
-    from .config import load_profile
-
     src = next((p for p in (folder / "measurements.csv", folder / "results.csv")
                 if p.is_file() and list(pd.read_csv(p, nrows=0).columns)[:8] == _LEGACY_COLUMNS), None)
     if src is None:
@@ -413,8 +404,6 @@ def _float(v: Any) -> float | None:
 def save_records_beside_figures(records: Iterable[RunRecord], folder: Path) -> list[Path]:
     """Write records (with their computed verdicts) to ``folder/records/<claim>.json`` without touching their wall
     time; returns the paths."""
-    from .claims import record_verdict
-
     paths = []
     records = list(records)
     for r in records:
@@ -441,8 +430,6 @@ def readme_block(profile: str, rows: list[dict]) -> str:
 
 def read_results_csv(path: Path) -> list[dict]:
     """Rows of a ``results.csv`` as dicts with numbers as floats (empty cells → ``None``)."""
-    import pandas as pd
-
     df = pd.read_csv(path, keep_default_na=False, na_values=[""])
     rows = []
     for rec in df.to_dict("records"):
@@ -459,8 +446,6 @@ def update_readme(profile: str, readme: Path | None = None, folder: Path | None 
     Raises:
         ValueError: the README has no such markers (add them where the table belongs).
     """
-    from .io import atomic_write_text
-
     readme = readme or REPO_ROOT / "README.md"
     folder = folder or FIGURES_DIR / profile
     text = readme.read_text()
@@ -550,13 +535,6 @@ def cli_compare_reference(argv: list[str]) -> int:
     """``python -m eqvae_lib compare-reference --profile cpu [--records DIR | --results CSV] [--reference DIR]``:
     print, claim by claim, whether your run's effect lies inside the committed reference interval. Returns 0, or 2
     when an input is missing."""
-    import argparse
-    import sys
-
-    import pandas as pd
-
-    from .config import PROFILES
-
     p = argparse.ArgumentParser(prog="python -m eqvae_lib compare-reference",
                                 description="Compare your run's effects with the committed reference intervals.")
     p.add_argument("--profile", default="cpu", choices=PROFILES)
@@ -592,11 +570,6 @@ def cli_report(argv: list[str]) -> int:
     (``runs/<profile>/records`` copied to ``figures/<profile>/records``). ``--from-tables`` first re-derives the records
     of a committed reference run from its committed tables (see :func:`records_from_tables`); ``--readme`` then
     rewrites the README's results block of the profile. Returns 0, or 2 when the profile has no records."""
-    import argparse
-    import sys
-
-    from .config import PROFILES
-
     p = argparse.ArgumentParser(prog="python -m eqvae_lib report", description="Rebuild the report of a profile "
                                 "from its result records (runs/<profile>/records/*.json, figures/<profile>/records).")
     p.add_argument("--profile", default="cpu", choices=PROFILES)

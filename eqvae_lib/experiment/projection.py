@@ -40,19 +40,20 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from . import autoencoders as ae
+from .. import autoencoders as ae
 from .config import RUNS_DIR, Config, _parse_scalar, load_config
-from .data import get_dataset
-from .io import atomic_write_json, hash_obj
-from .losses import EQVAELoss
-from .metrics.fid import ClassifierNet
+from ..data import get_dataset
+from ..io import atomic_write_json, hash_obj
+from ..losses import EQVAELoss
+from ..metrics.extractors import ClassifierNet
 from .pipeline import ablation_variants, fig5_epochs, id_sizes, loss_config, paper_eval_scales, trained_scales
-from .runtime import device as runtime_device
-from .maskgit import build_maskgit, maskgit_loss, sample as maskgit_sample
-from .train_gen import TrainGenConfig, build_model, make_objective, sample_latents, update_ema
-from .vq import build_vq, codebook_size, decode_tokens, encode_tokens
+from ..maskgit import build_maskgit, maskgit_loss, sample as maskgit_sample
+from ..runtime import device as runtime_device
+from ..training import update_ema
+from ..train_gen import TrainGenConfig, build_model, make_objective, sample_latents
+from ..vq import build_vq, codebook_size, decode_tokens, encode_tokens
 
-PKG_DIR = Path(__file__).resolve().parent
+PKG_DIR = Path(__file__).resolve().parent.parent  # eqvae_lib/: library and experiment layer
 #: number of images of the full splits when ``n_train`` / ``n_test`` are None
 DATASET_SIZES = {"fashion-mnist": (60000, 10000)}
 #: notebooks in the order ``make reproduce`` runs them
@@ -127,11 +128,11 @@ class Knobs:
 def knobs_of(P: Config) -> Knobs:
     """Every config value :func:`work_table` uses, read here and only here, from today's keys (a missing key is an
     error, not a default). Derived values come from the pipeline's own functions, so the count model resolves them as
-    the notebooks do: ``fig5_epochs`` (:func:`~eqvae_lib.pipeline.fig5_epochs`; None = every epoch), the scales of
-    the latent equivariance (``eval_scales`` ∪ :func:`~eqvae_lib.pipeline.paper_eval_scales` ∪
-    :func:`~eqvae_lib.pipeline.trained_scales` on the latent side ``image_size`` / f of ``ae_arch``), the paired
-    TwoNN's sizes (:func:`~eqvae_lib.pipeline.id_sizes`), ``gen_fid_n_final`` (None = ``gen_fid_n``), the ablation
-    variants (:func:`~eqvae_lib.pipeline.ablation_variants`; ``ablations`` None = all).
+    the notebooks do: ``fig5_epochs`` (:func:`pipeline.fig5_epochs`; None = every epoch), the scales of
+    the latent equivariance (``eval_scales`` ∪ :func:`pipeline.paper_eval_scales` ∪
+    :func:`pipeline.trained_scales` on the latent side ``image_size`` / f of ``ae_arch``), the paired
+    TwoNN's sizes (:func:`pipeline.id_sizes`), ``gen_fid_n_final`` (None = ``gen_fid_n``), the ablation
+    variants (:func:`pipeline.ablation_variants`; ``ablations`` None = all).
 
     Raises:
         ValueError: a dataset without known split sizes and ``n_train`` / ``n_test`` unset; an ``ae_arch`` the
@@ -637,7 +638,7 @@ def measure_throughput(P: Config, seconds: float = 3.0, progress: bool = True, o
         u = ((x[:eb].clamp(-1, 1) + 1) * 127.5).round()
         if want("features"):
             put("features", eb, _timed(lambda i: len(net.features(u / 127.5 - 1.0)), seconds, dev=dev))
-    net = ClassifierNet(ch).train()  # the classifier trains on the CPU (metrics.fid.train_classifier)
+    net = ClassifierNet(ch).train()  # the classifier trains on the CPU (metrics.extractors.train_classifier)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     yb = torch.randint(0, 10, (128,))
     xc = (x[:128] if len(x) >= 128 else x.repeat(math.ceil(128 / len(x)), 1, 1, 1)[:128]).cpu()
