@@ -283,7 +283,7 @@ class Data:
     def batch(xs, n: int) -> torch.Tensor:
         """The first ``n`` images as one tensor ``[n, C, H, W]`` (loads them from disk for a Dataset)."""
         n = min(int(n), len(xs))
-        return xs[:n] if isinstance(xs, torch.Tensor) else torch.stack([xs[i][0] for i in range(n)])
+        return xs[:n] if isinstance(xs, torch.Tensor) else torch.cat(list(iter_batches(Data.subset(xs, n), 256)))
 
 
 def load_data(P: Config) -> Data:
@@ -671,7 +671,7 @@ def latent_statistics(vae, images, batch_size: int = 250) -> dict:
             means.append(post.mean)
             stds.append(post.std)
     mu = torch.cat(means)
-    z = ae.normalize(vae, mu)
+    z = ae.latent_norm(vae).normalize(mu)
     out = {"roughness": latm.latent_roughness(z), "roughness_interior": latm.latent_roughness(z, interior=True),
            "posterior_noise_fraction": None, "n": int(len(mu)), "latent": "normalised posterior mean (roughness); "
            "raw posterior (noise fraction)"}
@@ -740,11 +740,12 @@ def train_or_load_latent_cache(P: Config, data: Data, vae):
     """Encode the profile's training images with ``vae`` once (mode ``latent_mode``: ``official`` = one posterior
     sample + one random flip per image, or ``repa``), normalised with the AE's stored (shift, scale), cached under a
     key that includes the AE's weights hash and the latent code version."""
-    shift, scale = ae.latent_norm(vae)
+    norm = ae.latent_norm(vae)
+    shift, scale = norm.shift, norm.scale
     mode = P.gen.latent_mode
     # the normalisation is config, not weights: an AE loaded with another scaling/shift factor gets its own cache
     key = artefact_key("latents", {"mode": mode, "seed": P.run.seed},
-                       {"ae": ae.weights_hash(vae), "data": data.train_id,
+                       {"ae": norm.ae_hash, "data": data.train_id,
                         "norm": [shift.tolist(), scale.tolist()]})
     labels = None
     if isinstance(data.train_x, torch.Tensor):

@@ -160,7 +160,7 @@ def audit_autoencoder(vae, images: torch.Tensor, *, name: str = "ae", latent: st
     (:func:`reconstruction_metrics`), "intrinsic_dimension" (:func:`intrinsic_dimension`), "seconds"}``; each
     metric dict has ``"inputs"``.
     """
-    from ..autoencoders import (decode, denormalize, downsample_factor, latent_channels, latent_norm, make_encoder,
+    from ..autoencoders import (decode, downsample_factor, latent_channels, latent_norm, make_encoder,
                                 weights_hash)
 
     t0 = time.time()
@@ -177,7 +177,7 @@ def audit_autoencoder(vae, images: torch.Tensor, *, name: str = "ae", latent: st
         return decode(vae, z)
 
     def dec_space(space):
-        return dec if space == "raw" else (lambda z: decode(vae, denormalize(norm, z)))
+        return dec if space == "raw" else (lambda z: decode(vae, norm.denormalize(z)))
 
     where = {"image_set": image_set} if image_set else None
     with torch.no_grad():
@@ -194,7 +194,7 @@ def audit_autoencoder(vae, images: torch.Tensor, *, name: str = "ae", latent: st
     idim["latent"] = latent
     return {"name": name, "weights_hash": weights_hash(vae), "downsample_factor": downsample_factor(vae),
             "latent_channels": latent_channels(vae),
-            "latent_norm": {"shift": norm[0].tolist(), "scale": norm[1].tolist()},
+            "latent_norm": {"shift": norm.shift.tolist(), "scale": norm.scale.tolist()},
             "equivariance": eq, "decoder_equivariance": deq,
             "reconstruction": rec, "intrinsic_dimension": idim, "seconds": time.time() - t0}
 
