@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
           "|---|---|---|---|---|")
     for method, samplers in SAMPLERS.items():
         curve = pipeline.train_or_load_generative_curve(P, data, vae, seed, method, extractor, reference)  # cached: no training
-        ck = load_gen_checkpoint(latest_checkpoint(curve["run_dir"]))
+        ck = load_gen_checkpoint(latest_checkpoint(curve.run_dir))
         runs = [(sampler, steps, 20_000) for sampler, steps in samplers]
         if method == "dit":  # the sample draw's own spread, with the profile's sampler
             runs += [(P["dit_sampler"], int(P["dit_sample_steps"]), base) for base in (10_000, 30_000)]

@@ -77,7 +77,9 @@ from huggingface_hub import constants as hub_constants
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .data import iter_batches
 from .io import apply_umask, atomic_path, atomic_torch_save, state_dict_hash
+from .latents import LatentNorm
 
 # diffusers is imported inside the functions that build, load or convert a model ("lazy: import cost"): its model
 # classes take seconds to import, and `python -m eqvae_lib config check`, every --help and the losses/metrics on
@@ -239,7 +241,7 @@ def encode(vae, x: torch.Tensor, latent: str = "mean", generator: torch.Generato
         generator: RNG of ε for ``"sample"``.
 
     Returns:
-        ``[B, c, H/f, W/f]`` raw latent (normalise with :func:`normalize`).
+        ``[B, c, H/f, W/f]`` raw latent (normalise with ``latent_norm(vae).normalize``).
 
     Raises:
         ValueError: for another ``latent`` value or a non-4-D input.
@@ -278,14 +280,23 @@ def last_layer(vae) -> torch.nn.Parameter:
 
 
 # ----------------------------------------------------------------------------------------- latent normalisation
-def latent_norm(vae) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel ``(shift[c], scale[c])`` (float32, CPU) with ``z_n = (z - shift) * scale``, read from the config.
+def latent_norm(vae, ae_hash: str | None = None) -> LatentNorm:
+    """The model's latent normalisation ``z_n = (z - shift) * scale`` (per channel) as the kit's one normalisation
+    object, :class:`eqvae_lib.latents.LatentNorm` (``.normalize(z)``, ``.denormalize(z_n)``; tied to the model's
+    weights hash), read from the config.
 
     Rule (diffusers' convention): ``latents_mean``/``latents_std`` set → ``shift = latents_mean``,
     ``scale = scaling_factor / latents_std``; else ``shift = shift_factor or 0``, ``scale = scaling_factor``.
+
+    Args:
+        ae_hash: the model's :func:`weights_hash` when the caller has it already (skips hashing the weights again).
+
+    Raises:
+        ValueError: ``latents_mean``/``latents_std`` with another number of entries than latent channels.
     """
     cfg = _unwrap(vae).config
     c = latent_channels(vae)
+    ae_hash = ae_hash if ae_hash is not None else weights_hash(vae)
     mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
     sf = float(getattr(cfg, "scaling_factor", None) or 1.0)
     if mean is not None and std is not None:
@@ -294,21 +305,9 @@ def latent_norm(vae) -> tuple[torch.Tensor, torch.Tensor]:
         if shift.numel() != c or scale.numel() != c:
             raise ValueError(f"latents_mean/latents_std have {shift.numel()}/{scale.numel()} entries, "
                              f"the model has {c} latent channels")
-        return shift, scale
+        return LatentNorm(shift, scale, ae_hash)
     shift = float(getattr(cfg, "shift_factor", None) or 0.0)
-    return torch.full((c,), shift), torch.full((c,), sf)
-
-
-def normalize(vae_or_norm, z: torch.Tensor) -> torch.Tensor:
-    """``z_n = (z - shift) * scale`` per channel; first argument a model or a ``(shift, scale)`` pair."""
-    shift, scale = latent_norm(vae_or_norm) if not isinstance(vae_or_norm, tuple) else vae_or_norm
-    return (z - shift.to(z).view(1, -1, 1, 1)) * scale.to(z).view(1, -1, 1, 1)
-
-
-def denormalize(vae_or_norm, z_n: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`normalize`: ``z = z_n / scale + shift``."""
-    shift, scale = latent_norm(vae_or_norm) if not isinstance(vae_or_norm, tuple) else vae_or_norm
-    return z_n / scale.to(z_n).view(1, -1, 1, 1) + shift.to(z_n).view(1, -1, 1, 1)
+    return LatentNorm(torch.full((c,), shift), torch.full((c,), sf), ae_hash)
 
 
 #: The kit's default latent for Δ, decoder-side metrics and TwoNN (see :func:`latent_description`).
@@ -344,7 +343,9 @@ def latent_description(vae, latent: str = "mean", space: str = DEFAULT_LATENT_SP
     if space not in ("raw", "normalised"):
         raise ValueError(f"space must be 'raw' or 'normalised', got {space!r}")
     model = _unwrap(vae)
-    shift, scale = latent_norm(model)
+    w_hash = weights_hash(model)
+    norm = latent_norm(model, w_hash)
+    shift, scale = norm.shift, norm.scale
     cfg = model.config
     return {"latent_space": space,
             "posterior": "deterministic pre-quantisation latent (VQ)" if is_vq(model) else f"posterior {latent}",
@@ -352,7 +353,7 @@ def latent_description(vae, latent: str = "mean", space: str = DEFAULT_LATENT_SP
                               "applied": space == "normalised",
                               "from_config": {k: getattr(cfg, k, None) for k in ("scaling_factor", "shift_factor",
                                                                                  "latents_mean", "latents_std")}},
-            "weights_hash": weights_hash(model), "latent_channels": latent_channels(model),
+            "weights_hash": w_hash, "latent_channels": latent_channels(model),
             "downsample_factor": downsample_factor(model)}
 
 
@@ -362,31 +363,15 @@ def make_encoder(vae, latent: str = "mean", space: str = DEFAULT_LATENT_SPACE,
     (raw, or normalised with ``space="normalised"``), without gradients. It carries ``.inputs`` =
     :func:`latent_description`, which the metric functions copy into their results."""
     desc = latent_description(vae, latent, space)
-    norm = latent_norm(vae) if space == "normalised" else None
+    norm = latent_norm(vae, desc["weights_hash"]) if space == "normalised" else None
 
     @torch.no_grad()
     def encode_fn(x: torch.Tensor) -> torch.Tensor:
         z = encode(vae, x if device is None else x.to(device), latent=latent, generator=generator)
-        return normalize(norm, z) if norm is not None else z
+        return norm.normalize(z) if norm is not None else z
 
     encode_fn.inputs = desc
     return encode_fn
-
-
-def _iter_batches(images, batch_size: int) -> Iterable[torch.Tensor]:
-    if isinstance(images, torch.Tensor):
-        for i in range(0, len(images), batch_size):
-            yield images[i: i + batch_size]
-        return
-    batch = []
-    for i in range(len(images)):
-        item = images[i]
-        batch.append(item[0] if isinstance(item, (tuple, list)) else item)
-        if len(batch) == batch_size:
-            yield torch.stack(batch)
-            batch = []
-    if batch:
-        yield torch.stack(batch)
 
 
 @torch.no_grad()
@@ -411,7 +396,7 @@ def measure_latent_norm(vae, images, latent: str = "sample", batch_size: int = 2
     gen = torch.Generator(device=dev).manual_seed(seed)
     s1 = s2 = None
     n = 0
-    for xb in _iter_batches(images, batch_size):
+    for xb in iter_batches(images, batch_size):
         z = encode(model, xb.to(dev, torch.float32), latent=latent, generator=gen).double()
         b1, b2 = z.sum(dim=(0, 2, 3)), (z * z).sum(dim=(0, 2, 3))
         s1, s2 = (b1, b2) if s1 is None else (s1 + b1, s2 + b2)

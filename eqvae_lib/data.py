@@ -23,7 +23,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import matplotlib.cbook
 import numpy as np
@@ -523,6 +523,63 @@ def random_crop_ldm(pil_image, image_size: int, rng: np.random.Generator):
     top = int(rng.integers(0, h - side + 1))
     return pil_image.crop((left, top, left + side, top + side)).resize((image_size, image_size),
                                                                        resample=Image.BICUBIC)
+
+
+# ------------------------------------------------------------------------------------ batches (the data contract)
+def iter_batches(data: torch.Tensor | Dataset | Iterable, batch_size: int = 64,
+                 device: torch.device | str | None = None, *, with_labels: bool = False,
+                 labels: torch.Tensor | None = None, num_workers: int = 0) -> Iterator:
+    """THE batcher of the kit: every loop that feeds images (or latents) through a model in order takes its batches
+    from here, so a tensor, a Dataset and a loader are read the same way everywhere.
+
+    Args:
+        data: a tensor ``[N, C, H, W]`` (images in [-1, 1], or latents), sliced in order; a ``Dataset`` (or any
+            sequence with ``len`` and indexing, e.g. a list) whose items are ``x`` or ``(x, label, ...)``, read in
+            order by ONE ``DataLoader`` (``shuffle=False``, default collate); or a ``DataLoader`` / other iterable of
+            batches (tensors or ``(x, labels, ...)`` tuples), passed through.
+        batch_size: items per batch (the last batch may be smaller); ignored for an iterable of batches.
+        device: move each ``x`` there (None = leave it where it is); labels stay on the CPU.
+        with_labels: yield ``(x, y)`` with int64 labels ``y [B]`` (-1 where the data has none) instead of ``x``.
+        labels: int64 ``[N]`` labels of a tensor ``data`` (only with ``with_labels``; a Dataset carries its own).
+        num_workers: the DataLoader's worker processes (Datasets only).
+
+    Yields:
+        ``x [B, ...]`` (same dtype as the data), or ``(x, y)`` with ``with_labels=True``. Concatenating the batches
+        gives the data in its order, whatever ``batch_size`` is.
+
+    Raises:
+        ValueError: a tensor that is not 4-D, a ``batch_size`` below 1, ``labels`` for a Dataset or without
+            ``with_labels``, or ``labels`` whose length differs from the data's.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if labels is not None and not with_labels:
+        raise ValueError("labels= is only used with with_labels=True")
+
+    def out(x, y):
+        x = x.to(device) if device is not None else x
+        if not with_labels:
+            return x
+        return x, (torch.full((len(x),), -1, dtype=torch.long) if y is None else torch.as_tensor(y).long())
+
+    if isinstance(data, torch.Tensor):
+        if data.dim() != 4:
+            raise ValueError(f"data must be a [N, C, H, W] tensor, got shape {tuple(data.shape)}")
+        if labels is not None and len(labels) != len(data):
+            raise ValueError(f"{len(labels)} labels for {len(data)} items")
+        for i in range(0, len(data), batch_size):
+            yield out(data[i: i + batch_size], None if labels is None else labels[i: i + batch_size])
+        return
+    if labels is not None:
+        raise ValueError("labels= is only for tensors; a Dataset yields (x, label) itself")
+    is_loader = isinstance(data, torch.utils.data.DataLoader)
+    if not is_loader and (isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__"))):
+        data = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    for b in data:
+        if isinstance(b, (tuple, list)):
+            yield out(b[0], b[1] if len(b) > 1 else None)
+        else:
+            yield out(b, None)
 
 
 # ---------------------------------------------------------------------------------------------------- by name

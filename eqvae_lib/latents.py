@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .data import iter_batches
 from .io import atomic_path, atomic_write_json, git_commit, hash_obj, sha256_tensor, state_dict_hash
 
 FORMAT = "eqvae-latents-v1"
@@ -57,7 +58,9 @@ def _channel_vector(v: Any, channels: int | None, name: str) -> torch.Tensor:
 
 @dataclass
 class LatentNorm:
-    """Per-channel latent normalisation z_n = (z - shift) · scale, tied to one autoencoder (its weights hash).
+    """Per-channel latent normalisation z_n = (z - shift) · scale, tied to one autoencoder (its weights hash): the
+    kit's one latent normalisation (``autoencoders.latent_norm(vae)`` reads an AE's from its config; latent caches
+    and generator checkpoints store it).
 
     Attributes:
         shift, scale: float32 ``[c]`` (scale must be non-zero).
@@ -111,6 +114,10 @@ class LatentNorm:
                 raise LatentCacheMismatchError(
                     f"latent normalisation {name} {w.tolist()} differs from the stored {name} {have.tolist()}: the "
                     "cache (or model) was made with another normalisation. Rebuild the cache with the current one.")
+
+    def __iter__(self):
+        """Unpacks as ``shift, scale = norm`` (float32 ``[c]`` each), for records and cache keys."""
+        return iter((self.shift, self.scale))
 
     def to_dict(self) -> dict:
         """JSON/torch-safe dict (lists and a string): for checkpoints and result records."""
@@ -218,27 +225,6 @@ def _data_fingerprint(data) -> str:
     return f"{type(data).__name__}(n={n}):" + hash_obj([sha256_tensor(torch.as_tensor(p)) for p in probe])
 
 
-def _iter_batches(data, labels, batch_size, num_workers):
-    if isinstance(data, torch.Tensor):
-        if data.ndim != 4:
-            raise ValueError(f"image tensor must be [N, C, H, W] in [-1, 1], got {tuple(data.shape)}")
-        if labels is not None and len(labels) != len(data):
-            raise ValueError(f"{len(labels)} labels for {len(data)} images")
-        for i in range(0, len(data), batch_size):
-            y = labels[i: i + batch_size] if labels is not None else torch.full((len(data[i: i + batch_size]),), -1)
-            yield data[i: i + batch_size], torch.as_tensor(y).long()
-    else:
-        if labels is not None:
-            raise ValueError("labels= is only for image tensors; a Dataset yields (x, label) itself")
-        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        for batch in loader:
-            if isinstance(batch, (list, tuple)):
-                x, y = batch[0], torch.as_tensor(batch[1]).long() if len(batch) > 1 else None
-            else:
-                x, y = batch, None
-            yield x, (y if y is not None else torch.full((len(x),), -1))
-
-
 @torch.no_grad()
 def encode_dataset(vae, data, *, mode: str = "official", labels: torch.Tensor | None = None, batch_size: int = 64,
                    seed: int = 0, hflip: bool | None = None, num_workers: int = 0, progress: bool = True) -> dict:
@@ -266,7 +252,7 @@ def encode_dataset(vae, data, *, mode: str = "official", labels: torch.Tensor | 
     out = {"latents": [], "std": [], "labels": [], "flipped": []}
     n = len(data)
     bar = tqdm(total=n, desc=f"encode ({mode})", disable=not progress, unit="img")
-    for x, y in _iter_batches(data, labels, batch_size, num_workers):
+    for x, y in iter_batches(data, batch_size, with_labels=True, labels=labels, num_workers=num_workers):
         x = x.float()
         flip = (torch.rand(len(x), generator=g_flip) < 0.5) if hflip else torch.zeros(len(x), dtype=torch.bool)
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
@@ -436,8 +422,9 @@ def decode_latents(vae, z_n: torch.Tensor, norm: LatentNorm, *, batch_size: int 
     was_training = vae.training
     vae.eval()
     outs = []
-    for i in tqdm(range(0, len(z_n), batch_size), desc="decode", disable=not progress, leave=False):
-        z = norm.denormalize(z_n[i: i + batch_size].to(dev).float())
+    for zb in tqdm(iter_batches(z_n, batch_size, dev), total=-(-len(z_n) // batch_size), desc="decode",
+                   disable=not progress, leave=False):
+        z = norm.denormalize(zb.float())
         outs.append(vae.decode(z).sample.float().clamp(-1, 1).cpu())
     vae.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)

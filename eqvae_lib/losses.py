@@ -131,9 +131,12 @@ class PerceptualLoss(nn.Module):
             try:
                 import contextlib
                 import io
+                import warnings
 
                 from stlpips_pytorch import stlpips
-                with contextlib.redirect_stdout(io.StringIO()):
+                # stlpips prints its setup and torchvision warns about its ``pretrained`` argument: keep both quiet
+                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                    warnings.simplefilter("ignore")
                     self.net = stlpips.LPIPS(net=name.split("-")[1], variant="shift_tolerant", verbose=False)
             except ImportError as e:
                 raise RuntimeError(f"perceptual={name!r} needs stlpips-pytorch==0.0.2 and torchsummary==1.5.1 "

@@ -8,6 +8,7 @@ import torch
 from diffusers import AutoencoderKL, VQModel
 
 from eqvae_lib import autoencoders as ae
+from eqvae_lib.latents import LatentNorm
 
 
 def _img(b, c, s, seed=0):
@@ -57,7 +58,11 @@ def test_latent_norm_rules():
     shift, scale = ae.latent_norm(m)  # diffusers pipeline convention: (z - mean) * scaling_factor / std
     assert shift.tolist() == [1.0, 2.0, 3.0, 4.0] and torch.allclose(scale, torch.tensor([0.25, 0.125, 0.5, 1.0]))
     z = torch.randn(2, 4, 3, 3)
-    assert torch.allclose(ae.denormalize(m, ae.normalize(m, z)), z, atol=1e-6)
+    norm = ae.latent_norm(m)  # the one normalisation object: LatentNorm, tied to the model's weights
+    assert isinstance(norm, LatentNorm) and norm.ae_hash == ae.weights_hash(m)
+    assert torch.allclose(norm.normalize(z), (z - shift.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1))
+    assert torch.allclose(norm.denormalize(norm.normalize(z)), z, atol=1e-6)
+    assert not hasattr(ae, "normalize") and not hasattr(ae, "denormalize")  # no second implementation
 
 
 def test_measure_latent_norm_standardises_and_survives_save_load(tmp_path):
@@ -65,7 +70,7 @@ def test_measure_latent_norm_standardises_and_survives_save_load(tmp_path):
     vae = ae.build_autoencoder("small-f4", in_channels=3)
     x = _img(32, 3, 16)
     shift, scale = ae.measure_latent_norm(vae, x, latent="mean", batch_size=10)
-    zn = ae.normalize(vae, ae.encode(vae, x, "mean"))
+    zn = ae.latent_norm(vae).normalize(ae.encode(vae, x, "mean"))
     assert torch.allclose(zn.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-4)
     assert torch.allclose(zn.std(dim=(0, 2, 3), unbiased=False), torch.ones(4), atol=1e-4)
     ae.save_autoencoder(vae, tmp_path / "m")

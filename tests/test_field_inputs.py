@@ -92,7 +92,7 @@ def test_foreign_file_warns_defaults_and_option_supplies_them(tmp_path):
         warnings.simplefilter("error", ae.AssumedDefaultsWarning)
         sdxl = ae.load_autoencoder(path, config_overrides={"scaling_factor": 0.13025})
         sd3 = ae.load_autoencoder(path, config_overrides={"scaling_factor": 1.5305, "shift_factor": 0.0609})
-    assert ae.latent_norm(sdxl)[1].tolist() == pytest.approx([0.13025] * 4)
+    assert ae.latent_norm(sdxl).scale.tolist() == pytest.approx([0.13025] * 4)
     shift, scale = ae.latent_norm(sd3)
     assert shift.tolist() == pytest.approx([0.0609] * 4) and scale.tolist() == pytest.approx([1.5305] * 4)
     with pytest.raises(ValueError, match="latents_mean has 3 entries"):
@@ -123,7 +123,7 @@ def test_finetune_outputs_load_with_the_same_normalisation(tmp_path):
         ckpt = ae.load_autoencoder(tmp_path / "run" / "model.ckpt")
     assert ae.weights_hash(folder) == ae.weights_hash(ckpt)
     _same_config(folder, ckpt)
-    assert ae.latent_norm(ckpt)[1].tolist() == pytest.approx([0.13025] * 4) and ckpt.config.sample_size == 256
+    assert ae.latent_norm(ckpt).scale.tolist() == pytest.approx([0.13025] * 4) and ckpt.config.sample_size == 256
     rec = json.loads((tmp_path / "run" / "inputs.json").read_text())
     assert rec["data"]["n_images"] == 4 and "resize" in rec["data"]["resize_crop"]
 

@@ -153,3 +153,25 @@ def test_in_memory_cache_save_load_and_dataset_input(vae, images, tmp_path):
     assert c.labels.tolist() == y[:9].tolist() and c.labelled and c.num_classes == 5
     with pytest.raises(FileNotFoundError, match="build_latent_cache"):
         load_latent_cache(tmp_path / "nothing")
+
+
+def test_latent_norm_round_trip_and_the_autoencoders_norm_is_the_same_object(vae):
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(3, 4, 5, 5, generator=g)
+    norm = LatentNorm(SHIFT, SCALE, "none")
+    zn = norm.normalize(z)
+    assert torch.allclose(zn, (z - SHIFT.view(1, -1, 1, 1)) * SCALE.view(1, -1, 1, 1))
+    assert torch.allclose(norm.denormalize(zn), z, atol=1e-6)
+    assert torch.allclose(norm.normalize(norm.denormalize(z)), z, atol=1e-5)
+    shift, scale = norm  # unpacks as (shift, scale)
+    assert torch.equal(shift, SHIFT) and torch.equal(scale, SCALE)
+    assert LatentNorm.from_dict(norm.to_dict()) == norm
+    # an AE's normalisation (autoencoders.latent_norm) is a LatentNorm tied to its weights: what a latent cache stores
+    from eqvae_lib import autoencoders as ae
+    m = copy.deepcopy(vae)
+    m.register_to_config(latents_mean=[0.5, -1.0, 0.0, 2.0], latents_std=[2.0, 0.5, 1.0, 4.0], scaling_factor=1.0)
+    an = ae.latent_norm(m)
+    assert isinstance(an, LatentNorm) and an.ae_hash == state_dict_hash(m)
+    assert torch.allclose(an.normalize(z), (z - torch.tensor([0.5, -1.0, 0.0, 2.0]).view(1, -1, 1, 1))
+                          / torch.tensor([2.0, 0.5, 1.0, 4.0]).view(1, -1, 1, 1))
+    an.check_ae(m)  # no error: the AE it was read from

@@ -1,12 +1,14 @@
 """PSNR / SSIM / LPIPS of reconstructions against closed forms and identities."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from eqvae_lib.losses import PerceptualLoss
 from eqvae_lib.metrics.reconstruction import (get_lpips, psnr_per_image, reconstruction_metrics, ssim_per_image,
                                               to_uint8)
 
@@ -97,3 +99,40 @@ def test_dataset_input_and_shape_mismatch():
     assert res["n"] == 3
     with pytest.raises(ValueError, match="reconstruction shape"):
         reconstruction_metrics(x, lambda a: a, lambda z: z[..., :8, :8], lpips=False)
+
+
+def _stlpips_by_hand(net: str, x: torch.Tensor, y: torch.Tensor, min_side: int) -> torch.Tensor:
+    """ST-LPIPS straight from stlpips-pytorch with the kit's preprocessing (gray → RGB, bilinear up-sampling of
+    sides below ``min_side``): the reference the one wrapper must reproduce."""
+    from stlpips_pytorch import stlpips
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = stlpips.LPIPS(net=net, variant="shift_tolerant", verbose=False).eval()
+    if x.shape[1] == 1:
+        x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
+    h, w = x.shape[-2:]
+    if min(h, w) < min_side:
+        size = (max(min_side, round(h * min_side / min(h, w))), max(min_side, round(w * min_side / min(h, w))))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        return model(x, y).flatten()
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 28, 28), (2, 3, 40, 36)])
+def test_the_one_lpips_wrapper_equals_stlpips_and_the_loss_network(shape):
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(shape, generator=g) * 2 - 1
+    y = (x + 0.3 * torch.randn(shape, generator=g)).clamp(-1, 1)
+    metric = get_lpips("alex")(x, y)
+    # the metric (AlexNet trunk, up-sampled to 32 px as before the merge) = stlpips-pytorch on the same inputs
+    assert torch.allclose(metric, _stlpips_by_hand("alex", x, y, 32), rtol=1e-5, atol=1e-7)
+    assert (metric > 0).all()
+    # ... = the loss's perceptual distance (one network, one preprocessing), which keeps its gradient to the inputs
+    loss_net = PerceptualLoss("stlpips-alex")
+    xg = x.clone().requires_grad_(True)
+    d = loss_net(xg, y)
+    assert torch.allclose(metric, d.detach(), rtol=1e-6, atol=1e-8)
+    d.sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    assert get_lpips("alex").perceptual.name == "stlpips-alex"

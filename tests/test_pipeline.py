@@ -1,5 +1,9 @@
 """The notebooks' get-or-build layer: cache keys, curve arithmetic, design rule, parameters."""
 
+import dataclasses
+import json
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -18,14 +22,41 @@ def test_steps_to_reach_interpolates_and_reports_not_reached():
     assert pipeline.steps_to_reach([1.0, 2.0, 3.0], [60.0, 17.28, 11.56], 15.24) == pytest.approx(2.36)
 
 
+def _gen_curve(steps, fid) -> pipeline.GenCurve:
+    """A GenCurve as train_or_load_generative_curve returns it, with made-up values."""
+    return pipeline.GenCurve(steps=tuple(steps), fid=tuple(fid), kid=(None,) * len(fid), n_fid=(8,) * len(fid),
+                             loss=((1, 0.5),), run_dir=Path("run"), metric="m", sampler="ddpm 2", generator="DiT-T/2",
+                             latents_per_s=None, key={})
+
+
+def _maskgit_curve(epochs, fid) -> pipeline.MaskGITCurve:
+    return pipeline.MaskGITCurve(epochs=tuple(epochs), fid=tuple(fid), kid=(None,) * len(fid), metric="m",
+                                 run_dir=Path("run"))
+
+
 def test_curve_stats_over_seeds():
-    a = {"steps": [1, 2], "fid": [10.0, 4.0]}
-    b = {"steps": [1, 2], "fid": [14.0, 2.0]}
+    a = _gen_curve([1, 2], [10.0, 4.0])
+    b = _gen_curve([1, 2], [14.0, 2.0])
     st = pipeline.curve_stats([a, b])
-    assert {k: st[k] for k in ("steps", "mean", "lo", "hi")} == {"steps": [1, 2], "mean": [12.0, 3.0],
-                                                                "lo": [10.0, 2.0], "hi": [14.0, 4.0]}
+    assert (st.steps, st.mean, st.lo, st.hi, st.k) == ((1, 2), (12.0, 3.0), (10.0, 2.0), (14.0, 4.0), 2)
     with pytest.raises(ValueError, match="different steps"):
-        pipeline.curve_stats([a, {"steps": [1, 3], "fid": [1.0, 1.0]}])
+        pipeline.curve_stats([a, _gen_curve([1, 3], [1.0, 1.0])])
+    with pytest.raises(ValueError, match="at least one"):
+        pipeline.curve_stats([])
+    # MaskGIT curves are aligned on their epochs
+    m = pipeline.curve_stats([_maskgit_curve([0.5, 1.0], [9.0, 3.0]), _maskgit_curve([0.5, 1.0], [7.0, 5.0])])
+    assert (m.steps, m.mean, m.lo, m.hi) == ((0.5, 1.0), (8.0, 4.0), (7.0, 3.0), (9.0, 5.0))
+    with pytest.raises(ValueError, match="different steps"):
+        pipeline.curve_stats([_maskgit_curve([0.5, 1.0], [9.0, 3.0]), _maskgit_curve([1.0, 2.0], [9.0, 3.0])])
+
+
+def test_curve_objects_are_frozen_and_round_trip_their_json():
+    c = _gen_curve([1, 2], [10.0, 4.0])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.fid = (0.0, 0.0)
+    sp = pipeline.FidSpread(fids=(3.0, 5.0), mean=4.0, sd=2 ** 0.5, range=2.0, n=16, draws=2, step=6, metric="m")
+    back = pipeline._fid_spread(json.loads(json.dumps(dataclasses.asdict(sp))))  # as fid_spread.json stores it
+    assert back == sp
 
 
 def test_expected_branch_fractions_follow_eq7():
@@ -120,11 +151,10 @@ def test_fid_labels_are_stratified_and_shared_by_arms_with_one_seed():
 
 
 def test_curve_stats_gives_a_t_interval_per_step():
-    c = [{"steps": [1, 2], "fid": [10.0, 5.0]}, {"steps": [1, 2], "fid": [12.0, 6.0]},
-         {"steps": [1, 2], "fid": [11.0, 7.0]}]
+    c = [_gen_curve([1, 2], [10.0, 5.0]), _gen_curve([1, 2], [12.0, 6.0]), _gen_curve([1, 2], [11.0, 7.0])]
     st = pipeline.curve_stats(c)
     t = pipeline.paired_t_interval([5.0, 6.0, 7.0])
-    assert st["mean"] == pytest.approx([11.0, 6.0]) and st["k"] == 3
-    assert (st["ci_low"][1], st["ci_high"][1]) == pytest.approx((t.low, t.high))
+    assert st.mean == pytest.approx([11.0, 6.0]) and st.k == 3
+    assert (st.ci_low[1], st.ci_high[1]) == pytest.approx((t.low, t.high))
     one = pipeline.curve_stats(c[:1])
-    assert one["ci_low"] == one["ci_high"] == [10.0, 5.0]
+    assert one.ci_low == one.ci_high == (10.0, 5.0)

@@ -289,7 +289,7 @@ class Data:
     def batch(xs, n: int) -> torch.Tensor:
         """The first ``n`` images as one tensor ``[n, C, H, W]`` (loads them from disk for a Dataset)."""
         n = min(int(n), len(xs))
-        return xs[:n] if isinstance(xs, torch.Tensor) else torch.stack([xs[i][0] for i in range(n)])
+        return xs[:n] if isinstance(xs, torch.Tensor) else torch.cat(list(iter_batches(Data.subset(xs, n), 256)))
 
 
 def load_data(P: Config) -> Data:
@@ -687,7 +687,7 @@ def latent_statistics(vae, images, batch_size: int = 250) -> dict:
             means.append(post.mean)
             stds.append(post.std)
     mu = torch.cat(means)
-    z = ae.normalize(vae, mu)
+    z = ae.latent_norm(vae).normalize(mu)
     out = {"roughness": latm.latent_roughness(z), "roughness_interior": latm.latent_roughness(z, interior=True),
            "posterior_noise_fraction": None, "n": int(len(mu)), "latent": "normalised posterior mean (roughness); "
            "raw posterior (noise fraction)"}
@@ -756,11 +756,12 @@ def train_or_load_latent_cache(P: Config, data: Data, vae):
     """Encode the profile's training images with ``vae`` once (mode ``latent_mode``: ``official`` = one posterior
     sample + one random flip per image, or ``repa``), normalised with the AE's stored (shift, scale), cached under a
     key that includes the AE's weights hash and the latent code version."""
-    shift, scale = ae.latent_norm(vae)
+    norm = ae.latent_norm(vae)
+    shift, scale = norm.shift, norm.scale
     mode = P.gen.latent_mode
     # the normalisation is config, not weights: an AE loaded with another scaling/shift factor gets its own cache
     key = artefact_key("latents", {"mode": mode, "seed": P.run.seed},
-                       {"ae": ae.weights_hash(vae), "data": data.train_id,
+                       {"ae": norm.ae_hash, "data": data.train_id,
                         "norm": [shift.tolist(), scale.tolist()]})
     labels = None
     if isinstance(data.train_x, torch.Tensor):
@@ -830,8 +831,86 @@ def sampler_of(P: Config, method: str) -> tuple[str, int]:
             (P.gen.sit_sampler, P.gen.sit_sample_steps))
 
 
+@dataclass(frozen=True)
+class GenCurve:
+    """The gFID curve of one DiT/SiT run (:func:`train_or_load_generative_curve`).
+
+    Attributes:
+        steps: training steps at which gFID was measured (ascending, the last = ``gen_steps``).
+        fid: gFID at each step (the profile's extractor, named by ``metric``; lower = better).
+        kid: KID mean at each step (same extractor; None where not computed).
+        n_fid: samples scored at each step (``gen_fid_n`` at intermediate checkpoints, ``gen_fid_n_final`` at the last).
+        loss: ``(step, training loss)`` pairs of the training log.
+        run_dir: the run's cache folder (``log.jsonl``, checkpoints).
+        metric: the extractor's metric name (None when no evaluation was logged).
+        sampler: sampler and its number of steps, e.g. ``"ddpm 250"``.
+        generator: the model name, e.g. ``"SiT-T/2"``.
+        latents_per_s: median training throughput (latents per second; None when not logged).
+        key: the run's cache key (:func:`artefact_key`).
+    """
+
+    steps: tuple[int, ...]
+    fid: tuple[float, ...]
+    kid: tuple[float | None, ...]
+    n_fid: tuple[int, ...]
+    loss: tuple[tuple[int, float], ...]
+    run_dir: Path
+    metric: str | None
+    sampler: str
+    generator: str
+    latents_per_s: float | None
+    key: dict
+
+    @property
+    def eval_points(self) -> tuple[int, ...]:
+        """Where the curve was evaluated (training steps): the x axis :func:`curve_stats` aligns curves on."""
+        return self.steps
+
+
+@dataclass(frozen=True)
+class CurveStats:
+    """Replicate statistics of gFID curves evaluated at the same points (:func:`curve_stats`).
+
+    Attributes:
+        steps: the common evaluation points (training steps of a DiT/SiT, epochs of a MaskGIT).
+        mean, lo, hi: mean, minimum and maximum gFID over the k curves at each point.
+        ci_low, ci_high: the 95% Student t interval of the mean at each point (equal to the mean when k = 1).
+        k: the number of curves (replicate seeds).
+    """
+
+    steps: tuple[float, ...]
+    mean: tuple[float, ...]
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+    ci_low: tuple[float, ...]
+    ci_high: tuple[float, ...]
+    k: int
+
+
+@dataclass(frozen=True)
+class FidSpread:
+    """The draw-to-draw spread of the gFID of one checkpoint (:func:`measure_fid_draw_spread`): sampling noise inside
+    one replicate, never a verdict's interval.
+
+    Attributes:
+        fids: gFID of each sampling draw.
+        mean: their mean; sd: their standard deviation (ddof 1; None for one draw); range: max − min.
+        n: samples per draw; draws: the number of draws; step: the checkpoint's training step.
+        metric: the extractor's metric name.
+    """
+
+    fids: tuple[float, ...]
+    mean: float
+    sd: float | None
+    range: float
+    n: int
+    draws: int
+    step: int
+    metric: str | None
+
+
 def train_or_load_generative_curve(P: Config, data: Data, vae, seed: int, method: str = "dit", extractor=None,
-                                   reference=None) -> dict:
+                                   reference=None) -> GenCurve:
     """Train a DiT (``method="dit"``) or SiT (``"sit"``) on ``vae``'s latents for ``gen_steps`` steps and measure
     gFID/KID (``extractor`` features against the test set's reference statistics) at every ``gen_eval_steps`` step:
     ``gen_fid_n`` samples at intermediate checkpoints, ``gen_fid_n_final`` at the last step (:func:`gen_fid_n_at`),
@@ -840,9 +919,8 @@ def train_or_load_generative_curve(P: Config, data: Data, vae, seed: int, method
     Cached and resumable; may train for many minutes (logged with an estimate first).
 
     Returns:
-        ``{"steps": [...], "fid": [...], "kid": [...], "n_fid": [samples per step], "loss": [(step, loss), ...],
-        "run_dir": str, "metric": extractor's metric name, "sampler": ..., "generator": e.g. "SiT-T/2",
-        "latents_per_s": median throughput, "key": cache key}``.
+        a :class:`GenCurve` (steps, gFID/KID and samples per step, training losses, run folder, metric, sampler,
+        generator, median throughput, cache key).
     """
     extractor = extractor or feature_extractor(P, data)
     n_fid, n_final = P.gen.gen_fid_n, gen_fid_n_at(P, P.gen.gen_steps)
@@ -876,11 +954,11 @@ def train_or_load_generative_curve(P: Config, data: Data, vae, seed: int, method
     evals = sorted((r for r in rows if "eval" in r), key=lambda r: r["step"])
     losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     speeds = sorted(r["latents_per_s"] for r in rows if "latents_per_s" in r)
-    return {"steps": [r["step"] for r in evals], "fid": [r["eval"]["fid"] for r in evals],
-            "kid": [r["eval"]["kid"] for r in evals], "n_fid": [r["eval"]["n"] for r in evals], "loss": losses,
-            "run_dir": str(run_dir), "metric": evals[-1]["eval"]["metric"] if evals else None,
-            "sampler": f"{sampler} {sample_steps}", "generator": cfg.model,
-            "latents_per_s": speeds[len(speeds) // 2] if speeds else None, "key": key}
+    return GenCurve(steps=tuple(r["step"] for r in evals), fid=tuple(r["eval"]["fid"] for r in evals),
+                    kid=tuple(r["eval"]["kid"] for r in evals), n_fid=tuple(r["eval"]["n"] for r in evals),
+                    loss=tuple(losses), run_dir=run_dir, metric=evals[-1]["eval"]["metric"] if evals else None,
+                    sampler=f"{sampler} {sample_steps}", generator=cfg.model,
+                    latents_per_s=speeds[len(speeds) // 2] if speeds else None, key=key)
 
 
 # -------------------------------------------------------------------------------------------------- design pilot
@@ -976,13 +1054,13 @@ def expected_branch_fractions(p_alpha: float, p_prior_s: float) -> dict[str, flo
     return {"plain": pa * (1 - ps), "lowres": pa * ps, "eq": 1 - pa}
 
 
-def final_samples(P: Config, data: Data, vae, seed: int, n: int, method: str = "dit", curve: dict | None = None,
+def final_samples(P: Config, data: Data, vae, seed: int, n: int, method: str = "dit", curve: GenCurve | None = None,
                   draw: int = 0) -> torch.Tensor:
     """``n`` images ``[n, C, H, W]`` in [-1, 1] from the last checkpoint (EMA weights) of the generator that
     :func:`train_or_load_generative_curve` trained for ``(vae, seed, method)`` (trained first if missing), with
     class-stratified labels; ``draw`` selects an independent sampling draw (labels order and noise)."""
     curve = curve or train_or_load_generative_curve(P, data, vae, seed, method)
-    ck = load_gen_checkpoint(latest_checkpoint(curve["run_dir"]))
+    ck = load_gen_checkpoint(latest_checkpoint(curve.run_dir))
     sampler, steps = sampler_of(P, method)
     # draw d >= 1 (the FID spread): 40_000 + 1000 (d - 1) + seed, apart from every other stream for seeds < 1000
     g = torch.Generator().manual_seed(derive_seed(seed, "final_samples") if draw == 0 else
@@ -992,16 +1070,16 @@ def final_samples(P: Config, data: Data, vae, seed: int, n: int, method: str = "
                                   batch_size=P.gen.gen_sample_batch, progress=P.run.progress)
 
 
-def measure_fid_draw_spread(P: Config, data: Data, vae, seed: int, method: str, curve: dict, extractor,
-                            reference, draws: int | None = None) -> dict:
+def measure_fid_draw_spread(P: Config, data: Data, vae, seed: int, method: str, curve: GenCurve, extractor,
+                            reference, draws: int | None = None) -> FidSpread:
     """The draw-to-draw spread of the gFID of ONE checkpoint (the last of ``curve``): ``draws`` (default
     ``fid_spread_draws``) independent sampling draws of ``gen_fid_n_final`` samples each (class-stratified labels),
     each scored against ``reference`` (issue #14 item 4). It describes sampling noise inside one replicate, never a
     verdict's interval. Cached as ``fid_spread.json`` in the generator's run folder; samples ``draws`` x n images.
 
     Returns:
-        ``{"fids": [...], "mean", "sd" (ddof 1; None for one draw), "range", "n" (samples per draw), "draws",
-        "step", "metric"}``.
+        a :class:`FidSpread` (the draws' gFIDs, mean, sd (ddof 1; None for one draw), range, samples per draw, number
+        of draws, step, metric).
 
     Raises:
         ValueError: ``draws`` < 1."""
@@ -1009,12 +1087,12 @@ def measure_fid_draw_spread(P: Config, data: Data, vae, seed: int, method: str, 
     if draws < 1:
         raise ValueError(f"fid_spread_draws = {draws}: the spread needs at least one draw (5 or more to be useful)")
     n = gen_fid_n_at(P, P.gen.gen_steps)
-    path = Path(curve["run_dir"]) / "fid_spread.json"
+    path = Path(curve.run_dir) / "fid_spread.json"
     key = {"draws": draws, "n": n, "reference": reference.key, "extractor": extractor.weights_hash}
     if path.exists():
         cached = json.loads(path.read_text())
         if cached.get("key") == key:
-            return cached["result"]
+            return _fid_spread(cached["result"])
     announce(f"FID draw-to-draw spread: {draws} draws of {n} samples from one final checkpoint", f"{draws * n} samples")
     fids, metric = [], None
     for d in range(draws):
@@ -1023,30 +1101,37 @@ def measure_fid_draw_spread(P: Config, data: Data, vae, seed: int, method: str, 
         fids.append(float(r["fid"]))
         metric = r["metric"]
     a = np.asarray(fids)
-    result = {"fids": fids, "mean": float(a.mean()), "sd": float(a.std(ddof=1)) if draws > 1 else None,
-              "range": float(a.max() - a.min()), "n": n, "draws": draws, "step": curve["steps"][-1], "metric": metric}
-    atomic_write_json(path, {"key": key, "result": result})
+    result = FidSpread(fids=tuple(fids), mean=float(a.mean()), sd=float(a.std(ddof=1)) if draws > 1 else None,
+                       range=float(a.max() - a.min()), n=n, draws=draws, step=curve.steps[-1], metric=metric)
+    atomic_write_json(path, {"key": key, "result": dataclasses.asdict(result)})
     return result
 
 
-def curve_stats(curves: list[dict]) -> dict:
-    """Mean, min and max over replicate seeds of gFID curves evaluated at the same steps, and the 95% t interval of
-    the mean at each step (``ci_low``/``ci_high``; equal to the mean for one seed, which has no interval):
-    ``{"steps", "mean", "lo", "hi", "ci_low", "ci_high", "k"}``.
+def _fid_spread(d: dict) -> FidSpread:
+    """A :class:`FidSpread` from its JSON form (``fid_spread.json``'s ``result``)."""
+    return FidSpread(**{**d, "fids": tuple(d["fids"])})
+
+
+def curve_stats(curves: "list[GenCurve] | list[MaskGITCurve]") -> CurveStats:
+    """Mean, min and max over replicate seeds of gFID curves evaluated at the same points (``eval_points``: steps of
+    a :class:`GenCurve`, epochs of a :class:`MaskGITCurve`), and the 95% t interval of the mean at each point
+    (``ci_low``/``ci_high``; equal to the mean for one seed, which has no interval).
 
     Raises:
-        ValueError: curves evaluated at different steps."""
-    steps = curves[0]["steps"]
-    if any(c["steps"] != steps for c in curves):
+        ValueError: no curves, or curves evaluated at different points."""
+    if not curves:
+        raise ValueError("curve_stats needs at least one curve")
+    steps = tuple(curves[0].eval_points)
+    if any(tuple(c.eval_points) != steps for c in curves):
         raise ValueError("curves were evaluated at different steps; use the same gen_eval_steps for every seed")
-    a = np.array([c["fid"] for c in curves], dtype=float)
+    a = np.array([c.fid for c in curves], dtype=float)
     if len(curves) >= 2:
         ts = [paired_t_interval(a[:, j]) for j in range(a.shape[1])]
         ci_low, ci_high = [t.low for t in ts], [t.high for t in ts]
     else:
         ci_low, ci_high = a[0].tolist(), a[0].tolist()
-    return {"steps": steps, "mean": a.mean(0).tolist(), "lo": a.min(0).tolist(), "hi": a.max(0).tolist(),
-            "ci_low": ci_low, "ci_high": ci_high, "k": len(curves)}
+    return CurveStats(steps=steps, mean=tuple(a.mean(0).tolist()), lo=tuple(a.min(0).tolist()),
+                      hi=tuple(a.max(0).tolist()), ci_low=tuple(ci_low), ci_high=tuple(ci_high), k=len(curves))
 
 
 ABLATIONS = {
@@ -1147,13 +1232,38 @@ def train_or_load_finetuned_vq(P: Config, data: Data, objective: str, base: AEAr
     return AEArtefact(vq, run_dir, load_summary(run_dir), ae.weights_hash(vq), epoch=cfg.max_epochs, key=key)
 
 
-def train_or_load_maskgit_curve(P: Config, data: Data, vq, seed: int, extractor=None, reference=None) -> dict:
+@dataclass(frozen=True)
+class MaskGITCurve:
+    """The gFID curve of one MaskGIT run (:func:`train_or_load_maskgit_curve`).
+
+    Attributes:
+        epochs: training epochs (over the token grids) at which gFID was measured, ascending.
+        fid: gFID at each epoch (lower = better); kid: KID mean at each epoch.
+        metric: the extractor's metric name.
+        run_dir: the run's cache folder (``curve.json``, ``log.jsonl``, checkpoints).
+    """
+
+    epochs: tuple[float, ...]
+    fid: tuple[float, ...]
+    kid: tuple[float | None, ...]
+    metric: str
+    run_dir: Path
+
+    @property
+    def eval_points(self) -> tuple[float, ...]:
+        """Where the curve was evaluated (epochs): the x axis :func:`curve_stats` aligns curves on."""
+        return self.epochs
+
+
+def train_or_load_maskgit_curve(P: Config, data: Data, vq, seed: int, extractor=None, reference=None
+                                ) -> MaskGITCurve:
     """Train a MaskGIT (``maskgit_model``) on ``vq``'s tokens of the training images for ``maskgit_epochs`` epochs and
     measure gFID/KID (``gen_fid_n`` samples, ``maskgit_decode_steps`` parallel-decoding steps) after every epoch in
     ``maskgit_eval_epochs``. Cached by the tokenizer's weights hash, the settings, the seed and the code version; may
     train for many minutes.
 
-    Returns ``{"epochs": [...], "fid": [...], "kid": [...], "run_dir", "metric"}``.
+    Returns a :class:`MaskGITCurve` (epochs, gFID and KID per epoch, metric, run folder); ``curve.json`` in the run
+    folder holds the same fields.
     """
     v = P.vq
     extractor = extractor or feature_extractor(P, data)
@@ -1210,7 +1320,9 @@ def train_or_load_maskgit_curve(P: Config, data: Data, vq, seed: int, extractor=
                  "fid": [evals[s]["fid"] for s in sorted(evals)], "kid": [evals[s]["kid"] for s in sorted(evals)],
                  "metric": extractor.metric_name, "run_dir": str(run_dir)}
         atomic_write_json(done, curve)
-    return json.loads(done.read_text())
+    d = json.loads(done.read_text())
+    return MaskGITCurve(epochs=tuple(d["epochs"]), fid=tuple(d["fid"]), kid=tuple(d["kid"]), metric=d["metric"],
+                        run_dir=Path(d["run_dir"]))
 
 
 @dataclass

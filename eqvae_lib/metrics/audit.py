@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..autoencoders import (decode, denormalize, downsample_factor, encode, latent_channels, latent_norm,
+from ..autoencoders import (decode, downsample_factor, encode, latent_channels, latent_norm,
                             load_autoencoder, make_encoder, weights_hash)
 from ..cli_util import BAD_INPUT, CONVERSIONS_HELP, add_checkpoint_options, checkpoint_kwargs, one_line, run_guarded
 from ..data import DatasetNotFoundError, ImageFolder, get_dataset
@@ -176,7 +176,7 @@ def audit_autoencoder(vae, images: torch.Tensor, *, name: str = "ae", latent: st
         return decode(vae, z)
 
     def dec_space(space):
-        return dec if space == "raw" else (lambda z: decode(vae, denormalize(norm, z)))
+        return dec if space == "raw" else (lambda z: decode(vae, norm.denormalize(z)))
 
     where = {"image_set": image_set} if image_set else None
     with torch.no_grad():
@@ -193,7 +193,7 @@ def audit_autoencoder(vae, images: torch.Tensor, *, name: str = "ae", latent: st
     idim["latent"] = latent
     return {"name": name, "weights_hash": weights_hash(vae), "downsample_factor": downsample_factor(vae),
             "latent_channels": latent_channels(vae),
-            "latent_norm": {"shift": norm[0].tolist(), "scale": norm[1].tolist()},
+            "latent_norm": {"shift": norm.shift.tolist(), "scale": norm.scale.tolist()},
             "equivariance": eq, "decoder_equivariance": deq,
             "reconstruction": rec, "intrinsic_dimension": idim, "seconds": time.time() - t0}
 

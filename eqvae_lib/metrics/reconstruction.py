@@ -11,7 +11,9 @@ Conventions (fixed, and written into every result):
   * LPIPS: ST-LPIPS (shift-tolerant LPIPS, AlexNet trunk) from ``stlpips-pytorch`` 0.0.2, whose weights ship in the
     package. The original LPIPS variant cannot be used offline (it needs torchvision's downloadable AlexNet/VGG and
     its linear weights are not shipped), so values are **not** directly comparable to the paper's LPIPS column.
-    Inputs smaller than 32 px are up-sampled (bilinear) to 32 px for this metric only; grayscale is repeated to RGB.
+    The network and its pre-processing are the loss's (:class:`eqvae_lib.losses.PerceptualLoss` ``"stlpips-alex"`` /
+    ``"stlpips-vgg"``, one implementation): grayscale is repeated to RGB and inputs with a side below the trunk's
+    minimum (AlexNet 32 px, VGG 16 px) are up-sampled (bilinear).
   * Reconstructions come from the posterior **sample** (the official evaluation) or **mean**: the encoder callable
     decides; the ``latent`` label passed in is recorded in the result.
 """
@@ -23,9 +25,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..losses import PerceptualLoss
 from .batching import iter_batches, num_images, to_uint8  # noqa: F401 (re-exported: metrics API)
 from .fid import fid_kid
 
@@ -74,7 +76,6 @@ def inputs_summary(result: dict) -> str:
 DecodeFn = Callable[[torch.Tensor], torch.Tensor]
 
 SSIM_IMPL = "skimage.metrics.structural_similarity on uint8, data_range=255, 7x7 uniform window"
-LPIPS_MIN_SIDE = 32
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
@@ -119,30 +120,26 @@ def ssim_per_image(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
 
 
 class LPIPS:
-    """ST-LPIPS distance (Ghildyal & Liu 2022; ``stlpips-pytorch``), shipped weights, no download.
+    """ST-LPIPS distance (Ghildyal & Liu 2022; ``stlpips-pytorch``), shipped weights, no download: the metric face of
+    the loss's perceptual network :class:`eqvae_lib.losses.PerceptualLoss` (``"stlpips-<net>"``), the one place that
+    builds it and prepares its inputs.
 
     Args:
         net: ``"alex"`` (default) or ``"vgg"`` trunk.
         device: where the network runs (default: CPU).
-    Call ``lpips(x, y)`` with ``[B, C, H, W]`` images in [-1, 1] (C = 1 or 3) → float ``[B]`` (0 = identical).
-    ``name`` names the network for results.
+    Call ``lpips(x, y)`` with ``[B, C, H, W]`` images in [-1, 1] (C = 1 or 3) → float32 ``[B]`` on CPU (0 =
+    identical), without gradients. ``name`` names the network for results.
+
+    Raises:
+        ValueError: another ``net``; a shape mismatch of ``x`` and ``y`` (at call time).
+        RuntimeError: ``stlpips-pytorch`` missing (from :class:`~eqvae_lib.losses.PerceptualLoss`).
     """
 
     def __init__(self, net: str = "alex", device: torch.device | str | None = None):
-        import contextlib
-        import io
-        import warnings
-
-        from stlpips_pytorch import stlpips
-
         if net not in ("alex", "vgg"):
             raise ValueError(f"LPIPS net must be 'alex' or 'vgg', got {net!r}")
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            self.model = stlpips.LPIPS(net=net, variant="shift_tolerant", verbose=False)
-        self.model.eval().requires_grad_(False)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.model.to(self.device)
+        self.perceptual = PerceptualLoss(f"stlpips-{net}").to(self.device).eval()
         self.net = net
         self.name = f"ST-LPIPS ({'AlexNet' if net == 'alex' else 'VGG16'}, shift-tolerant, stlpips-pytorch 0.0.2)"
 
@@ -150,16 +147,7 @@ class LPIPS:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != y.shape:
             raise ValueError(f"shape mismatch: {tuple(x.shape)} vs {tuple(y.shape)}")
-        x, y = x.to(self.device).float(), y.to(self.device).float()
-        if x.shape[1] == 1:
-            x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
-        h, w = x.shape[-2:]
-        if min(h, w) < LPIPS_MIN_SIDE:
-            f = LPIPS_MIN_SIDE / min(h, w)
-            size = (max(LPIPS_MIN_SIDE, round(h * f)), max(LPIPS_MIN_SIDE, round(w * f)))
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-        return self.model(x, y).flatten().cpu()
+        return self.perceptual(x.to(self.device).float(), y.to(self.device).float()).flatten().cpu()
 
 
 _LPIPS_CACHE: dict = {}
