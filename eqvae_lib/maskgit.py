@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .data import iter_batches
 from .io import atomic_path, git_commit, state_dict_hash
 from .runtime import RUNS_DIR
 from .training import Checkpointer, load_checkpoint
@@ -536,7 +537,8 @@ def build_token_cache(vq: nn.Module, images: torch.Tensor | torch.utils.data.Dat
     Args:
         vq: diffusers ``VQModel`` (eval mode is used; restored afterwards).
         images: float ``[N, C, H, W]`` in ``[-1, 1]``, or a dataset of ``(x, label)`` items.
-        labels: int64 ``[N]`` (ignored for a dataset, whose labels are used), or None.
+        labels: int64 ``[N]``, or None (ignored for a dataset, whose own labels are used; a dataset without labels
+            gives None).
         path: where to save (``save_token_cache``); None = keep in memory only.
         batch_size: images per encoder call. meta: extra strings stored in the file.
 
@@ -550,15 +552,14 @@ def build_token_cache(vq: nn.Module, images: torch.Tensor | torch.utils.data.Dat
     toks, labs = [], []
     try:
         if torch.is_tensor(images):
-            n = len(images)
-            for i in range(0, n, batch_size):
-                toks.append(encode_tokens(vq, images[i: i + batch_size].to(device)).cpu())
-        else:
-            loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
-            for x, y in loader:
-                toks.append(encode_tokens(vq, x.to(device)).cpu())
-                labs.append(torch.as_tensor(y).long())
+            for x in iter_batches(images, batch_size, device):
+                toks.append(encode_tokens(vq, x).cpu())
+        else:  # a Dataset carries its labels (-1 = none)
+            for x, y in iter_batches(images, batch_size, device, with_labels=True):
+                toks.append(encode_tokens(vq, x).cpu())
+                labs.append(y)
             labels = torch.cat(labs) if labs else None
+            labels = labels if labels is not None and bool((labels >= 0).all()) else None
     finally:
         vq.train(was)
     m = {"git_commit": git_commit(), "n": str(sum(len(t) for t in toks))}

@@ -87,6 +87,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors, save_file as save_safetensors
 
 from . import autoencoders as ae
+from .data import iter_batches
 from .runtime import seed_everything
 from .io import atomic_path, atomic_write_json, git_commit, state_dict_hash
 from . import rng as rng_rule
@@ -209,8 +210,8 @@ def validate(vae, images: torch.Tensor, batch_size: int = 256) -> dict[str, floa
     dev = next(model.parameters()).device
     l1 = se = 0.0
     n = 0
-    for s in range(0, len(images), batch_size):
-        x = images[s: s + batch_size].to(dev, torch.float32)
+    for x in iter_batches(images, batch_size, dev):
+        x = x.to(torch.float32)
         r = ae.decode(model, ae.encode(model, x, "mean")).clamp(-1, 1)
         l1 += float((r - x).abs().sum())
         se += float(((r - x) ** 2).sum())

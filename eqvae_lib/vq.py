@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 
 from .autoencoders import load_autoencoder
+from .data import iter_batches
 from .io import atomic_write_json
 from .runtime import seed_everything
 from .train_ae import train_autoencoder
@@ -470,7 +471,7 @@ def _run_vq(vq, train, cfg, run_dir, val, dead_code_every, vq_weight, disc_init=
     model = _bare(vq).eval()
     images = _first_images(val if val is not None else train, cfg.val_size)
     dev = next(model.parameters()).device
-    toks = torch.cat([encode_tokens(model, images[i: i + 256].to(dev)).cpu() for i in range(0, len(images), 256)])
+    toks = torch.cat([encode_tokens(model, x).cpu() for x in iter_batches(images, 256, dev)])
     final = codebook_stats(toks, codebook_size(model))
     record = {"final": final, "final_on": "val" if val is not None else "train (first val_size images)",
               "vq_weight": cfg.loss.vq_weight, "vq_weight_rule": "per-pixel (C*H*W = %s)" % chw if chw else "given",

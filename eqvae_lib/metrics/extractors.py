@@ -344,7 +344,7 @@ def train_classifier(cfg: ClassifierConfig, verbose: bool = True) -> tuple[Class
     acc = None
     if n_hold:
         with torch.no_grad():
-            pred = torch.cat([net(x[hold[i: i + 512]]).argmax(1) for i in range(0, n_hold, 512)])
+            pred = torch.cat([net(xb).argmax(1) for xb in iter_batches(x[hold], 512)])
         acc = float((pred == y[hold]).float().mean())
     return net, {"holdout_accuracy": acc, "num_classes": num_classes, "train_seconds": time.time() - t0,
                  "n_train": int(len(train))}
