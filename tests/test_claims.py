@@ -440,6 +440,20 @@ def test_the_cap_rule_applies_to_the_vq_base_for_table3():
     assert _rows([_vq_record("stop reason: max_steps"), gen])["table2_gFID"]["verdict"] == V.REPRODUCED
 
 
+def test_table3_speedup_reads_notebook_10s_per_seed_estimates():
+    # notebook 10 records maskgit_speedup_vs_base per MaskGIT seed (verdicts.speedup_estimate on the epoch curves)
+    rec = _vq_record("stop reason: plateau")
+    for s, v in enumerate([2.1, 1.9, 2.4]):
+        rec.add("maskgit_speedup_vs_base", v, "x", subject="eq", seed=s, notes="")
+    row = _rows([rec])["table3_speedup"]
+    assert row["verdict"] == V.REPRODUCED and row["n_replicates"] == 3
+    assert row["ours"] == pytest.approx((2.1 * 1.9 * 2.4) ** (1 / 3))
+    capped = _vq_record("stop reason: max_epochs")
+    for s, v in enumerate([2.1, 1.9, 2.4]):
+        capped.add("maskgit_speedup_vs_base", v, "x", subject="eq", seed=s, notes="")
+    assert _rows([capped])["table3_speedup"]["verdict"] == V.NOT_TESTABLE
+
+
 def test_per_record_verdicts_see_the_cap_rule_so_the_report_agrees_with_results_csv(tmp_path):
     gen = _gen_record("table2", {"base": [60.0, 62.0, 61.0], "plain": [58.0, 59.5, 59.0],
                                  "eq": [50.0, 51.0, 52.5]})

@@ -225,8 +225,9 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("table3_maskgit_gFID", "Table 3", "MaskGIT gFID at a fixed budget is lower on EQ tokens than on the base's",
           "table1_vq", "maskgit_gFID_final", "eq", "base", DIFF, "lower",
           paper=(pv.TABLE3["eq_300ep"], pv.TABLE3["base_300ep"]), unit=GEN_UNIT, samples_param="gen_fid_n"),
-    Claim("table3_speedup", "Table 3", "MaskGIT on EQ tokens reaches the base's final gFID in fewer epochs "
-          "(paper 300 / 130)", "table1_vq", "eq_epochs_to_base_final_gFID", "eq", "base", SPEEDUP, "higher",
+    Claim("table3_speedup", "Table 3", "MaskGIT on EQ tokens reaches a gFID level (the worse of the two final "
+          "gFIDs) in fewer epochs than on the base's tokens (paper: the base's 300-epoch gFID at epoch 130)",
+          "table1_vq", "maskgit_speedup_vs_base", "eq", "base", SPEEDUP, "higher",
           paper=pv.TABLE3["speedup_epochs"], unit=GEN_UNIT),
     # --- measurements (compare nothing) ---
     Claim("design_throughput", "—", "training throughput of the chosen configuration", "design", "throughput",
