@@ -68,7 +68,7 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import urlparse
 
 import torch

@@ -549,7 +549,7 @@ def iter_batches(data: torch.Tensor | Dataset | Iterable, batch_size: int = 64,
 
     Raises:
         ValueError: a tensor that is not 4-D, a ``batch_size`` below 1, ``labels`` for a Dataset or without
-            ``with_labels``, or ``labels`` whose length differs from the data's.
+            ``with_labels``, ``labels`` whose length differs from the data's, or a list of 4-D batch tensors.
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -573,6 +573,9 @@ def iter_batches(data: torch.Tensor | Dataset | Iterable, batch_size: int = 64,
     if labels is not None:
         raise ValueError("labels= is only for tensors; a Dataset yields (x, label) itself")
     is_loader = isinstance(data, torch.utils.data.DataLoader)
+    if isinstance(data, (list, tuple)) and data and torch.is_tensor(data[0]) and data[0].dim() == 4:
+        raise ValueError(f"a {type(data).__name__} of [B, C, H, W] batches is ambiguous (items or batches?): pass "
+                         "iter(batches) to read them as batches, or torch.cat(batches) as one tensor")
     if not is_loader and (isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__"))):
         data = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     for b in data:

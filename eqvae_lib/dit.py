@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 
 # ================================================================================================ model (DiT models.py)
@@ -516,7 +517,6 @@ class GaussianDiffusion:
                       clip_denoised: bool = False) -> torch.Tensor:
         """Ancestral DDPM sampling over all steps of this (possibly respaced) process; returns x_0 ``shape``.
         All noise comes from ``generator`` (drawn on its device), so a fixed seed gives identical samples."""
-        from tqdm.auto import tqdm
         device = device or (noise.device if noise is not None else "cpu")
         x = noise.to(device) if noise is not None else self._randn(shape, generator, device)
         for i in tqdm(list(range(self.num_timesteps))[::-1], desc="DDPM", disable=not progress, leave=False):
@@ -533,7 +533,6 @@ class GaussianDiffusion:
                          eta: float = 0.0, progress: bool = False, clip_denoised: bool = False) -> torch.Tensor:
         """DDIM sampling (Song et al. 2021, ADM ``ddim_sample``) over all steps of this process; ``eta = 0`` is
         deterministic given the initial noise."""
-        from tqdm.auto import tqdm
         device = device or (noise.device if noise is not None else "cpu")
         x = noise.to(device) if noise is not None else self._randn(shape, generator, device)
         for i in tqdm(list(range(self.num_timesteps))[::-1], desc="DDIM", disable=not progress, leave=False):

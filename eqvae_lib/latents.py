@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from .data import iter_batches
 from .io import atomic_path, atomic_write_json, git_commit, hash_obj, sha256_tensor, state_dict_hash
@@ -240,7 +243,6 @@ def encode_dataset(vae, data, *, mode: str = "official", labels: torch.Tensor | 
     Returns: dict of CPU tensors ``latents`` (official: sample; repa: mean) ``[N, c, h, w]``, ``std`` (repa),
     ``labels [N]`` (-1 = none), ``flipped`` uint8 ``[N]``.
     """
-    from tqdm.auto import tqdm
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     hflip = (mode == "official") if hflip is None else hflip
@@ -337,7 +339,6 @@ def build_latent_cache(vae, data, folder: str | Path, *, shift: Any, scale: Any,
 def save_latent_cache(cache: LatentCache, folder: str | Path, extra_meta: dict | None = None) -> Path:
     """Write ``cache`` to ``folder/latents.safetensors`` and ``folder/meta.json`` atomically (also for in-memory
     caches made with ``LatentCache.from_tensors``); sets ``cache.folder``. Returns the safetensors path."""
-    from safetensors.torch import save_file
     folder = Path(folder)
     meta = {"format": FORMAT, "n": str(len(cache)), "latent_shape": json.dumps(list(cache.latent_shape)),
             "labelled": str(cache.labelled)}
@@ -372,8 +373,6 @@ def load_latent_cache(folder: str | Path, *, vae=None, ae_hash: str | None = Non
         FileNotFoundError: no cache in ``folder`` (says how to build one).
         LatentCacheMismatchError: wrong AE, wrong normalisation or wrong mode (the message says which).
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
     path = Path(folder) / CACHE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no latent cache at {path}; build it with eqvae_lib.latents.build_latent_cache")
@@ -412,7 +411,6 @@ def decode_latents(vae, z_n: torch.Tensor, norm: LatentNorm, *, batch_size: int 
         LatentCacheMismatchError: ``vae`` is not the AE of these latents.
         ValueError: channel count of ``z_n`` differs from the normalisation's.
     """
-    from tqdm.auto import tqdm
     if not isinstance(norm, LatentNorm):
         raise TypeError(f"norm must be a LatentNorm (from the latent cache or checkpoint), got {type(norm).__name__}")
     if check_ae:

@@ -46,6 +46,9 @@ autoencoder a second time as PyTorch-Lightning's LDM loop does (same expectation
 
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -129,11 +132,7 @@ class PerceptualLoss(nn.Module):
         self.name, self.min_side, self.net = name, self.MIN_SIDE[name], None
         if name.startswith("stlpips"):
             try:
-                import contextlib
-                import io
-                import warnings
-
-                from stlpips_pytorch import stlpips
+                from stlpips_pytorch import stlpips  # lazy: optional dependency, its absence becomes the error below
                 # stlpips prints its setup and torchvision warns about its ``pretrained`` argument: keep both quiet
                 with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                     warnings.simplefilter("ignore")
@@ -143,7 +142,7 @@ class PerceptualLoss(nn.Module):
                                    f"({e}); install them or choose perceptual='none'") from e
         elif name == "lpips-vgg":
             try:
-                import lpips  # noqa: F401
+                import lpips  # noqa: F401  # lazy: optional dependency (paper's LPIPS), its absence becomes the error below
             except ImportError as e:
                 raise RuntimeError("perceptual='lpips-vgg' needs the `lpips` package (pip install lpips) and "
                                    "torchvision's VGG16 weights, which download on first use; offline, use "

@@ -43,6 +43,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .data import iter_batches
 from .io import atomic_path, git_commit, state_dict_hash
@@ -488,7 +490,6 @@ def token_cache_path(vq: nn.Module, name: str, root: str | os.PathLike | None = 
 
 def save_token_cache(cache: TokenCache, path: str | os.PathLike) -> None:
     """Write ``cache`` as safetensors atomically (``atomic_path``); hash and codebook size go into the metadata."""
-    from safetensors.torch import save_file
 
     tensors = {"tokens": cache.tokens.contiguous().cpu().long()}
     if cache.labels is not None:
@@ -507,7 +508,6 @@ def load_token_cache(path: str | os.PathLike, vq: nn.Module | None = None,
         FileNotFoundError: naming the path.
         ValueError: when the stored tokenizer hash differs from the given tokenizer's (tokens of another AE).
     """
-    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -538,7 +538,7 @@ def build_token_cache(vq: nn.Module, images: torch.Tensor | torch.utils.data.Dat
         vq: diffusers ``VQModel`` (eval mode is used; restored afterwards).
         images: float ``[N, C, H, W]`` in ``[-1, 1]``, or a dataset of ``(x, label)`` items.
         labels: int64 ``[N]``, or None (ignored for a dataset, whose own labels are used; a dataset without labels
-            gives None).
+            gives None; one with labels on some items only raises ValueError).
         path: where to save (``save_token_cache``); None = keep in memory only.
         batch_size: images per encoder call. meta: extra strings stored in the file.
 
@@ -559,7 +559,11 @@ def build_token_cache(vq: nn.Module, images: torch.Tensor | torch.utils.data.Dat
                 toks.append(encode_tokens(vq, x).cpu())
                 labs.append(y)
             labels = torch.cat(labs) if labs else None
-            labels = labels if labels is not None and bool((labels >= 0).all()) else None
+            if labels is not None and bool((labels < 0).all()):
+                labels = None  # a dataset without labels: unconditional tokens
+            elif labels is not None and bool((labels < 0).any()):
+                raise ValueError(f"{int((labels < 0).sum())} of {len(labels)} dataset items have no label: give "
+                                 "every item a label, or none")
     finally:
         vq.train(was)
     m = {"git_commit": git_commit(), "n": str(sum(len(t) for t in toks))}

@@ -26,7 +26,7 @@ FIGURES_DIR = Path(os.environ.get("EQVAE_FIGURES", REPO_ROOT / "figures"))
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators (CPU and all CUDA devices)."""
-    import torch
+    import torch  # lazy: keeps `import eqvae_lib.runtime` (paths, config) free of torch
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -36,7 +36,7 @@ def seed_everything(seed: int) -> None:
 def device(requested: "str | torch.device | None" = None) -> "torch.device":  # noqa: F821
     """The device to run on: ``requested`` when given (e.g. ``"cpu"``, ``"cuda:1"``), else ``cuda`` when a GPU is
     visible, else ``cpu``."""
-    import torch
+    import torch  # lazy: keeps `import eqvae_lib.runtime` (paths, config) free of torch
 
     if requested is not None:
         return torch.device(requested)

@@ -18,6 +18,7 @@ evaluate at t = 0, is an Euler step, as in EDM).
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from .dit import DIT_CONFIGS, DiT
 
@@ -89,7 +90,6 @@ class LinearInterpolant:
         Raises:
             ValueError: unknown method or steps < 1.
         """
-        from tqdm.auto import tqdm
         if method not in ("euler", "heun"):
             raise ValueError(f"SiT ODE method must be 'euler' or 'heun', got {method!r}")
         if steps < 1:

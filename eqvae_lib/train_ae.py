@@ -85,6 +85,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file as load_safetensors, save_file as save_safetensors
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
 from . import autoencoders as ae
 from .data import iter_batches
@@ -178,7 +180,6 @@ class _Source:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
         if num_workers > 0:
-            from torch.utils.data import DataLoader, Subset
 
             loader = DataLoader(Subset(self.dataset, indices), batch_size=batch_size, shuffle=False, drop_last=True,
                                 num_workers=num_workers, collate_fn=lambda items: torch.stack(
@@ -414,7 +415,6 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
         total = min(caps)
     pbar = None
     if rank == 0 and cfg.progress:
-        from tqdm.auto import tqdm
 
         pbar = tqdm(total=total, initial=st["step"], desc=f"AE {cfg.loss.objective}", dynamic_ncols=True)
 

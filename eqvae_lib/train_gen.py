@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from .dit import DiT, GaussianDiffusion, create_diffusion, dit_model, sample_dit
 from . import rng as rng_rule
@@ -52,7 +53,6 @@ from .perf import adam_kwargs, enable_tf32, maybe_compile
 from .sit import LinearInterpolant, sample_sit, sit_model
 from .training import (EMA, Checkpointer, JsonlLogger, barrier, load_checkpoint, mean_over_processes, process_group,
                        resolve_device, spawn_processes, wrap_ddp)
-from .training import update_ema  # noqa: F401  (kept importable from here: projection.py uses it)
 
 CHECKPOINT_FORMAT = "eqvae-gen-v1"
 
@@ -235,7 +235,6 @@ def train_gen(cfg: TrainGenConfig, cache: LatentCache | str | Path, run_dir: str
         ValueError: batch larger than the cache, batch not divisible by the world size, labels missing or out of
             range for a class-conditional model, or a checkpoint in ``run_dir`` from an incompatible model/cache.
     """
-    from tqdm.auto import tqdm
     with process_group(device) as pg:
         rank, world = pg.rank, pg.world
         if not isinstance(cache, LatentCache):
@@ -243,7 +242,6 @@ def train_gen(cfg: TrainGenConfig, cache: LatentCache | str | Path, run_dir: str
         device = resolve_device(device)
         if cfg.batch_size % world:
             raise ValueError(f"global batch_size {cfg.batch_size} is not divisible by the {world} processes")
-        b_local = cfg.batch_size // world
         num_classes = cache.num_classes if cfg.num_classes is None else int(cfg.num_classes)
         if num_classes > 0:
             if not cache.labelled:
@@ -413,7 +411,6 @@ def sample_latents(model: DiT, n: int, *, method: str = "dit", sampler: str | No
     Raises:
         ValueError: sampler not valid for the method, or labels of the wrong length.
     """
-    from tqdm.auto import tqdm
     samplers = {"dit": ("ddpm", "ddim"), "sit": ("heun", "euler")}
     if method not in samplers:
         raise ValueError(f"method must be 'dit' or 'sit', got {method!r}")

@@ -118,10 +118,12 @@ def process_group(device: str | torch.device | None = None) -> Iterator[DistInfo
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """The training device: ``device`` if given, else CUDA when available, else the CPU. A CUDA device without an
-    index becomes the current one (under torchrun: ``cuda:LOCAL_RANK``, set by :func:`init_distributed`)."""
+    index becomes ``cuda:LOCAL_RANK`` in a process group (torchrun's variable, also when the caller initialised the
+    group itself), else the current device."""
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+        in_group = dist.is_available() and dist.is_initialized() and "LOCAL_RANK" in os.environ
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]) if in_group else torch.cuda.current_device())
     return dev
 
 

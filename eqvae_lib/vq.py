@@ -33,7 +33,9 @@ codes from data once, before training.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -134,7 +136,7 @@ def build_vq(name: str | VQConfig = "vq-f4", **overrides: Any):
         latents ``[B, embed_dim, H/f, W/f]``; ``vq.decode(z).sample`` quantises and decodes. The ``VQConfig`` is
         attached as ``vq.vq_config``.
     """
-    from diffusers import VQModel
+    from diffusers import VQModel  # lazy: diffusers' model classes take seconds to import
 
     cfg = vq_config(name, **overrides)
     n = len(cfg.block_out_channels)
@@ -446,20 +448,17 @@ def _first_images(data, n: int) -> torch.Tensor:
 
 def _taming_vq_weight(cfg, train) -> Any:
     """``cfg`` with ``loss.vq_weight = C*H*W`` of the training images (see ``pretrain_vq``)."""
-    import dataclasses
 
     chw = int(_first_images(train, 1)[0].numel())
     return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, vq_weight=float(chw))), chw
 
 
 def _run_vq(vq, train, cfg, run_dir, val, dead_code_every, vq_weight, disc_init=None, notes=None):
-    from pathlib import Path
 
     chw = None
     if vq_weight == "per-pixel":
         cfg, chw = _taming_vq_weight(cfg, train)
     elif vq_weight is not None:
-        import dataclasses
 
         cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, vq_weight=float(vq_weight)))
     mon = DeadCodeMonitor(_bare(vq), every=dead_code_every, auto=True) if dead_code_every else None
@@ -505,7 +504,6 @@ def pretrain_vq(train, cfg, run_dir, arch: str | VQConfig = "vq-f4", val=None, d
     Returns:
         the run folder. The trained model: ``eqvae_lib.autoencoders.load_autoencoder(run_dir / "model")``.
     """
-    import dataclasses
 
     if cfg.loss.objective != "plain":
         cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, objective="plain"))

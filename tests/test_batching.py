@@ -52,6 +52,9 @@ def test_bad_input_is_refused_with_a_clear_message():
         next(iter_batches(TensorDataset(x, y), 2, with_labels=True, labels=y))
     with pytest.raises(ValueError, match="with_labels"):
         next(iter_batches(x, 2, labels=y))
+    with pytest.raises(ValueError, match="ambiguous"):  # a list of batches is not read as a list of items
+        next(iter_batches([x[:4], x[4:8]], 2))
+    assert torch.equal(torch.cat(list(iter_batches(iter([x[:4], x[4:]]), 2))), x)  # iter(batches): passed through
 
 
 def test_the_metrics_use_the_one_batcher():

@@ -88,7 +88,8 @@ def test_code_version_follows_behaviour_not_comments_docstrings_or_plotting(tmp_
     assert pipeline.code_version("gen", str(root)) == v["gen"]
     # training and metric code
     for rel, stage in (("train_ae.py", "ae"), ("metrics/reconstruction.py", "ae-metrics"), ("train_gen.py", "gen"),
-                       ("maskgit.py", "maskgit")):
+                       ("maskgit.py", "maskgit"), ("train_maskgit.py", "maskgit"), ("training.py", "ae"),
+                       ("training.py", "gen"), ("data.py", "latents"), ("metrics/extractors.py", "fid")):
         f = root / rel
         f.write_text(f.read_text() + "\n_EXTRA = 1\n")
         pipeline.code_version.cache_clear()

@@ -440,14 +440,20 @@ def test_the_cap_rule_applies_to_the_vq_base_for_table3():
     assert _rows([_vq_record("stop reason: max_steps"), gen])["table2_gFID"]["verdict"] == V.REPRODUCED
 
 
-def test_table3_speedup_reads_notebook_10s_per_seed_estimates():
-    # notebook 10 records maskgit_speedup_vs_base per MaskGIT seed (verdicts.speedup_estimate on the epoch curves)
+def test_table3_speedup_over_maskgit_seeds_of_one_vq_finetune_is_conditional_only():
+    # notebook 10: one VQ fine-tune per arm, so its per-MaskGIT-seed speed-ups ("eq, seed s") are generator noise:
+    # reported as a conditional interval, never as the verdict
     rec = _vq_record("stop reason: plateau")
     for s, v in enumerate([2.1, 1.9, 2.4]):
-        rec.add("maskgit_speedup_vs_base", v, "x", subject="eq", seed=s, notes="")
+        rec.add("maskgit_speedup_vs_base", v, "x", subject=f"eq, seed {s}", notes="")
     row = _rows([rec])["table3_speedup"]
-    assert row["verdict"] == V.REPRODUCED and row["n_replicates"] == 3
-    assert row["ours"] == pytest.approx((2.1 * 1.9 * 2.4) ** (1 / 3))
+    assert row["verdict"] == V.NOT_TESTABLE and "generator" in row["verdict_text"]
+    assert row["cond_k"] == 3 and row["cond_effect"] == pytest.approx((2.1 * 1.9 * 2.4) ** (1 / 3))
+    # seeded VQ fine-tunes (full replicates, metric seed=s) would decide it; a capped VQ base voids it
+    full = _vq_record("stop reason: plateau")
+    for s, v in enumerate([2.1, 1.9, 2.4]):
+        full.add("maskgit_speedup_vs_base", v, "x", subject="eq", seed=s, notes="")
+    assert _rows([full])["table3_speedup"]["verdict"] == V.REPRODUCED
     capped = _vq_record("stop reason: max_epochs")
     for s, v in enumerate([2.1, 1.9, 2.4]):
         capped.add("maskgit_speedup_vs_base", v, "x", subject="eq", seed=s, notes="")

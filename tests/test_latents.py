@@ -67,8 +67,7 @@ def test_official_round_trip_flip_and_sample(vae, images, tmp_path):
 
 def test_repa_mode_stores_moments_and_samples(vae, images, tmp_path):
     x, y = images
-    cache = build_latent_cache(vae, x, tmp_path / "r", shift=SHIFT, scale=SCALE, labels=y, mode="repa",
-                               progress=False)
+    build_latent_cache(vae, x, tmp_path / "r", shift=SHIFT, scale=SCALE, labels=y, mode="repa", progress=False)
     with torch.no_grad():
         dist = vae.encode(x).latent_dist
     loaded = load_latent_cache(tmp_path / "r", mode="repa")

@@ -88,3 +88,13 @@ def test_readme_block_is_generated_from_the_committed_pilot_records(tmp_path):
     fake.write_text("a\n<!-- plateau-pilot -->\nold\n<!-- /plateau-pilot -->\nb\n")
     assert update_readme(recs, fake) and not update_readme(recs, fake)
     assert fake.read_text() == f"a\n<!-- plateau-pilot -->\n{block}\n<!-- /plateau-pilot -->\nb\n"
+
+
+def test_the_cpu_cap_sits_above_where_the_pilot_saw_the_rule_fire():
+    # the cap is a safety net: a cap below the pilot's fire step would stop the reference base before its plateau
+    from eqvae_lib.experiment.config import load_config
+
+    pilot = json.loads((REPO / "figures" / "cpu" / "design" / "plateau_pilot_ae.json").read_text())
+    b = load_config("cpu").base_ae
+    assert pilot["fire_step"] is not None and b.pretrain_max_epochs is None
+    assert b.pretrain_max_steps >= 2 * pilot["fire_step"]

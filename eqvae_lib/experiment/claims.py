@@ -282,7 +282,8 @@ def observations(record: Any) -> list[Obs]:
     legacy encodings of per-generator-seed values over ONE fine-tune are mapped onto the aggregate's name with
     ``full=False``: ``{g}_gFID_step{N}_seed{s}`` at the last step N (table2) → ``{g}_gFID_final``, and subject
     ``"X, seed s"`` metric ``maskgit_gFID`` with notes ``"epoch E; ..."`` at the last E (table1_vq) →
-    ``maskgit_gFID_final``."""
+    ``maskgit_gFID_final``; subject ``"X, seed s"`` of a ``maskgit_speedup_vs_*`` metric (table1_vq: one VQ fine-tune
+    per arm, MaskGIT seeds only) → that metric, ``full=False``."""
     out: list[Obs] = []
     last_step: dict[str, int] = {}
     last_epoch = -1
@@ -304,6 +305,8 @@ def observations(record: Any) -> list[Obs]:
             e = _EPOCH.search(m.notes or "")
             if e and int(e["e"]) == last_epoch:
                 out.append(Obs(vq["subject"], "maskgit_gFID_final", m.value, int(vq["seed"]), False, m.notes))
+        elif vq and m.name.startswith("maskgit_speedup_vs_"):
+            out.append(Obs(vq["subject"], m.name, m.value, int(vq["seed"]), False, m.notes))
         else:
             out.append(Obs(m.subject, m.name, m.value, None, True, m.notes))
     return out
@@ -512,8 +515,19 @@ def evaluate(records: Iterable[Any], claims: Iterable[Claim] = CLAIMS, alpha: fl
 def _speedup_row(c: Claim, obs: list[Obs]) -> dict:
     """A speed-up claim from per-replicate estimates (metric values with ``seed``; None = censored, a curve never
     reached the worse of the two final gFIDs): :func:`verdicts.speedup_verdict`."""
-    reps = {o.seed: (float(o.value) if _finite(o.value) else None) for o in obs
-            if o.subject == c.subject and o.metric == c.metric and o.seed is not None}
+    mine = [o for o in obs if o.subject == c.subject and o.metric == c.metric and o.seed is not None]
+    reps = {o.seed: (float(o.value) if _finite(o.value) else None) for o in mine if o.full}
+    gen = {o.seed: (float(o.value) if _finite(o.value) else None) for o in mine if not o.full}
+    if not reps and gen:  # one fine-tune per arm: the seeds are the generator's only
+        g = V.speedup_verdict([gen[s] for s in sorted(gen)], comparator=f"the {c.comparator}")
+        cond = (dict(cond_effect=g.effect, cond_ci_low=g.low, cond_ci_high=g.high, cond_k=len(gen))
+                if g.effect is not None else {})
+        return _row(c, n_replicates=1, verdict=V.NOT_TESTABLE, verdict_text=(
+            f"one fine-tune per arm: the {len(gen)} seeds are the generator's only, so they measure generator noise, "
+            "not the effect of the autoencoder" + (f"; conditional on the one fine-tune per arm: {g.effect:.3g} "
+                                                  f"[{g.low:.3g}, {g.high:.3g}] (not the verdict's interval)"
+                                                  if g.effect is not None and g.low is not None else
+                                                  f"; conditional estimate: {g.text}")), **cond)
     vals = [reps[s] for s in sorted(reps)]
     v = V.speedup_verdict(vals, paper_effect=c.paper_effect, comparator=f"the {c.comparator}")
     done = [x for x in vals if x is not None]

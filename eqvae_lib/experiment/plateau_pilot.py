@@ -30,12 +30,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..io import atomic_write_json, atomic_write_text, git_commit
+from ..io import atomic_path, atomic_write_json, atomic_write_text, git_commit
 from ..runtime import REPO_ROOT
 from ..train_ae import load_summary, plateau_reached, pretrain
 from ..vq import pretrain_vq
 from .config import load_config
-from .pipeline import base_ae_train_config, base_vq_train_config, load_data
+from .pipeline import base_ae_train_config, base_vq_train_config, code_version, load_data, lock_hash
 
 KINDS = ("ae", "vq")
 
@@ -95,13 +95,15 @@ class PlateauPilot:
 
 
 def train_plateau_pilot(profile: str, kind: str, max_steps: int, out: str | Path, device: str | None = None,
-                        bf16: bool = False, max_time_s: float | None = None) -> PlateauPilot:
+                        bf16: bool = False, max_time_s: float | None = None, note: str = "") -> PlateauPilot:
     """Train the profile's base ``kind`` (``"ae"``: the base autoencoder; ``"vq"``: the base VQ tokenizer) with the
     plateau rule off for ``max_steps`` optimizer steps into ``out`` (resumable: a rerun continues from its last
     checkpoint), then read where the rule would have fired. ``max_time_s`` (seconds of training) also ends the pilot —
     a pilot on a lent machine may need it; the base of a reference run is never capped in time. Writes ``out/plateau_pilot_<kind>.json`` (atomic) with
     the trace, the fire step, the resolved training config, device, precision, git commit and wall time. May train
-    for an hour or more on a CPU.
+    for an hour or more on a CPU. ``note`` (free text: where and why it ran) is stored in the record as ``run_note``;
+    the record also carries the code version of the stage (``code_version``, independent of git metadata) and the hash
+    of ``requirements.lock``.
 
     Raises:
         ValueError: ``kind`` not in ``KINDS``, or the profile loads its base (``base_vae``: nothing to pilot).
@@ -126,7 +128,7 @@ def train_plateau_pilot(profile: str, kind: str, max_steps: int, out: str | Path
     steps_run = int(load_summary(out)["steps"])
     gan_on = cfg.loss.disc_start if cfg.loss.disc_weight > 0 else 0
     fire = plateau_fire_step(trace, gan_on, cfg.plateau_window, cfg.plateau_threshold)
-    steps_per_epoch = -(-len(data.train_x) // (cfg.batch_size * cfg.grad_accum))
+    steps_per_epoch = int(load_summary(out)["steps_per_epoch"])  # as the loop counts them (drop-last batches)
     dev = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     record = out / f"plateau_pilot_{kind}.json"
     atomic_write_json(record, {
@@ -136,6 +138,7 @@ def train_plateau_pilot(profile: str, kind: str, max_steps: int, out: str | Path
         "steps_per_epoch": steps_per_epoch, "trace": trace, "train_config": dataclasses.asdict(cfg),
         "model": arch, "device": dev, "gpu": torch.cuda.get_device_name() if dev.startswith("cuda") else None,
         "bf16": bf16, "max_time_s": max_time_s, "torch": torch.__version__, "git_commit": git_commit(),
+        "code_version": code_version(kind), "requirements_lock": lock_hash(), "run_note": note,
         "wall_s": round(wall, 1),
         "note": "design pilot: base metrics only; the plateau rule off, read post hoc (plateau_fire_step)"})
     print(f"plateau rule fires at step {fire} ({'never' if fire is None else f'{fire / steps_per_epoch:.2f} epochs'}"
@@ -160,15 +163,16 @@ def plot_plateau_pilots(records: list[str | Path], out: str | Path) -> Path:
         if r["fire_step"] is not None:
             ax.axvline(r["fire_step"], color=line.get_color(), ls="--", lw=1)
         ax.axvline(r["gan_on"], color="grey", ls=":", lw=1)
-    ax.set_xlabel("optimizer step (batch 64)")
+    ax.set_xlabel(f"optimizer step (batch {r['train_config']['batch_size']})")
     ax.set_ylabel("validation PSNR (dB)")
     ax.set_title(f"plateau pilot, profile {r['profile']} (dotted: GAN start; dashed: the plateau rule fires)",
                  fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out.with_suffix(".png"), dpi=120)
-    fig.savefig(out.with_suffix(".pdf"))
+    for suffix in (".png", ".pdf"):
+        with atomic_path(out.with_suffix(suffix)) as tmp:
+            fig.savefig(tmp, dpi=120, format=suffix[1:])
     plt.close(fig)
     return out.with_suffix(".png")
 
@@ -200,7 +204,9 @@ def readme_paragraph(records: list[dict]) -> str:
         tr = psnr_trend(r["trace"], r["gan_on"], r["fire_step"] or r["steps_run"])
         where = (f"the rule fired at step {r['fire_step']} ({r['fire_step'] / r['steps_per_epoch']:.1f} epochs)"
                  if r["fire_step"] is not None else f"the rule did not fire within {r['steps_run']} steps")
-        out.append(f"`{r['profile']}` {name} ({r['model']['arch']}, {r['device']}): {where}; over steps "
+        run = (f"{r['steps_run']} steps on {r.get('gpu') or r['device']}, torch {r['torch']}"
+               + (f", stopped by a {r['max_time_s']:g} s time limit" if r.get("max_time_s") else ""))
+        out.append(f"`{r['profile']}` {name} ({r['model']['arch']}; pilot of {run}): {where}; over steps "
                    f"{tr['first']}–{tr['last']} its validation PSNR rose {tr['slope_db_per_1000']:+.2f} dB per 1000 "
                    f"steps (least squares) with a residual SD of {tr['residual_sd_db']:.2f} dB between validations.")
     return "\n".join(f"- {line}" for line in out)
@@ -237,6 +243,7 @@ def cli_plateau_pilot(argv: list[str]) -> int:
     p.add_argument("--device", help="cpu / cuda (default: cuda when available)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (default off: fp32 as on the CPU)")
     p.add_argument("--max-time", type=float, help="also stop after this many seconds of training (pilot only)")
+    p.add_argument("--note", default="", help="free text stored in the record (where and why the pilot ran)")
     a = p.parse_args(argv)
     if a.from_records:
         print(plot_plateau_pilots(a.from_records, a.out))
@@ -244,5 +251,5 @@ def cli_plateau_pilot(argv: list[str]) -> int:
         return 0
     if a.steps is None:
         raise ValueError("--steps is required to train a pilot (or give --from-records to plot existing records)")
-    train_plateau_pilot(a.profile, a.kind, a.steps, a.out, a.device, a.bf16, a.max_time)
+    train_plateau_pilot(a.profile, a.kind, a.steps, a.out, a.device, a.bf16, a.max_time, a.note)
     return 0

@@ -232,7 +232,7 @@ class ClassifierFeatureExtractor(FeatureExtractorBase):
         super().__init__(name, features_list)
         if feature_extractor_weights_path is None:
             raise ValueError(f"{CLASSIFIER_NAME} needs feature_extractor_weights_path (a file from "
-                             "eqvae_lib.metrics.fid.classifier_extractor)")
+                             "eqvae_lib.metrics.extractors.classifier_extractor)")
 
         with safe_open(str(feature_extractor_weights_path), "pt") as f:
             meta = f.metadata() or {}

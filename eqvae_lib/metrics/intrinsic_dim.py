@@ -40,7 +40,7 @@ def _as_points(latents: torch.Tensor | np.ndarray) -> np.ndarray:
 def neighbour_distances(x: np.ndarray) -> np.ndarray:
     """First and second nearest-neighbour Euclidean distances ``[N, 2]`` of points ``x`` ``[N, D]`` (self excluded):
     scikit-learn's ``pairwise_distances_chunked``, as skdim's TwoNN does, with a partial sort per row."""
-    from sklearn.metrics import pairwise_distances_chunked
+    from sklearn.metrics import pairwise_distances_chunked  # lazy: scikit-learn takes seconds to import
 
     out = np.empty((len(x), 2))
     i = 0
@@ -71,7 +71,7 @@ def _near_duplicate_mask(x: np.ndarray, tol_abs: float) -> np.ndarray:
     drop = np.zeros(len(x), dtype=bool)
     if len(cand) == 0:
         return drop
-    from sklearn.metrics import pairwise_distances
+    from sklearn.metrics import pairwise_distances  # lazy: scikit-learn takes seconds to import
 
     d = pairwise_distances(x[cand])
     for a in range(len(cand)):
@@ -83,7 +83,7 @@ def _near_duplicate_mask(x: np.ndarray, tol_abs: float) -> np.ndarray:
 
 
 def _twonn_from_dist(r: np.ndarray, discard_fraction: float) -> float:
-    import skdim
+    import skdim  # lazy: scikit-dimension takes seconds to import
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -180,7 +180,7 @@ def intrinsic_dimension(latents: torch.Tensor | np.ndarray, n: int | None = None
         bstd = float(boots.std())
     d_mle = None
     if mle:
-        import skdim
+        import skdim  # lazy: scikit-dimension takes seconds to import
 
         mle_k = min(mle_k, len(x) - 1)  # K neighbours need K + 1 points
         with warnings.catch_warnings():

@@ -100,7 +100,7 @@ def ssim_per_image(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     Args:
         x, y: ``[B, C, H, W]`` in [-1, 1] or uint8. Returns float64 ``[B]`` in [-1, 1] (1 = identical).
     """
-    from skimage.metrics import structural_similarity
+    from skimage.metrics import structural_similarity  # lazy: scikit-image takes seconds to import
 
     if x.shape != y.shape:
         raise ValueError(f"shape mismatch: {tuple(x.shape)} vs {tuple(y.shape)}")
@@ -128,7 +128,9 @@ class LPIPS:
         net: ``"alex"`` (default) or ``"vgg"`` trunk.
         device: where the network runs (default: CPU).
     Call ``lpips(x, y)`` with ``[B, C, H, W]`` images in [-1, 1] (C = 1 or 3) → float32 ``[B]`` on CPU (0 =
-    identical), without gradients. ``name`` names the network for results.
+    identical), without gradients. ``name`` names the network and the input up-sampling for results (the loss's
+    rule: sides below 32 px for AlexNet, 16 px for VGG16, are up-sampled; before the kit had one LPIPS, the metric
+    up-sampled VGG16 inputs below 32 px, so VGG16 values of 16–31 px images differ from older records).
 
     Raises:
         ValueError: another ``net``; a shape mismatch of ``x`` and ``y`` (at call time).
@@ -141,7 +143,8 @@ class LPIPS:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.perceptual = PerceptualLoss(f"stlpips-{net}").to(self.device).eval()
         self.net = net
-        self.name = f"ST-LPIPS ({'AlexNet' if net == 'alex' else 'VGG16'}, shift-tolerant, stlpips-pytorch 0.0.2)"
+        self.name = (f"ST-LPIPS ({'AlexNet' if net == 'alex' else 'VGG16'}, shift-tolerant, stlpips-pytorch 0.0.2; "
+                     f"inputs below {self.perceptual.min_side} px up-sampled)")
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
