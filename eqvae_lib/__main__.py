@@ -29,7 +29,7 @@ COMMANDS = {
     "audit": ("eqvae_lib.metrics.audit", "cli_audit"),
     "report": ("eqvae_lib.experiment.records", "cli_report"),
     "compare-reference": ("eqvae_lib.experiment.records", "cli_compare_reference"),
-    "fetch-data": ("eqvae_lib.data", "_main"),
+    "fetch-data": ("eqvae_lib.data", "cli_fetch_data"),
     "project": ("eqvae_lib.experiment.projection", "cli_project"),
     "plateau-pilot": ("eqvae_lib.experiment.plateau_pilot", "cli_plateau_pilot"),
     "config": ("eqvae_lib.experiment.config", "main"),
@@ -46,8 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module, func = COMMANDS[cmd]
-    if cmd == "fetch-data":
-        rest = ["fetch", *rest]
     return run_guarded(cmd, getattr(importlib.import_module(module), func), rest)
 
 

@@ -604,6 +604,16 @@ def get_dataset(name: str, split: str = "train", size: int = 32, n: int | None =
     raise ValueError(f"unknown dataset {name!r}; choose fashion-mnist, photo-crops or imagefolder")
 
 
+def cli_fetch_data(argv: list[str]) -> int:
+    """``python -m eqvae_lib fetch-data``: make Fashion-MNIST available offline (Debian package or download into
+    ``data/``). Returns 0."""
+    argparse.ArgumentParser(prog="python -m eqvae_lib fetch-data", description="Make Fashion-MNIST available "
+                            "(the Debian package dataset-fashion-mnist, or a download into data/fashion-mnist/)."
+                            ).parse_args(argv)
+    print(f"Fashion-MNIST: {fetch_fashion_mnist()}")
+    return 0
+
+
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eqvae_lib.data", description="dataset utilities")
     sub = parser.add_subparsers(dest="cmd", required=True)

@@ -572,3 +572,13 @@ def test_id_gfid_points_are_independent_autoencoders_one_per_variant_and_fine_tu
     row2 = _rows([rec2])["id_gfid_relation"]
     assert row2["n_replicates"] == 5 and row2["effect"] == pytest.approx(v.effect)
     assert "the base once" in row2["verdict_text"]
+
+
+def test_report_refuses_to_rewrite_the_committed_reference_without_a_run_of_its_own(tmp_path, monkeypatch, capsys):
+    # a fresh clone has no runs/<profile>/records: `report` would rebuild figures/<profile> (the committed reference)
+    # with today's claim set and rewrite its verdicts, so it refuses and says how to proceed
+    monkeypatch.setattr(R, "RUNS_DIR", tmp_path)
+    before = (R.FIGURES_DIR / "cpu" / "results.csv").read_text()
+    assert R.cli_report(["--profile", "cpu"]) == 2
+    assert "--overwrite-reference" in capsys.readouterr().err
+    assert (R.FIGURES_DIR / "cpu" / "results.csv").read_text() == before

@@ -113,3 +113,15 @@ def test_a_removed_key_of_an_old_profile_says_what_replaces_it(tmp_path, monkeyp
 def test_replicate_seeds_must_be_distinct_and_not_empty(seeds):
     with pytest.raises(C.ConfigError, match="replicate_seeds"):
         C.load_config("smoke", {"replicate_seeds": seeds})
+
+
+@pytest.mark.parametrize("args, named", [(["-p", "kl_weight"], "takes a NAME and a VALUE"),
+                                         (["gen_stepz", "5"], "expected -p NAME VALUE"),
+                                         (["-p", "kl_weight", "1e-5", "extra"], "expected -p NAME VALUE"),
+                                         (["-p", "no_such_key", "1"], "no_such_key")])
+def test_check_overrides_refuses_what_make_reproduce_would_misread(args, named):
+    from eqvae_lib.experiment.config import ConfigError, check_overrides
+
+    with pytest.raises(ConfigError, match=named):
+        check_overrides(args)
+    check_overrides(["-p", "kl_weight", "1e-5", "-r", "dataset", "fashion-mnist"])  # valid pairs pass

@@ -535,14 +535,13 @@ def check_overrides(args: list[str]) -> None:
     """
     overrides, i = {}, 0
     while i < len(args):
-        if args[i] in ("-p", "--parameters", "-r", "--parameters_raw"):
-            if i + 2 >= len(args) + 1:
-                raise ConfigError(f"{' '.join(args[i:])}: {args[i]} takes a NAME and a VALUE")
-            raw = args[i] in ("-r", "--parameters_raw")
-            overrides[args[i + 1]] = args[i + 2] if raw else _parse_scalar(args[i + 2])
-            i += 3
-        else:
-            i += 1
+        if args[i] not in ("-p", "--parameters", "-r", "--parameters_raw"):
+            raise ConfigError(f"{args[i]!r}: expected -p NAME VALUE (or -r NAME VALUE) pairs, e.g. -p kl_weight 1e-5")
+        if i + 2 >= len(args):
+            raise ConfigError(f"{' '.join(args[i:])}: {args[i]} takes a NAME and a VALUE")
+        raw = args[i] in ("-r", "--parameters_raw")
+        overrides[args[i + 1]] = args[i + 2] if raw else _parse_scalar(args[i + 2])
+        i += 3
     overrides.pop("profile", None)
     load_config(None, overrides)
 
@@ -556,14 +555,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{stage} ({cls.__name__}): {', '.join(f.name for f in fields(cls))}")
         return 0
     if argv[:1] == ["check"]:
+        if argv[1:2] in (["-h"], ["--help"]):
+            print("usage: python -m eqvae_lib config check [-p NAME VALUE | -r NAME VALUE] ...   (exit 2 on a bad "
+                  "name or value)")
+            return 0
         try:
             check_overrides(argv[1:])
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        print(f"ok: {len(argv[1:]) // 3} override(s) valid")
         return 0
-    print(main.__doc__)
-    return 1
+    print("usage: python -m eqvae_lib config keys | config check [-p NAME VALUE ...]\n"
+          "  keys   list every knob, stage by stage\n"
+          "  check  validate papermill-style overrides against the stages (exit 2 on a bad name or value)")
+    return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
 
 
 if __name__ == "__main__":

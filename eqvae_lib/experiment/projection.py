@@ -805,7 +805,7 @@ def projection_table(P: Config, measured: dict[str, dict], notebooks: tuple[str,
 
 def cli_project(argv: list[str]) -> int:
     """``python -m eqvae_lib project --profile P [--notebooks N1 N2 ...] [--measure] [--seconds S]``."""
-    p = argparse.ArgumentParser(prog="eqvae project", description="Projected wall time of each notebook of a "
+    p = argparse.ArgumentParser(prog="python -m eqvae_lib project", description="Projected wall time of each notebook of a "
                                 "profile on this machine (count model x measured throughput).")
     p.add_argument("--profile", default=None, help="smoke | cpu | cpu-full | paper (default $EQVAE_PROFILE or cpu)")
     p.add_argument("--notebooks", nargs="*", default=None, help="notebook names (default: all)")

@@ -575,8 +575,17 @@ def cli_report(argv: list[str]) -> int:
     p.add_argument("--profile", default="cpu", choices=PROFILES)
     p.add_argument("--from-tables", action="store_true", help="re-derive the records from the committed tables")
     p.add_argument("--readme", action="store_true", help="rewrite the README's results table of the profile")
+    p.add_argument("--overwrite-reference", action="store_true", help="rebuild the committed reference report of "
+                   "the profile with today's claim set although this checkout has no run of its own")
     args = p.parse_args(argv)
     folder = FIGURES_DIR / args.profile
+    own = (RUNS_DIR / args.profile / "records").is_dir()
+    if not own and not args.overwrite_reference:
+        print(f"error: {RUNS_DIR / args.profile / 'records'} does not exist: {folder} holds only the committed "
+              "reference run, and rebuilding it with today's claim set rewrites its verdicts (claims whose "
+              "definition changed since read 'not run'). Run the notebooks first, or pass --overwrite-reference "
+              f"(undo with `git checkout {folder.relative_to(REPO_ROOT)} README.md`)", file=sys.stderr)
+        return 2
     try:
         if args.from_tables:
             save_records_beside_figures(records_from_tables(args.profile, folder), folder)
