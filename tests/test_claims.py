@@ -235,6 +235,10 @@ def test_committed_results_use_only_verdict_words_and_match_the_readme(profile):
     assert R.readme_block(profile, rows) in readme, (f"README results table of {profile} differs from "
                                                      f"figures/{profile}/results.csv: run `python -m eqvae_lib report "
                                                      f"--profile {profile} --readme`")
+    records = [R.load_record(p) for p in sorted(R.records_dir(profile).glob("*.json")) if p.stem != "report"]
+    assert R.times_block(profile, records) in readme, (f"README wall-time table of {profile} differs from "
+                                                      f"figures/{profile}/records: run `python -m eqvae_lib report "
+                                                      f"--profile {profile} --readme`")
 
 
 def test_update_readme_replaces_only_the_marked_block(tmp_path):
@@ -243,14 +247,69 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
     (folder / "results.csv").write_text(",".join(C.COLUMNS) + "\n"
                                         + ",".join("x" if c in ("claim", "verdict") else "" for c in C.COLUMNS) + "\n")
     readme = tmp_path / "README.md"
-    readme.write_text("before\n<!-- results:cpu -->\nold\n<!-- /results:cpu -->\nafter\n")
+    readme.write_text("before\n<!-- results:cpu -->\nold\n<!-- /results:cpu -->\nafter\n"
+                      "<!-- times:cpu -->\nold times\n<!-- /times:cpu -->\nend\n")
     assert R.update_readme("cpu", readme, folder)
     text = readme.read_text()
-    assert text.startswith("before\n<!-- results:cpu -->") and text.endswith("<!-- /results:cpu -->\nafter\n")
-    assert "old" not in text and "| x |" in text
+    assert text.startswith("before\n<!-- results:cpu -->") and text.endswith("<!-- /times:cpu -->\nend\n")
+    assert "<!-- /results:cpu -->\nafter\n<!-- times:cpu -->" in text
+    assert "old" not in text and "| x |" in text and "No records of profile `cpu` yet." in text
     assert not R.update_readme("cpu", readme, folder)  # idempotent
     with pytest.raises(ValueError, match="markers"):
         R.update_readme("cpu-full", readme, folder)
+    readme.write_text("<!-- results:cpu -->\n<!-- /results:cpu -->\n")  # a results block without its times block
+    with pytest.raises(ValueError, match="times:cpu"):
+        R.update_readme("cpu", readme, folder)
+
+
+def _timed(claim: str, started: float, minutes: float, commit: str = "a" * 40) -> R.RunRecord:
+    rec = R.RunRecord(claim, "t", "cpu", git_commit=commit, started=started)
+    rec.wall_time_s = 60 * minutes
+    return rec
+
+
+def _design(started: float) -> R.RunRecord:
+    rec = _timed("design", started, 2.0)
+    rec.add("stage_throughput", 70.4, "images/s", subject="ae_pretrain")
+    rec.add("stage_throughput", 40.0, "images/s", subject="ae_pretrain_gan")
+    rec.add("stage_throughput", 900.0, "images/s", subject="classifier_train")  # not shown
+    rec.add("projected_wall_time", 3.0, "min", subject="00_design_pilot")
+    rec.add("projected_wall_time", 100.0, "min", subject="01_data_and_base_ae")
+    return rec
+
+
+def test_times_block_one_run_and_separate_runs():
+    t0 = 1_700_000_000.0
+    # one run: each notebook starts 10 s after the previous one ends
+    one = [_design(t0), _timed("base_ae", t0 + 130, 90.0), _timed("table6_finetune", t0 + 130 + 5400 + 10, 30.0)]
+    df = R.notebook_times(one)
+    assert list(df.notebook) == ["00_design_pilot", "01_data_and_base_ae", "02_finetune"]  # CLAIMS order
+    assert df.measured_min.tolist() == [2.0, 90.0, 30.0]
+    assert df.projected_min.iloc[:2].tolist() == [3.0, 100.0] and math.isnan(df.projected_min.iloc[2])
+    assert math.isnan(df.gap_before_s.iloc[0]) and df.gap_before_s.iloc[1:].tolist() == [10.0, 10.0]
+    block = R.times_block("cpu", one)
+    assert block.startswith("<!-- times:cpu -->") and block.endswith("<!-- /times:cpu -->")
+    assert "| `01_data_and_base_ae` | 90.0 | 100.0 |" in block
+    assert "AE pretraining step 70 images/s, AE step with the GAN 40 images/s." in block
+    assert "classifier" not in block
+    # 122 min in the notebooks; from the first start to the last end: 130 + 5400 + 10 + 1800 s = 122.3 min
+    assert "One run (3 of 3 notebooks measured): 122 min in the notebooks, 122 min from the first" in block
+    assert "estimate" not in block and "different commits" not in block
+    # the same notebooks run as two sessions 3 hours apart, the second at another commit: a sum, called an estimate
+    two = one[:2] + [_timed("table6_finetune", t0 + 130 + 5400 + 3 * 3600, 30.0, commit="b" * 40)]
+    block = R.times_block("cpu", two)
+    assert "Sum of the notebooks' wall times: 122 min (3 of 3 notebooks measured, in 2 separate runs" in block
+    assert "an estimate of one run from empty caches, not a measurement of one" in block
+    assert "different commits: `aaaaaaaaaaaa`, `bbbbbbbbbbbb`" in block
+
+
+def test_times_block_never_shows_a_re_derived_record_as_measured():
+    old = _timed("base_ae", 0.0, 0.1)
+    old.origin = "re-derived from the committed tables; start time unknown"
+    df = R.notebook_times([old])
+    assert math.isnan(df.measured_min.iloc[0])
+    block = R.times_block("cpu", [old])
+    assert "unknown (re-derived record, no clock)" in block and "One run" not in block and "Sum" not in block
 
 
 def test_record_verdict_never_claims_more_than_its_least_conclusive_claim():

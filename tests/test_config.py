@@ -48,8 +48,10 @@ def test_loss_knobs_that_were_ignored_now_reach_the_loss_config():
 
 
 def test_papermill_style_values_are_parsed_and_ints_become_floats():
-    P = C.load_config("smoke", {"replicate_seeds": "[0, 1, 2]", "gen_steps": 9, "gen_lr": 1})
+    P = C.load_config("smoke", {"replicate_seeds": "[0, 1, 2]", "gen_steps": 9, "gen_eval_steps": "[3, 9]",
+                                "gen_lr": 1})
     assert P.run.replicate_seeds == [0, 1, 2] and P.gen.gen_steps == 9 and isinstance(P.gen.gen_lr, float)
+    assert P.gen.gen_eval_steps == [3, 9]
 
 
 def test_inherit_reads_the_base_profile_first():
@@ -125,3 +127,19 @@ def test_check_overrides_refuses_what_make_reproduce_would_misread(args, named):
     with pytest.raises(ConfigError, match=named):
         check_overrides(args)
     check_overrides(["-p", "kl_weight", "1e-5", "-r", "dataset", "fashion-mnist"])  # valid pairs pass
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"gen_steps": 1000}, r"gen_eval_steps = \[300, 600, 900, 1200, 1500\] \(.*cpu.yaml\): \[1200, 1500\] lie beyond "
+                          r"gen_steps = 1000 \(override\).*-p gen_eval_steps '\[300, 600, 900\]'"),
+    ({"finetune_epochs": 2}, r"fig5_epochs = \[1, 3\].*\[3\] lie beyond finetune_epochs = 2"),
+    ({"maskgit_epochs": 4}, r"maskgit_eval_epochs = \[1, 2, 4, 6\].*\[6\] lie beyond maskgit_epochs = 4"),
+])
+def test_a_shortened_run_refuses_evaluation_points_it_would_never_reach(overrides, message):
+    with pytest.raises(C.ConfigError, match=message):
+        C.load_config("cpu", overrides)
+    # with the evaluation points moved inside the run, the same override is accepted
+    key = {"gen_steps": "gen_eval_steps", "finetune_epochs": "fig5_epochs", "maskgit_epochs": "maskgit_eval_epochs"}
+    (end_key, end), = overrides.items()
+    P = C.load_config("cpu", {**overrides, key[end_key]: [end]})
+    assert P.flat()[key[end_key]] == [end]

@@ -24,8 +24,8 @@ def test_paper_profile_notebooks_run_on_a_tiny_image_folder(tmp_path):
     ae.save_autoencoder(ae.build_autoencoder("kl-f8"), tmp_path / "kl-f8")
     overrides = dict(profile="paper", data_root_train=str(tmp_path / "train"), data_root_test=str(tmp_path / "val"),
                      base_vae=str(tmp_path / "kl-f8"), image_size=32, n_test=4, finetune_subset=4,
-                     finetune_epochs=1, finetune_batch=2, eval_n=4, eval_scales=[0.5], id_n=4, id_bootstrap=2,
-                     disc_ndf=8, val_size=2, progress=False)
+                     finetune_epochs=1, fig5_epochs=[1], finetune_batch=2, eval_n=4, eval_scales=[0.5], id_n=4,
+                     id_bootstrap=2, disc_ndf=8, val_size=2, progress=False)
     # every output of the run (records, figures, caches) stays in tmp_path, never in the user's data/ or runs/
     env = {"EQVAE_RUNS": str(tmp_path / "runs"), "EQVAE_FIGURES": str(tmp_path / "figures"),
            "EQVAE_DATA": str(tmp_path / "data")}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from eqvae_lib.experiment import pipeline
-from eqvae_lib.experiment.config import build_config
+from eqvae_lib.experiment.config import ConfigError, build_config
 
 
 def test_steps_to_reach_interpolates_and_reports_not_reached():
@@ -136,7 +136,9 @@ def test_headline_generator_names_and_fid_sample_sizes():
         pipeline.headline_method(P.replace(gen_methods=[]))
     assert P.finetune.finetune_epochs == 3 and pipeline.fig5_epochs(P) == [1, 3]  # epochs 0 (base), 1, the last
     assert pipeline.fig5_epochs(P.replace(fig5_epochs=None)) == [1, 2, 3]
-    assert pipeline.fig5_epochs(P.replace(fig5_epochs=[3, 1, 7])) == [1, 3]  # beyond finetune_epochs: dropped
+    assert pipeline.fig5_epochs(P.replace(fig5_epochs=[3, 1])) == [1, 3]
+    with pytest.raises(ConfigError, match=r"fig5_epochs = \[3, 1, 7\].*\[7\] lie beyond finetune_epochs = 3"):
+        P.replace(fig5_epochs=[3, 1, 7])  # the config refuses an epoch the run never reaches
     with pytest.raises(ValueError, match="fig5_epochs"):
         pipeline.fig5_epochs(P.replace(fig5_epochs=[4]))
 

@@ -28,7 +28,7 @@ SYNTH = dict(
     matched_rfid_max_extra_epochs=0,
     eval_n=10, eval_scales=[0.5, 0.75], id_n=30, id_sizes=[40, 20], fid_extractor="classifier",
     classifier_n_train=200, classifier_epochs=2, inception_n=0,
-    gen_methods=["sit", "dit"], gen_steps=30, gen_batch=8, gen_eval_steps=[10, 30, 50], gen_fid_n=16,
+    gen_methods=["sit", "dit"], gen_steps=30, gen_batch=8, gen_eval_steps=[10, 30], gen_fid_n=16,
     gen_fid_n_final=24, fid_spread_draws=3, fig5_epochs=[1],
     pilot_candidates=[{"dataset": "fashion-mnist", "image_size": 32, "arch": "small-f4"},
                       {"dataset": "fashion-mnist", "image_size": 64, "arch": "small-f4"}],
@@ -74,7 +74,7 @@ def test_count_model_on_a_synthetic_profile():
     assert t[("05_latent_pca", "encode")] == 5 * 10
     assert t[("06_intrinsic_dimension", "encode")] == 5 * (30 + 40)
     # 07: per method 3 arms x 2 seeds = 6 curves of 30 steps x 8 latents; evaluations at steps 10 (16 samples) and 30
-    # (the last: 24), step 50 > gen_steps dropped: 40 samples per curve; the FID spread: 3 draws x 24 of the headline
+    # (the last: 24): 40 samples per curve; the FID spread: 3 draws x 24 of the headline
     # generator (sit); 5 latent caches of 1000; reference: all 500 test images; rFID cached by 04
     assert t[("07_generative_comparison", "gen_train_sit")] == t[("07_generative_comparison", "gen_train_dit")] == 1440
     assert t[("07_generative_comparison", "gen_sample_sit")] == 6 * 40 + 72

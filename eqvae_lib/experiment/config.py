@@ -428,7 +428,33 @@ def build_config(values: dict[str, Any], profile: str = "custom", source: str = 
         if key != "profile" and key not in KEY_STAGE:
             raise unknown_key_error(key, source)
     stages = {s: _validate(cls, values, source) for s, cls in STAGES.items()}
+    _check_schedules(stages, source, overrides or {})
     return Config(profile=profile, source=source, overrides=dict(overrides or {}), **stages)
+
+
+def _check_schedules(stages: dict[str, Any], source: str, overrides: dict[str, Any]) -> None:
+    """Refuse an evaluation point beyond the end of its run (``gen_eval_steps`` > ``gen_steps``, ``fig5_epochs`` >
+    ``finetune_epochs``, ``maskgit_eval_epochs`` > ``maskgit_epochs``): it would never be evaluated, and a shortened
+    run (``-p gen_steps 1000``) would silently lose checkpoints. Checked on the merged values only (a profile may set
+    one key of a pair and inherit the other).
+
+    Raises:
+        ConfigError: naming both keys, their values and where each came from (``override`` or the profile files).
+    """
+    def origin(key: str) -> str:
+        return "override" if key in overrides else source
+
+    gen, ft, vq = stages["gen"], stages["finetune"], stages["vq"]
+    for key, points, end_key, end in (("gen_eval_steps", gen.gen_eval_steps, "gen_steps", gen.gen_steps),
+                                      ("fig5_epochs", gen.fig5_epochs or [], "finetune_epochs", ft.finetune_epochs),
+                                      ("maskgit_eval_epochs", vq.maskgit_eval_epochs, "maskgit_epochs",
+                                       vq.maskgit_epochs)):
+        beyond = [p for p in points if p > end]
+        if beyond:
+            raise ConfigError(f"{key} = {list(points)} ({origin(key)}): {beyond} lie beyond {end_key} = {end} "
+                              f"({origin(end_key)}) and would "
+                              f"never be evaluated; give {key} within the run (e.g. -p {key} "
+                              f"'{[p for p in points if p <= end] or [end]}') or raise {end_key}")
 
 
 def profile_name() -> str:
