@@ -273,43 +273,69 @@ def _design(started: float) -> R.RunRecord:
     rec.add("stage_throughput", 70.4, "images/s", subject="ae_pretrain")
     rec.add("stage_throughput", 40.0, "images/s", subject="ae_pretrain_gan")
     rec.add("stage_throughput", 900.0, "images/s", subject="classifier_train")  # not shown
+    rec.add("stage_throughput", math.nan, "latents/s", subject="gen_train_sit")  # not a number: not shown
     rec.add("projected_wall_time", 3.0, "min", subject="00_design_pilot")
-    rec.add("projected_wall_time", 100.0, "min", subject="01_data_and_base_ae")
+    rec.add("projected_wall_time", 100.0, "min", subject="01_data_and_base_ae", notes="at most; base AE: its cap")
     return rec
 
 
-def test_times_block_one_run_and_separate_runs():
-    t0 = 1_700_000_000.0
-    # one run: each notebook starts 10 s after the previous one ends
-    one = [_design(t0), _timed("base_ae", t0 + 130, 90.0), _timed("table6_finetune", t0 + 130 + 5400 + 10, 30.0)]
+T0 = 1_700_000_000.0
+
+
+def test_times_block_one_run_back_to_back():
+    # each notebook starts 10 s after the previous one ends
+    one = [_design(T0), _timed("base_ae", T0 + 130, 90.0), _timed("table6_finetune", T0 + 130 + 5400 + 10, 30.0)]
     df = R.notebook_times(one)
     assert list(df.notebook) == ["00_design_pilot", "01_data_and_base_ae", "02_finetune"]  # CLAIMS order
     assert df.measured_min.tolist() == [2.0, 90.0, 30.0]
     assert df.projected_min.iloc[:2].tolist() == [3.0, 100.0] and math.isnan(df.projected_min.iloc[2])
+    assert df.projected_at_most.tolist() == [False, True, False]
     assert math.isnan(df.gap_before_s.iloc[0]) and df.gap_before_s.iloc[1:].tolist() == [10.0, 10.0]
     block = R.times_block("cpu", one)
     assert block.startswith("<!-- times:cpu -->") and block.endswith("<!-- /times:cpu -->")
-    assert "| `01_data_and_base_ae` | 90.0 | 100.0 |" in block
-    assert "AE pretraining step 70 images/s, AE step with the GAN 40 images/s." in block
-    assert "classifier" not in block
+    assert "| `00_design_pilot` | 2.0 | 3.0 |" in block and "| `01_data_and_base_ae` | 90.0 | ≤ 100.0 |" in block
+    assert "AE pretraining step without the GAN 70 images/s, with the GAN 40 images/s." in block
+    assert "classifier" not in block and "SiT" not in block and "nan" not in block
     # 122 min in the notebooks; from the first start to the last end: 130 + 5400 + 10 + 1800 s = 122.3 min
-    assert "One run (3 of 3 notebooks measured): 122 min in the notebooks, 122 min from the first" in block
+    assert "One run of 3 notebooks, back to back: 122 min in the notebooks, 122 min from the first" in block
     assert "estimate" not in block and "different commits" not in block
-    # the same notebooks run as two sessions 3 hours apart, the second at another commit: a sum, called an estimate
-    two = one[:2] + [_timed("table6_finetune", t0 + 130 + 5400 + 3 * 3600, 30.0, commit="b" * 40)]
+    assert "No record (not run in this profile, or not yet): `03_equivariance_failure`" in block
+
+
+def test_times_block_calls_separate_or_out_of_order_runs_a_sum_and_an_estimate():
+    # the same notebooks run as two sessions 3 hours apart, the second at another commit
+    two = [_design(T0), _timed("base_ae", T0 + 130, 90.0),
+           _timed("table6_finetune", T0 + 130 + 5400 + 3 * 3600, 30.0, commit="b" * 40)]
     block = R.times_block("cpu", two)
-    assert "Sum of the notebooks' wall times: 122 min (3 of 3 notebooks measured, in 2 separate runs" in block
-    assert "an estimate of one run from empty caches, not a measurement of one" in block
+    assert "Sum of the wall times of the 3 measured notebooks: 122 min, from 2 separate runs." in block
+    assert "An estimate of one run from empty caches, not a measurement of one" in block and "One run" not in block
     assert "different commits: `aaaaaaaaaaaa`, `bbbbbbbbbbbb`" in block
+    # notebook 00 re-run a week after the others (only its source changed): its successors started long before its
+    # end, which must not pass as "back to back" (nor give a negative span)
+    week = 7 * 86400
+    late = [_design(T0 + week), _timed("base_ae", T0 + 130, 90.0), _timed("table6_finetune", T0 + 5540, 30.0)]
+    assert R.notebook_times(late).gap_before_s.iloc[1] < -R.ONE_RUN_GAP_S
+    block = R.times_block("cpu", late)
+    assert "from 2 separate runs" in block and "One run" not in block
 
 
 def test_times_block_never_shows_a_re_derived_record_as_measured():
-    old = _timed("base_ae", 0.0, 0.1)
-    old.origin = "re-derived from the committed tables; start time unknown"
+    old = _timed("base_ae", T0, 17.0)  # a real-looking clock...
+    old.origin = "re-derived from the committed tables; start time unknown"  # ...but re-derived: no clock
     df = R.notebook_times([old])
-    assert math.isnan(df.measured_min.iloc[0])
+    assert math.isnan(df.measured_min.iloc[0]) and df.started.iloc[0] == ""
     block = R.times_block("cpu", [old])
-    assert "unknown (re-derived record, no clock)" in block and "One run" not in block and "Sum" not in block
+    assert "unknown (re-derived record, no clock)" in block and "17.0" not in block
+    assert "One run" not in block and "Sum" not in block and "Machine" not in block
+    # beside a measured notebook, the re-derived one is named as unclocked and the total is only a sum
+    design = _design(T0 - 200)
+    block = R.times_block("cpu", [design, old])
+    assert "Sum of the wall times of the 1 measured notebooks: 2 min, from one run; without a clock: " \
+           "01_data_and_base_ae." in block
+    # a re-derived design record's rates are not shown as notebook 00's measurement beside a measured notebook
+    design.origin = "re-derived"
+    block = R.times_block("cpu", [design, _timed("base_ae", T0, 17.0)])
+    assert "Machine of the measured notebooks" in block and "Throughput" not in block
 
 
 def test_record_verdict_never_claims_more_than_its_least_conclusive_claim():

@@ -190,7 +190,7 @@ class GeneratorConfig:
     gen_batch: int = knob(128, lo=1)
     gen_lr: float = knob(1e-4, lo=0.0)
     gen_ema: float = knob(0.9999, lo=0.0, hi=1.0)
-    gen_eval_steps: list[int] = knob(factory=lambda: [1500])
+    gen_eval_steps: list[int] = knob(factory=lambda: [1500], lo=1)
     gen_log_every: int = knob(100, lo=1)
     gen_fid_n: int = knob(1000, lo=2)
     gen_fid_n_final: int | None = knob(None, lo=2)
@@ -221,7 +221,7 @@ class VQConfig:
     maskgit_lr: float = knob(4e-4, lo=0.0)
     maskgit_ema: float | None = knob(None, lo=0.0, hi=1.0)
     maskgit_epochs: int = knob(6, lo=1)
-    maskgit_eval_epochs: list[int] = knob(factory=lambda: [6])
+    maskgit_eval_epochs: list[int] = knob(factory=lambda: [6], lo=1)
     maskgit_decode_steps: int = knob(8, lo=1)
 
 
@@ -428,21 +428,22 @@ def build_config(values: dict[str, Any], profile: str = "custom", source: str = 
         if key != "profile" and key not in KEY_STAGE:
             raise unknown_key_error(key, source)
     stages = {s: _validate(cls, values, source) for s, cls in STAGES.items()}
-    _check_schedules(stages, source, overrides or {})
+    _check_schedules(stages, values, source, overrides or {})
     return Config(profile=profile, source=source, overrides=dict(overrides or {}), **stages)
 
 
-def _check_schedules(stages: dict[str, Any], source: str, overrides: dict[str, Any]) -> None:
+def _check_schedules(stages: dict[str, Any], values: dict[str, Any], source: str, overrides: dict[str, Any]) -> None:
     """Refuse an evaluation point beyond the end of its run (``gen_eval_steps`` > ``gen_steps``, ``fig5_epochs`` >
     ``finetune_epochs``, ``maskgit_eval_epochs`` > ``maskgit_epochs``): it would never be evaluated, and a shortened
     run (``-p gen_steps 1000``) would silently lose checkpoints. Checked on the merged values only (a profile may set
     one key of a pair and inherit the other).
 
     Raises:
-        ConfigError: naming both keys, their values and where each came from (``override`` or the profile files).
+        ConfigError: naming both keys, their values and where each came from (``override``, the profile files, or
+            ``default``: the stage dataclass's default).
     """
     def origin(key: str) -> str:
-        return "override" if key in overrides else source
+        return "override" if key in overrides else source if key in values else "default"
 
     gen, ft, vq = stages["gen"], stages["finetune"], stages["vq"]
     for key, points, end_key, end in (("gen_eval_steps", gen.gen_eval_steps, "gen_steps", gen.gen_steps),
@@ -498,7 +499,8 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
 
     Raises:
         FileNotFoundError: unknown profile. ConfigError: an unknown key (naming the closest valid ones), a value of the
-            wrong type or out of range (naming the key, the file and the allowed values).
+            wrong type or out of range (naming the key, the file and the allowed values), an evaluation point beyond
+            the end of its run (see :func:`_check_schedules`).
     """
     name = profile or profile_name()
     values, files = _read_profile(name)

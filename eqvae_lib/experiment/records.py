@@ -442,24 +442,26 @@ def read_results_csv(path: Path) -> list[dict]:
 # --- README wall-time tables (between markers), from the records' own clocks ---
 
 #: the largest gap (s) between one notebook's end and the next one's start for both to count as one run of
-#: ``make reproduce`` (papermill starts a kernel per notebook: seconds)
+#: ``make reproduce`` (papermill starts a kernel per notebook: seconds); a notebook that started more than this before
+#: the previous one ended (out of order, or overlapping) breaks the run too
 ONE_RUN_GAP_S = 300.0
 #: notebook 00's throughput rows shown beside the times (subject of ``stage_throughput``: label)
-THROUGHPUT_SHOWN = {"ae_pretrain": "AE pretraining step", "ae_pretrain_gan": "AE step with the GAN",
+THROUGHPUT_SHOWN = {"ae_pretrain": "AE pretraining step without the GAN", "ae_pretrain_gan": "with the GAN",
                     "gen_train_sit": "SiT training", "gen_train_dit": "DiT training"}
 
 
 def notebook_times(records: Iterable[RunRecord]) -> pd.DataFrame:
     """One row per notebook of :data:`CLAIMS` with a record, in run order: ``notebook``, ``claim``, ``measured_min``
-    (the record's own clock: from its creation in the notebook's second cell to ``save`` in its last, i.e. the
-    notebook's wall time less kernel start-up; ``NaN`` for a record re-derived from tables, whose clock is unknown),
-    ``projected_min`` (notebook 00's ``projected_wall_time`` for that notebook in the same profile, ``NaN`` where
-    none), ``started`` (UTC, ``YYYY-MM-DD HH:MM``) and ``started_s`` (Unix time, s), ``gap_before_s`` (seconds
-    between the previous notebook's end and this one's start; ``NaN`` for the first or an unknown clock) and
+    (the record's own clock: from its creation in the notebook's second cell, after the imports and the config, to
+    ``save`` in its last; ``NaN`` for a record re-derived from tables, whose clock is unknown), ``projected_min`` and
+    ``projected_at_most`` (notebook 00's ``projected_wall_time`` for that notebook from empty caches, and whether it
+    is a cap, i.e. its notes start with "at most"; ``NaN`` where none), ``started`` (UTC, ``YYYY-MM-DD HH:MM``),
+    ``started_s`` (Unix time, s), ``gap_before_s`` (seconds between the previous measured notebook's end and this
+    one's start, negative when it started before that end; ``NaN`` for the first or an unknown clock), ``host`` and
     ``commit`` (12 hex, ``-dirty`` kept)."""
     by_claim = {r.claim: r for r in records}
     design = by_claim.get("design")
-    projected = {m.subject: m.value for m in design.metrics if m.name == "projected_wall_time"} if design else {}
+    projected = {m.subject: m for m in design.metrics if m.name == "projected_wall_time"} if design else {}
     rows, prev_end = [], None
     for claim, (notebook, _) in CLAIMS.items():
         r = by_claim.get(claim)
@@ -471,19 +473,22 @@ def notebook_times(records: Iterable[RunRecord]) -> pd.DataFrame:
             prev_end = r.started + r.wall_time_s
         proj = projected.get(notebook)
         rows.append(dict(notebook=notebook, claim=claim, measured_min=r.wall_time_s / 60 if measured else math.nan,
-                         projected_min=math.nan if proj is None else float(proj),
+                         projected_min=math.nan if proj is None or proj.value is None else float(proj.value),
+                         projected_at_most=bool(proj is not None and proj.notes.startswith("at most")),
                          started=time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.started)) if measured else "",
-                         started_s=r.started if measured else math.nan, gap_before_s=gap,
+                         started_s=r.started if measured else math.nan, gap_before_s=gap, host=r.host,
                          commit=r.git_commit[:12] + ("-dirty" if r.git_commit.endswith("-dirty") else "")))
-    return pd.DataFrame(rows, columns=["notebook", "claim", "measured_min", "projected_min", "started", "started_s",
-                                       "gap_before_s", "commit"])
+    return pd.DataFrame(rows, columns=["notebook", "claim", "measured_min", "projected_min", "projected_at_most",
+                                       "started", "started_s", "gap_before_s", "host", "commit"])
 
 
 def times_block(profile: str, records: list[RunRecord]) -> str:
     """The README's wall-time block for ``profile`` (markers ``<!-- times:PROFILE -->``): per notebook the measured
-    wall time of the committed run beside notebook 00's projection, the machine's throughput from notebook 00, and the
-    total, stated as ONE run's wall time only when every notebook started within :data:`ONE_RUN_GAP_S` of the previous
-    one's end; otherwise as the sum of separate runs, called an estimate. Nothing typed by hand."""
+    wall time of the committed record beside notebook 00's projection from empty caches (``≤`` for a cap), the
+    machines and notebook 00's throughput, and the total. The total is called ONE run only when every notebook with a
+    record has a clock and each started within :data:`ONE_RUN_GAP_S` after the previous one's end (not before it);
+    otherwise it is the sum of separate runs, called an estimate, because the records do not store which caches each
+    run found. Records re-derived from tables are never shown as measured. Nothing typed by hand."""
     df = notebook_times(records)
     lines = [f"<!-- times:{profile} -->",
              f"<!-- generated by `python -m eqvae_lib report --profile {profile} --readme` from "
@@ -495,31 +500,43 @@ def times_block(profile: str, records: list[RunRecord]) -> str:
         "notebook": "`" + df.notebook + "`",
         "wall time, measured (min)": [f"{v:.1f}" if not math.isnan(v) else "unknown (re-derived record, no clock)"
                                       for v in df.measured_min],
-        "projected by notebook 00 (min)": [f"{v:.1f}" if not math.isnan(v) else "" for v in df.projected_min],
+        "projected by notebook 00 from empty caches (min)": [
+            "" if math.isnan(v) else ("≤ " if most else "") + f"{v:.1f}"
+            for v, most in zip(df.projected_min, df.projected_at_most)],
         "started (UTC)": df.started, "commit": "`" + df.commit + "`"})
     lines += ["", to_markdown(table).rstrip("\n"), ""]
-    design = next((r for r in records if r.claim == "design"), None)
-    if design is not None:
-        rates = [f"{THROUGHPUT_SHOWN[m.subject]} {m.value:.0f} {m.unit}" for m in design.metrics
-                 if m.name == "stage_throughput" and m.subject in THROUGHPUT_SHOWN and m.value is not None]
-        if rates:
-            lines.append(f"Machine of this run: {design.host}; its throughput measured by notebook 00: "
-                         + ", ".join(rates) + ".")
     measured = df[df.measured_min.notna()]
+    design = next((r for r in records if r.claim == "design"), None)
     if len(measured):
+        hosts = sorted(set(measured.host))
+        line = f"Machine{'s' if len(hosts) > 1 else ''} of the measured notebooks: {', '.join(hosts)}."
+        if design is not None and not design.origin:
+            rates = [f"{THROUGHPUT_SHOWN[m.subject]} {m.value:.0f} {m.unit}" for m in design.metrics
+                     if m.name == "stage_throughput" and m.subject in THROUGHPUT_SHOWN and m.value is not None
+                     and math.isfinite(m.value)]
+            if rates:
+                line += (f" Throughput on {design.host} as notebook 00 recorded it (measured by notebook 00 or by the "
+                         "`make project` just before it): " + ", ".join(rates) + ".")
+        lines.append(line)
         total = measured.measured_min.sum()
         gaps = measured.gap_before_s.dropna()
-        runs = 1 + int((gaps > ONE_RUN_GAP_S).sum())
-        what = f"{len(measured)} of {len(df)} notebooks measured"
-        if runs == 1 and len(measured) == len(df):
-            last = measured.iloc[-1]
-            span = (last.started_s + 60 * last.measured_min - measured.iloc[0].started_s) / 60
-            lines.append(f"One run ({what}): {total:.0f} min in the notebooks, {span:.0f} min from the first "
-                         "notebook's start to the last one's end.")
+        breaks = int(((gaps > ONE_RUN_GAP_S) | (gaps < -ONE_RUN_GAP_S)).sum())
+        unclocked = df.notebook[df.measured_min.isna()].tolist()
+        if breaks == 0 and not unclocked:
+            end = (measured.started_s + 60 * measured.measured_min).max()
+            span = (end - measured.started_s.min()) / 60
+            lines.append(f"One run of {len(measured)} notebooks, back to back: {total:.0f} min in the notebooks, "
+                         f"{span:.0f} min from the first notebook's start to the last one's end.")
         else:
-            lines.append(f"Sum of the notebooks' wall times: {total:.0f} min ({what}, in {runs} separate runs, each on "
-                         "the caches of the notebooks before it) — an estimate of one run from empty caches, not a "
-                         "measurement of one.")
+            lines.append(f"Sum of the wall times of the {len(measured)} measured notebooks: {total:.0f} min, from "
+                         + (f"{breaks + 1} separate runs" if breaks else "one run")
+                         + (f"; without a clock: {', '.join(unclocked)}" if unclocked else "")
+                         + ". An estimate of one run from empty caches, not a measurement of one: it holds only if "
+                         "each notebook ran once, on the caches of the notebooks before it (the records do not store "
+                         "which caches a run found).")
+    missing = [nb for c, (nb, _) in CLAIMS.items() if c not in set(df.claim)]
+    if missing:
+        lines.append("No record (not run in this profile, or not yet): " + ", ".join(f"`{m}`" for m in missing) + ".")
     commits = sorted(set(df.commit))
     if len(commits) > 1:
         lines.append("The notebooks ran at different commits: " + ", ".join(f"`{c}`" for c in commits) + ".")
@@ -665,12 +682,13 @@ def cli_report(argv: list[str]) -> int:
     ``figures/<profile>/report.md``, ``results.*`` and ``measurements.*`` from the profile's result records
     (``runs/<profile>/records`` copied to ``figures/<profile>/records``). ``--from-tables`` first re-derives the records
     of a committed reference run from its committed tables (see :func:`records_from_tables`); ``--readme`` then
-    rewrites the README's results block of the profile. Returns 0, or 2 when the profile has no records."""
+    rewrites the README's results block and wall-time block of the profile (:func:`update_readme`). Returns 0, or 2
+    when the profile has no records."""
     p = argparse.ArgumentParser(prog="python -m eqvae_lib report", description="Rebuild the report of a profile "
                                 "from its result records (runs/<profile>/records/*.json, figures/<profile>/records).")
     p.add_argument("--profile", default="cpu", choices=PROFILES)
     p.add_argument("--from-tables", action="store_true", help="re-derive the records from the committed tables")
-    p.add_argument("--readme", action="store_true", help="rewrite the README's results table of the profile")
+    p.add_argument("--readme", action="store_true", help="rewrite the README's results table and wall-time table of the profile")
     p.add_argument("--overwrite-reference", action="store_true", help="rebuild the committed reference report of "
                    "the profile with today's claim set although this checkout has no run of its own")
     args = p.parse_args(argv)
