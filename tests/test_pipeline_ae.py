@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from eqvae_lib import train_ae
-from eqvae_lib.experiment import pipeline
+from eqvae_lib.experiment import curve_fid, pipeline
 from eqvae_lib.experiment.config import build_config
 
 TINY = dict(dataset="fashion-mnist", image_size=16, channels=1, n_train=64, n_test=32, val_size=16, seed=0,
@@ -165,3 +165,30 @@ def test_saved_discriminator_round_trips_and_a_different_architecture_is_refused
             NLayerDiscriminator(1, 16, 3), LossConfig(disc_ndf=16), 1))
     with pytest.raises(ValueError, match="finetune_disc: fresh"):
         train_ae.load_discriminator(tmp_path / "nothing-here")
+
+
+def test_the_last_checkpoint_re_scored_on_gen_fid_n_equals_what_the_curve_logs_at_that_n(cache, built):
+    """curve_fid: a curve scored on 24 samples at its last step, re-scored on gen_fid_n = 16 from its checkpoint,
+    equals the last point of the same run scored on 16 samples in training (same weights, same sampling stream)."""
+    _, base = built
+    gen = dict(TINY, gen_methods=["sit"], gen_model="SiT-T/2", gen_steps=4, gen_batch=8, gen_eval_steps=[2, 4],
+               gen_fid_n=16, gen_sample_batch=8, sit_sample_steps=2, classifier_epochs=1, gen_log_every=1)
+    data = _data()
+    P16, P24 = build_config({**gen, "gen_fid_n_final": 16}), build_config({**gen, "gen_fid_n_final": 24})
+    extractor = pipeline.feature_extractor(P16, data)
+    reference = pipeline.reference_stats(P16, data, extractor)
+    c16 = pipeline.train_or_load_generative_curve(P16, data, base.model, 0, "sit", extractor, reference)
+    c24 = pipeline.train_or_load_generative_curve(P24, data, base.model, 0, "sit", extractor, reference)
+    assert c16.run_dir != c24.run_dir and c16.n_fid == (16, 16) and c24.n_fid == (16, 24)
+    assert c16.fid[0] == c24.fid[0]  # one training, one sampling stream: identical up to the last step
+    assert curve_fid.on_one_n(P16, base.model, 0, "sit", c16, extractor, reference) is c16  # already on one n
+    one = curve_fid.on_one_n(P24, base.model, 0, "sit", c24, extractor, reference)
+    assert one.n_fid == (16, 16) and one.fid[0] == c24.fid[0]
+    assert one.fid[-1] == pytest.approx(c16.fid[-1], rel=1e-6, abs=1e-9)  # what training logged on 16 samples
+    assert one.fid[-1] != pytest.approx(c24.fid[-1], rel=1e-6)  # ...not the 24-sample value
+    cached = json.loads((c24.run_dir / "final_fid_n16.json").read_text())
+    assert cached["result"]["fid"] == one.fid[-1] and cached["key"]["step"] == 4
+    assert curve_fid.final_fid_at(P24, base.model, 0, "sit", c24, extractor, reference)["fid"] == one.fid[-1]
+    with pytest.raises(ValueError, match="intermediate checkpoints were scored on"):
+        curve_fid.on_one_n(build_config({**gen, "gen_fid_n": 12, "gen_fid_n_final": 24}), base.model, 0, "sit",
+                           c24, extractor, reference)

@@ -271,7 +271,8 @@ def results_rows(records: list[RunRecord]) -> list[dict]:
 def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
     """Build ``folder/results.{csv,md}`` (one verdict row per claim), ``folder/measurements.{csv,md}`` (every metric)
     and ``folder/report.md`` from the result records of ``profile`` only (copied first into ``folder/records/``, see
-    :func:`collect_records`).
+    :func:`collect_records`). The copies' verdicts are set from ``results.csv``'s rows (:func:`claims.record_verdict`
+    with ``rows``): a notebook judged its record before the later records existed.
 
     Raises:
         FileNotFoundError: when the profile has no records yet (run its notebooks first).
@@ -281,6 +282,9 @@ def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
         raise FileNotFoundError(f"no result records for profile {profile!r} in {(root or RUNS_DIR) / profile} or "
                                 f"{folder / 'records'}; run `make reproduce PROFILE={profile}` first")
     rows = results_rows(records)
+    for r in records:  # the copies beside the figures carry results.csv's verdicts (a notebook saw fewer records)
+        r.set_verdict(*record_verdict(r, records, rows))
+        atomic_write_json(records_dir(profile, folder) / f"{r.claim}.json", asdict(r))
     res = pd.DataFrame(rows, columns=COLUMNS)
     atomic_write_text(folder / "results.csv", res.to_csv(index=False))
     atomic_write_text(folder / "results.md", claims_markdown(rows))
@@ -309,7 +313,7 @@ def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
     lines += [f"- **{r['claim']}** ({r['verdict']}): {r['verdict_text']}" for r in rows
               if r["verdict"] not in ("reproduced", "measurement")]
     for r in records:
-        word, text = record_verdict(r, records)  # all records: the cap rule reads base_ae (as results.csv does)
+        word, text = r.verdict, r.verdict_text  # set above from results.csv's own rows
         sub = df[df.claim == r.claim].drop(columns=["claim"])
         scale = r.scale if (r.scale or "").startswith("Scale:") else f"Scale: {r.scale or 'n/a'}"  # scale_note's form
         wall = f"{(r.wall_time_s or 0) / 60:.1f} min" if r.wall_time_s is not None else "n/a"
@@ -406,8 +410,9 @@ def save_records_beside_figures(records: Iterable[RunRecord], folder: Path) -> l
     time; returns the paths."""
     paths = []
     records = list(records)
+    rows = evaluate(records)
     for r in records:
-        r.set_verdict(*record_verdict(r, records))
+        r.set_verdict(*record_verdict(r, records, rows))
         path = folder / "records" / f"{r.claim}.json"
         atomic_write_json(path, asdict(r))
         paths.append(path)
