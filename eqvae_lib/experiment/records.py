@@ -271,8 +271,9 @@ def results_rows(records: list[RunRecord]) -> list[dict]:
 def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
     """Build ``folder/results.{csv,md}`` (one verdict row per claim), ``folder/measurements.{csv,md}`` (every metric)
     and ``folder/report.md`` from the result records of ``profile`` only (copied first into ``folder/records/``, see
-    :func:`collect_records`). The copies' verdicts are set from ``results.csv``'s rows (:func:`claims.record_verdict`
-    with ``rows``): a notebook judged its record before the later records existed.
+    :func:`collect_records`). Each record's verdict line in ``report.md`` is read from ``results.csv``'s rows
+    (:func:`claims.record_verdict` with ``rows``); the verdict stored in a record is its notebook's, judged before the
+    later records existed (never more than ``results.csv``'s, possibly less).
 
     Raises:
         FileNotFoundError: when the profile has no records yet (run its notebooks first).
@@ -282,9 +283,6 @@ def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
         raise FileNotFoundError(f"no result records for profile {profile!r} in {(root or RUNS_DIR) / profile} or "
                                 f"{folder / 'records'}; run `make reproduce PROFILE={profile}` first")
     rows = results_rows(records)
-    for r in records:  # the copies beside the figures carry results.csv's verdicts (a notebook saw fewer records)
-        r.set_verdict(*record_verdict(r, records, rows))
-        atomic_write_json(records_dir(profile, folder) / f"{r.claim}.json", asdict(r))
     res = pd.DataFrame(rows, columns=COLUMNS)
     atomic_write_text(folder / "results.csv", res.to_csv(index=False))
     atomic_write_text(folder / "results.md", claims_markdown(rows))
@@ -313,7 +311,7 @@ def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
     lines += [f"- **{r['claim']}** ({r['verdict']}): {r['verdict_text']}" for r in rows
               if r["verdict"] not in ("reproduced", "measurement")]
     for r in records:
-        word, text = r.verdict, r.verdict_text  # set above from results.csv's own rows
+        word, text = record_verdict(r, records, rows)  # from results.csv's own rows: the same verdicts
         sub = df[df.claim == r.claim].drop(columns=["claim"])
         scale = r.scale if (r.scale or "").startswith("Scale:") else f"Scale: {r.scale or 'n/a'}"  # scale_note's form
         wall = f"{(r.wall_time_s or 0) / 60:.1f} min" if r.wall_time_s is not None else "n/a"
