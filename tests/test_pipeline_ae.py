@@ -189,6 +189,10 @@ def test_the_last_checkpoint_re_scored_on_gen_fid_n_equals_what_the_curve_logs_a
     cached = json.loads((c24.run_dir / "final_fid_n16.json").read_text())
     assert cached["result"]["fid"] == one.fid[-1] and cached["key"]["step"] == 4
     assert curve_fid.final_fid_at(P24, base.model, 0, "sit", c24, extractor, reference)["fid"] == one.fid[-1]
+    with pytest.raises(ValueError, match="trained with seed 0, method 'sit'; asked to re-score it as seed 1"):
+        curve_fid.final_fid_at(P24, base.model, 1, "sit", c24, extractor, reference)
+    with pytest.raises(ValueError, match="latest checkpoint is step 4, the curve ends at step 3"):
+        curve_fid.final_fid_at(P24, base.model, 0, "sit", dataclasses.replace(c24, steps=(2, 3)), extractor, reference)
     with pytest.raises(ValueError, match="intermediate checkpoints were scored on"):
         curve_fid.on_one_n(build_config({**gen, "gen_fid_n": 12, "gen_fid_n_final": 24}), base.model, 0, "sit",
                            c24, extractor, reference)

@@ -74,12 +74,13 @@ def test_count_model_on_a_synthetic_profile():
     assert t[("05_latent_pca", "encode")] == 5 * 10
     assert t[("06_intrinsic_dimension", "encode")] == 5 * (30 + 40)
     # 07: per method 3 arms x 2 seeds = 6 curves of 30 steps x 8 latents; evaluations at steps 10 (16 samples) and 30
-    # (the last: 24): 40 samples per curve; the FID spread: 3 draws x 24 of the headline
-    # generator (sit); 5 latent caches of 1000; reference: all 500 test images; rFID cached by 04
+    # (the last: 24): 40 samples per curve, + the last checkpoint re-scored on gen_fid_n = 16 for the speed-up
+    # (curve_fid.on_one_n): 56; the FID spread: 3 draws x 24 of the headline generator (sit); 5 latent caches of
+    # 1000; reference: all 500 test images; rFID cached by 04
     assert t[("07_generative_comparison", "gen_train_sit")] == t[("07_generative_comparison", "gen_train_dit")] == 1440
-    assert t[("07_generative_comparison", "gen_sample_sit")] == 6 * 40 + 72
-    assert t[("07_generative_comparison", "gen_sample_dit")] == 6 * 40
-    assert t[("07_generative_comparison", "features")] == 500 + 12 * 40 + 72
+    assert t[("07_generative_comparison", "gen_sample_sit")] == 6 * 56 + 72
+    assert t[("07_generative_comparison", "gen_sample_dit")] == 6 * 56
+    assert t[("07_generative_comparison", "features")] == 500 + 12 * 56 + 72
     assert t[("07_generative_comparison", "encode")] == 5 * 1000
     assert ("07_generative_comparison", "decode") not in t
     # 08: Fig. 5 at epoch 1 (and 0 = the base), EQ and plain x 2 seeds, the headline generator only: 4 new AEs, each

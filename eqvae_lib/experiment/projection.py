@@ -396,6 +396,9 @@ def work_table(k: Knobs) -> CountModel:
         for name in ("base", "plain", "eq"):
             for s in seeds:
                 curve(nb, method, arms(s)[name], s)
+                if k.gen_fid_n_final != k.gen_fid_n:  # curve_fid.on_one_n: the speed-up's curve on one n
+                    sample(nb, method, k.gen_fid_n, f"{method} on {arms(s)[name]} seed {s}: the last checkpoint "
+                           f"re-scored on {k.gen_fid_n} samples")
     for s in seeds:
         for aid in arms(s).values():
             metric(nb, "reconstruction", aid, True)

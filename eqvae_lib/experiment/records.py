@@ -272,8 +272,8 @@ def write_report(profile: str, folder: Path, root: Path | None = None) -> Path:
     """Build ``folder/results.{csv,md}`` (one verdict row per claim), ``folder/measurements.{csv,md}`` (every metric)
     and ``folder/report.md`` from the result records of ``profile`` only (copied first into ``folder/records/``, see
     :func:`collect_records`). Each record's verdict line in ``report.md`` is read from ``results.csv``'s rows
-    (:func:`claims.record_verdict` with ``rows``); the verdict stored in a record is its notebook's, judged before the
-    later records existed (never more than ``results.csv``'s, possibly less).
+    (:func:`claims.record_verdict` with ``rows``). The verdict stored in a record is its notebook's, judged with the
+    records that existed when it ran; ``results.csv`` and ``report.md`` hold the run's verdicts.
 
     Raises:
         FileNotFoundError: when the profile has no records yet (run its notebooks first).
