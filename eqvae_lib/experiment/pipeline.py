@@ -79,7 +79,8 @@ STAGE_ROOTS: dict[str, tuple[str, ...]] = {
     "maskgit": ("train_maskgit", "maskgit", "vq", "metrics.fid"),
 }
 #: the experiment layer (the subpackage ``eqvae_lib.experiment``: configs, records, verdicts, report, plotting, paper
-#: values) and the command line ``__main__``: they cannot change an artefact
+#: values) and the command line ``__main__``: they cannot change a stage's artefact (``curve_fid.py`` keys the FIDs it
+#: re-scores beside a generator's run by its own source)
 EXPERIMENT_LAYER = ("experiment", "__main__")
 #: ...except this module: it decides how artefacts are built (posterior mean or sample, derived seeds, subsets), so
 #: its code is part of every stage's code version
