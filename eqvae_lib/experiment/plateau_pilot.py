@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from ..train_ae import load_summary, plateau_reached, pretrain
 from ..vq import pretrain_vq
 from .config import load_config
 from .pipeline import base_ae_train_config, base_vq_train_config, code_version, load_data, lock_hash
+from .records import replace_marked_block
 
 KINDS = ("ae", "vq")
 
@@ -220,11 +220,9 @@ def update_readme(records: list[str | Path], readme: str | Path) -> bool:
         ValueError: the README has no such markers."""
     readme = Path(readme)
     text = readme.read_text()
-    pat = re.compile(r"<!-- plateau-pilot -->.*?<!-- /plateau-pilot -->", re.S)
-    if not pat.search(text):
-        raise ValueError(f"{readme} has no '<!-- plateau-pilot -->' ... '<!-- /plateau-pilot -->' markers")
     block = readme_paragraph([json.loads(Path(r).read_text()) for r in records])
-    new = pat.sub(lambda _: f"<!-- plateau-pilot -->\n{block}\n<!-- /plateau-pilot -->", text)
+    new = replace_marked_block(text, "plateau-pilot", f"<!-- plateau-pilot -->\n{block}\n<!-- /plateau-pilot -->",
+                               readme)
     if new != text:
         atomic_write_text(readme, new)
     return new != text

@@ -546,10 +546,16 @@ def times_block(profile: str, records: list[RunRecord]) -> str:
     return "\n".join(lines + [f"<!-- /times:{profile} -->"])
 
 
-def _replace_block(text: str, readme: Path, tag: str, profile: str, block: str) -> str:
-    pat = re.compile(rf"<!-- {tag}:{re.escape(profile)} -->.*?<!-- /{tag}:{re.escape(profile)} -->", re.S)
+def replace_marked_block(text: str, name: str, block: str, where: str | Path = "README") -> str:
+    """``text`` with the span from ``<!-- NAME -->`` to ``<!-- /NAME -->`` (markers included) replaced by ``block``
+    (which brings its own markers), e.g. ``name = "times:cpu"`` or ``"plateau-pilot"``.
+
+    Raises:
+        ValueError: ``text`` (read from ``where``) has no such markers.
+    """
+    pat = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
     if not pat.search(text):
-        raise ValueError(f"{readme} has no '<!-- {tag}:{profile} -->' ... '<!-- /{tag}:{profile} -->' markers")
+        raise ValueError(f"{where} has no '<!-- {name} -->' ... '<!-- /{name} -->' markers")
     return pat.sub(lambda _: block, text)
 
 
@@ -564,11 +570,11 @@ def update_readme(profile: str, readme: Path | None = None, folder: Path | None 
     readme = readme or REPO_ROOT / "README.md"
     folder = folder or FIGURES_DIR / profile
     text = readme.read_text()
-    new = _replace_block(text, readme, "results", profile,
-                         readme_block(profile, read_results_csv(folder / "results.csv")))
+    new = replace_marked_block(text, f"results:{profile}", readme_block(profile, read_results_csv(
+        folder / "results.csv")), readme)
     rdir = records_dir(profile, folder)
     records = [load_record(p) for p in sorted(rdir.glob("*.json")) if p.stem != "report"] if rdir.is_dir() else []
-    new = _replace_block(new, readme, "times", profile, times_block(profile, records))
+    new = replace_marked_block(new, f"times:{profile}", times_block(profile, records), readme)
     if new != text:
         atomic_write_text(readme, new)
     return new != text
