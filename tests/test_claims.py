@@ -319,6 +319,30 @@ def test_times_block_calls_separate_or_out_of_order_runs_a_sum_and_an_estimate()
     assert "from 2 separate runs" in block and "One run" not in block
 
 
+def test_times_block_marks_a_resumed_notebook_as_its_last_run_only():
+    # back to back, but notebook 01 finished a base whose training an earlier, killed run had begun
+    base = _timed("base_ae", T0 + 130, 90.0)
+    base.add(R.RESUMED_METRIC, 1, "runs", subject="notebook")
+    runs = [_design(T0), base, _timed("table6_finetune", T0 + 130 + 5400 + 10, 30.0)]
+    assert R.notebook_times(runs).resumed.tolist() == [0, 1, 0]
+    block = R.times_block("cpu", runs)
+    assert "| `01_data_and_base_ae` | 90.0 (last of 2 runs: resumed) | ≤ 100.0 |" in block
+    assert "One run" not in block and "Sum of the wall times of the 3 measured notebooks: 122 min" in block
+    assert "timed for their last run only" in block and "`01_data_and_base_ae` (1 earlier run)" in block
+
+
+def test_resumed_runs_counts_resume_events_and_names_a_broken_log(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"kind": "event", "step": 0, "event": "start"}\n{"kind": "train", "step": 1}\n'
+                   '{"kind": "event", "step": 1, "event": "resume"}\n\n{"kind": "event", "step": 1, "event": "end"}\n')
+    assert R.resumed_runs(log) == 1
+    log.write_text('{"kind": "event", "event": "resume"}\n{"kind": "tra')  # cut off mid-line
+    with pytest.raises(ValueError, match=r"log.jsonl, line 2: not JSON"):
+        R.resumed_runs(log)
+    with pytest.raises(FileNotFoundError):
+        R.resumed_runs(tmp_path / "missing.jsonl")
+
+
 def test_times_block_never_shows_a_re_derived_record_as_measured():
     old = _timed("base_ae", T0, 17.0)  # a real-looking clock...
     old.origin = "re-derived from the committed tables; start time unknown"  # ...but re-derived: no clock
@@ -370,6 +394,7 @@ def test_speedup_estimator_on_curves_with_a_known_crossing_and_censored():
     eq = [90.0, 70.0, 50.0, 45.0, 40.0]  # crosses 60 halfway between 600 (70) and 900 (50) -> step 750
     e = V.speedup_estimate(steps, eq, base)
     assert e.target == 60.0 and e.reach == 750 and e.speedup == pytest.approx(1500 / 750) and not e.censored
+    assert e.describe("EQ", "the base") == "target 60: EQ reaches it at step 750, the base at 1500"
     # a slower subject: the target is the worse final (61, its own), which the base reaches first at 1425
     slow = [120.0, 100.0, 90.0, 75.0, 61.0]
     c = V.speedup_estimate(steps, slow, base)
@@ -382,8 +407,10 @@ def test_speedup_estimator_on_curves_with_a_known_crossing_and_censored():
     assert c.censored and c.speedup is None
     c = V.speedup_estimate(steps, eq, base[:4] + [float("nan")])  # either arm's
     assert c.censored and c.speedup is None
+    assert c.describe() == "target nan: a curve never reaches it (censored)"
     first = V.speedup_estimate(steps, [55.0, 50, 45, 40, 35], base)  # already there at the first checkpoint
     assert first.at_first_checkpoint and first.speedup == pytest.approx(5.0)
+    assert first.describe("EQ", "the base").endswith("EQ already at the first checkpoint, a lower bound")
     with pytest.raises(ValueError):
         V.speedup_estimate(steps, eq[:4], base)
     # per-replicate verdict: all reached -> a log-scale t interval; any censored -> not testable, no number

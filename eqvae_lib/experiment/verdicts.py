@@ -358,6 +358,19 @@ class SpeedupEstimate:
     comparator_reach: float | None = None
     comparator_at_first_checkpoint: bool = False
 
+    def describe(self, subject: str = "EQ", comparator: str = "the comparator") -> str:
+        """One line for a record's notes: the target and where each curve reaches it, or that one never does, and
+        whether the speed-up is a lower or upper bound (e.g. ``"target 41.2: EQ reaches it at step 600, the base at
+        1500"``)."""
+        text = f"target {self.target:.4g}: " + ("a curve never reaches it (censored)" if self.censored else
+                                                f"{subject} reaches it at step {self.reach:.0f}, {comparator} at "
+                                                f"{self.comparator_reach:.0f}")
+        if self.at_first_checkpoint:
+            text += f" — {subject} already at the first checkpoint, a lower bound"
+        if self.comparator_at_first_checkpoint:
+            text += f" — {comparator} already at the first checkpoint, an upper bound"
+        return text
+
 
 def speedup_estimate(steps: Sequence[float], subject: Sequence[float], comparator: Sequence[float]
                      ) -> SpeedupEstimate:
