@@ -319,28 +319,41 @@ def test_times_block_calls_separate_or_out_of_order_runs_a_sum_and_an_estimate()
     assert "from 2 separate runs" in block and "One run" not in block
 
 
-def test_times_block_marks_a_resumed_notebook_as_its_last_run_only():
+def test_times_block_marks_a_notebook_with_earlier_runs_as_its_last_run_only():
     # back to back, but notebook 01 finished a base whose training an earlier, killed run had begun
     base = _timed("base_ae", T0 + 130, 90.0)
-    base.add(R.RESUMED_METRIC, 1, "runs", subject="notebook")
+    base.add(R.EARLIER_RUNS_METRIC, 1, "runs", subject="notebook")
     runs = [_design(T0), base, _timed("table6_finetune", T0 + 130 + 5400 + 10, 30.0)]
-    assert R.notebook_times(runs).resumed.tolist() == [0, 1, 0]
+    assert R.notebook_times(runs).earlier_runs.tolist() == [0, 1, 0]
     block = R.times_block("cpu", runs)
-    assert "| `01_data_and_base_ae` | 90.0 (last of 2 runs: resumed) | ≤ 100.0 |" in block
-    assert "One run" not in block and "Sum of the wall times of the 3 measured notebooks: 122 min" in block
+    assert "| `01_data_and_base_ae` | 90.0 (last of 2 runs) | ≤ 100.0 |" in block
+    assert "One run" not in block and ", from one run" not in block
+    assert "Sum of the wall times of the 3 measured notebooks: 122 min, from at least 2 separate runs" in block
     assert "timed for their last run only" in block and "`01_data_and_base_ae` (1 earlier run)" in block
+    # a NaN, or the metric of another subject, is not read as earlier runs
+    rec = _timed("base_ae", T0, 1.0)
+    rec.add(R.EARLIER_RUNS_METRIC, math.nan, "runs", subject="notebook")
+    rec.add(R.EARLIER_RUNS_METRIC, 3, "runs", subject="base")
+    assert R.notebook_times([rec]).earlier_runs.tolist() == [0]
 
 
-def test_resumed_runs_counts_resume_events_and_names_a_broken_log(tmp_path):
+def test_earlier_runs_counts_resumes_and_a_cache_load_and_names_a_broken_log(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text('{"kind": "event", "step": 0, "event": "start"}\n{"kind": "train", "step": 1}\n'
                    '{"kind": "event", "step": 1, "event": "resume"}\n\n{"kind": "event", "step": 1, "event": "end"}\n')
-    assert R.resumed_runs(log) == 1
+    written = log.stat().st_mtime
+    assert R.earlier_runs(log, started=written) == 1  # trained in this run, continuing one interrupted run
+    assert R.earlier_runs(log, started=written + 1) == 2  # written before this run: loaded from the cache as well
+    # a run started over (resume=False) appends to the old log: only resumes after the last start count
+    log.write_text('{"kind": "event", "event": "start"}\n{"kind": "event", "event": "resume"}\n'
+                   '{"kind": "event", "event": "start"}\n{"kind": "event", "event": "resume"}\n'
+                   '{"kind": "event", "event": "resume"}\n')
+    assert R.earlier_runs(log, started=0.0) == 2
     log.write_text('{"kind": "event", "event": "resume"}\n{"kind": "tra')  # cut off mid-line
     with pytest.raises(ValueError, match=r"log.jsonl, line 2: not JSON"):
-        R.resumed_runs(log)
+        R.earlier_runs(log, started=0.0)
     with pytest.raises(FileNotFoundError):
-        R.resumed_runs(tmp_path / "missing.jsonl")
+        R.earlier_runs(tmp_path / "missing.jsonl", started=0.0)
 
 
 def test_times_block_never_shows_a_re_derived_record_as_measured():
@@ -407,7 +420,7 @@ def test_speedup_estimator_on_curves_with_a_known_crossing_and_censored():
     assert c.censored and c.speedup is None
     c = V.speedup_estimate(steps, eq, base[:4] + [float("nan")])  # either arm's
     assert c.censored and c.speedup is None
-    assert c.describe() == "target nan: a curve never reaches it (censored)"
+    assert c.describe() == "no finite final gFID in one of the curves: no target, censored"
     first = V.speedup_estimate(steps, [55.0, 50, 45, 40, 35], base)  # already there at the first checkpoint
     assert first.at_first_checkpoint and first.speedup == pytest.approx(5.0)
     assert first.describe("EQ", "the base").endswith("EQ already at the first checkpoint, a lower bound")
@@ -480,6 +493,19 @@ def test_speedup_claim_reads_per_replicate_estimates_and_reports_censoring():
     row2 = _rows([rec2])["speedup_vs_plain"]
     assert row2["verdict"] == V.NOT_TESTABLE and row2["ours"] is None and row2["effect"] is None
     assert "censored" in row2["verdict_text"]
+    # the bound notes of SpeedupEstimate.describe reach the verdict text with their own direction
+    steps, base = [300, 600, 900], [80.0, 70.0, 60.0]
+    pairs = (([55.0, 50.0, 45.0], base),  # EQ at the target (60) at its first checkpoint
+             ([90.0, 80.0, 75.0], [70.0, 65.0, 60.0]),  # the base at the target (75) at its first checkpoint
+             ([40.0, 45.0, 41.0], [39.0, 44.0, 42.0]))  # both at the target (42) at the first checkpoint
+    notes = [V.speedup_estimate(steps, eq, b).describe("EQ", "the base") for eq, b in pairs]
+    assert "a lower bound" in notes[0] and "an upper bound" in notes[1] and "no bound" in notes[2]
+    rec3 = R.RunRecord("table2", "t", "cpu")
+    for s, (v, note) in enumerate(zip([5.0, 1 / 3, 1.0], notes)):
+        rec3.add("speedup_vs_base", v, "x", subject="eq", seed=s, notes=note)
+    text = _rows([rec3])["speedup"]["verdict_text"]
+    assert "1 replicate(s) reached the target at the first checkpoint, so their speed-up is a lower bound" in text
+    assert "so their speed-up is an upper bound" in text and "no bound (both arms were there)" in text
 
 
 def test_a_base_stopped_at_a_cap_makes_every_generative_claim_not_testable():

@@ -14,7 +14,7 @@ import torch
 from eqvae_lib import autoencoders as ae
 from eqvae_lib.losses import EQVAELoss, LossConfig
 from eqvae_lib.cli_ae import cli_finetune
-from eqvae_lib.experiment.records import resumed_runs
+from eqvae_lib.experiment.records import earlier_runs
 from eqvae_lib.train_ae import AETrainConfig, plateau_reached, train_autoencoder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,7 +59,8 @@ def test_resume_is_bit_identical(tmp_path):
              if "loss" in r]
     assert steps == list(range(1, 9))
     # the log says how many interrupted runs the last one continued (the README's wall-time table reads it)
-    assert resumed_runs(tmp_path / "cut" / "log.jsonl") == 2 and resumed_runs(tmp_path / "full" / "log.jsonl") == 0
+    assert earlier_runs(tmp_path / "cut" / "log.jsonl", started=0.0) == 2
+    assert earlier_runs(tmp_path / "full" / "log.jsonl", started=0.0) == 0
     rec = json.loads((tmp_path / "full" / "log.jsonl").read_text().splitlines()[1])
     for key in ("loss", "branch", "tau", "d_weight", "logits_real", "logits_fake", "images_seen"):
         assert key in rec

@@ -538,10 +538,11 @@ def _speedup_row(c: Claim, obs: list[Obs]) -> dict:
     v = V.speedup_verdict(vals, paper_effect=c.paper_effect, comparator=f"the {c.comparator}")
     done = [x for x in vals if x is not None]
     ours = float(np.exp(np.mean(np.log(done)))) if done and len(done) == len(vals) else None
-    lower_bound = any("at the first checkpoint" in (o.notes or "") for o in obs
-                      if o.subject == c.subject and o.metric == c.metric and o.seed is not None)
-    text = v.text + ("; some replicates reached the target at their first checkpoint, so their speed-up is a lower "
-                     "bound" if lower_bound else "")
+    notes = [o.notes or "" for o in obs if o.subject == c.subject and o.metric == c.metric and o.seed is not None]
+    bounds = [(phrase, sum(phrase in n for n in notes)) for phrase in ("a lower bound", "an upper bound", "no bound")]
+    text = v.text + "".join(  # the phrases of verdicts.SpeedupEstimate.describe
+        f"; {k} replicate(s) reached the target at the first checkpoint, so their speed-up is "
+        + (phrase if phrase != "no bound" else "no bound (both arms were there)") for phrase, k in bounds if k)
     return _row(c, ours=ours, effect=v.effect, effect_ci_low=v.low, effect_ci_high=v.high,
                 relative_effect=(v.effect - 1) if v.effect is not None else None, n_replicates=len(vals),
                 alpha=v.alpha, min_detectable_effect=v.mde, verdict=v.word, verdict_text=text)

@@ -448,33 +448,41 @@ def read_results_csv(path: Path) -> list[dict]:
 #: ``make reproduce`` (papermill starts a kernel per notebook: seconds); a notebook that started more than this before
 #: the previous one ended (out of order, or overlapping) breaks the run too
 ONE_RUN_GAP_S = 300.0
-#: metric a notebook adds when its training was resumed from a checkpoint that an earlier, interrupted run of the
-#: notebook left (value: how many earlier runs; see :func:`resumed_runs`): its record's clock covers the last run only
-RESUMED_METRIC = "resumed_runs"
+#: metric a notebook adds (subject ``"notebook"``) when its training result contains the work of earlier runs of the
+#: notebook: resumed from their checkpoint after an interruption, or loaded finished from the cache (value: how many
+#: earlier runs; :func:`earlier_runs`). Its record's clock then covers the last run only.
+EARLIER_RUNS_METRIC = "earlier_runs"
 #: notebook 00's throughput rows shown beside the times (subject of ``stage_throughput``: label)
 THROUGHPUT_SHOWN = {"ae_pretrain": "AE pretraining step without the GAN", "ae_pretrain_gan": "with the GAN",
                     "gen_train_sit": "SiT training", "gen_train_dit": "DiT training"}
 
 
-def resumed_runs(log_path: str | Path) -> int:
-    """How many times the training run logged in ``log_path`` (the ``log.jsonl`` of :func:`eqvae_lib.train_ae.
-    train_autoencoder`) was resumed from its checkpoint: the number of its ``{"kind": "event", "event": "resume"}``
-    lines, i.e. the number of earlier, interrupted runs whose work it continued (0 for a run from empty caches).
+def earlier_runs(log_path: str | Path, started: float) -> int:
+    """How many earlier runs the training result logged in ``log_path`` (the ``log.jsonl`` of
+    :func:`eqvae_lib.train_ae.train_autoencoder`) contains, seen from a notebook run that started at ``started`` (Unix
+    time, the record's start): the log's ``{"kind": "event", "event": "resume"}`` lines after its last ``"start"``
+    event (each continued an interrupted run; a run started over with ``resume=False`` appends to the old log), plus
+    one when the log was last written before ``started`` (the training finished in an earlier run and this one loaded
+    it from the cache). 0 for a training run from empty caches within this run.
 
     Raises:
         FileNotFoundError: ``log_path`` does not exist.
         ValueError: a line of ``log_path`` is not JSON (the message names the file and the line).
     """
+    path = Path(log_path)
+    loaded = path.stat().st_mtime < started
     n = 0
-    for i, line in enumerate(Path(log_path).read_text().splitlines(), 1):
+    for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{log_path}, line {i}: not JSON ({e}); is this a training log of the kit?") from None
+        if row.get("kind") == "event" and row.get("event") == "start":
+            n = 0
         n += row.get("kind") == "event" and row.get("event") == "resume"
-    return n
+    return n + loaded
 
 
 def notebook_times(records: Iterable[RunRecord]) -> pd.DataFrame:
@@ -484,8 +492,9 @@ def notebook_times(records: Iterable[RunRecord]) -> pd.DataFrame:
     ``projected_at_most`` (notebook 00's ``projected_wall_time`` for that notebook from empty caches, and whether it
     is a cap, i.e. its notes start with "at most"; ``NaN`` where none), ``started`` (UTC, ``YYYY-MM-DD HH:MM``),
     ``started_s`` (Unix time, s), ``gap_before_s`` (seconds between the previous measured notebook's end and this
-    one's start, negative when it started before that end; ``NaN`` for the first or an unknown clock), ``resumed``
-    (the record's :data:`RESUMED_METRIC`: earlier, interrupted runs whose work this one continued; 0 when absent),
+    one's start, negative when it started before that end; ``NaN`` for the first or an unknown clock),
+    ``earlier_runs`` (the record's :data:`EARLIER_RUNS_METRIC`: earlier runs whose training this one continued or
+    loaded; 0 when absent),
     ``host`` and ``commit`` (12 hex, ``-dirty`` kept)."""
     by_claim = {r.claim: r for r in records}
     design = by_claim.get("design")
@@ -505,21 +514,28 @@ def notebook_times(records: Iterable[RunRecord]) -> pd.DataFrame:
                          projected_at_most=bool(proj is not None and proj.notes.startswith("at most")),
                          started=time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.started)) if measured else "",
                          started_s=r.started if measured else math.nan, gap_before_s=gap,
-                         resumed=int(next((m.value for m in r.metrics if m.name == RESUMED_METRIC), 0) or 0),
-                         host=r.host,
+                         earlier_runs=_earlier_runs(r), host=r.host,
                          commit=r.git_commit[:12] + ("-dirty" if r.git_commit.endswith("-dirty") else "")))
     return pd.DataFrame(rows, columns=["notebook", "claim", "measured_min", "projected_min", "projected_at_most",
-                                       "started", "started_s", "gap_before_s", "resumed", "host", "commit"])
+                                       "started", "started_s", "gap_before_s", "earlier_runs", "host",
+                                       "commit"])
+
+
+def _earlier_runs(r: RunRecord) -> int:
+    """The record's :data:`EARLIER_RUNS_METRIC` (subject ``"notebook"``); 0 when absent or not a finite number."""
+    v = next((m.value for m in r.metrics if m.name == EARLIER_RUNS_METRIC and m.subject == "notebook"), None)
+    return int(v) if v is not None and math.isfinite(v) else 0
 
 
 def times_block(profile: str, records: list[RunRecord]) -> str:
     """The README's wall-time block for ``profile`` (markers ``<!-- times:PROFILE -->``): per notebook the measured
     wall time of the committed record beside notebook 00's projection from empty caches (``≤`` for a cap), the
     machines and notebook 00's throughput, and the total. The total is called ONE run only when every notebook with a
-    record has a clock, none was resumed (:data:`RESUMED_METRIC`) and each started within :data:`ONE_RUN_GAP_S` after
-    the previous one's end (not before it); otherwise it is the sum of separate runs, called an estimate, because the
-    records do not store which caches each run found. A resumed notebook's time is marked as its last run only.
-    Records re-derived from tables are never shown as measured. Nothing typed by hand."""
+    record has a clock, none says its training contains earlier runs (:data:`EARLIER_RUNS_METRIC`, recorded by
+    notebook 01 for the base's training) and each started within :data:`ONE_RUN_GAP_S` after the previous one's end
+    (not before it); otherwise it is the sum of separate runs, called an estimate, because the records do not store
+    which caches each run found (notebook 01's base aside). A notebook with earlier runs is marked as timed for its
+    last run only. Records re-derived from tables are never shown as measured. Nothing typed by hand."""
     df = notebook_times(records)
     lines = [f"<!-- times:{profile} -->",
              f"<!-- generated by `python -m eqvae_lib report --profile {profile} --readme` from "
@@ -531,8 +547,8 @@ def times_block(profile: str, records: list[RunRecord]) -> str:
         "notebook": "`" + df.notebook + "`",
         "wall time, measured (min)": [
             "unknown (re-derived record, no clock)" if math.isnan(v)
-            else f"{v:.1f}" + (f" (last of {n + 1} runs: resumed)" if n else "")
-            for v, n in zip(df.measured_min, df.resumed)],
+            else f"{v:.1f}" + (f" (last of {n + 1} runs)" if n else "")
+            for v, n in zip(df.measured_min, df.earlier_runs)],
         "projected by notebook 00 from empty caches (min)": [
             "" if math.isnan(v) else ("≤ " if most else "") + f"{v:.1f}"
             for v, most in zip(df.projected_min, df.projected_at_most)],
@@ -555,20 +571,21 @@ def times_block(profile: str, records: list[RunRecord]) -> str:
         gaps = measured.gap_before_s.dropna()
         breaks = int(((gaps > ONE_RUN_GAP_S) | (gaps < -ONE_RUN_GAP_S)).sum())
         unclocked = df.notebook[df.measured_min.isna()].tolist()
-        resumed = measured[measured.resumed > 0]
-        if breaks == 0 and not unclocked and resumed.empty:
+        reused = measured[measured.earlier_runs > 0]
+        if breaks == 0 and not unclocked and reused.empty:
             end = (measured.started_s + 60 * measured.measured_min).max()
             span = (end - measured.started_s.min()) / 60
             lines.append(f"One run of {len(measured)} notebooks, back to back: {total:.0f} min in the notebooks, "
                          f"{span:.0f} min from the first notebook's start to the last one's end.")
         else:
             lines.append(f"Sum of the wall times of the {len(measured)} measured notebooks: {total:.0f} min, from "
-                         + (f"{breaks + 1} separate runs" if breaks else "one run")
+                         + (f"at least {breaks + 1 + int(reused.earlier_runs.sum())} separate runs" if len(reused)
+                            else f"{breaks + 1} separate runs" if breaks else "one run")
                          + (f"; without a clock: {', '.join(unclocked)}" if unclocked else "")
-                         + ("; resumed after an interruption and timed for their last run only (the interrupted "
-                            "runs before it are not in the sum, so it is too low by their time): "
+                         + ("; timed for their last run only, their training continued or loaded from earlier runs "
+                            "that are not in the sum (too low by the time of those runs): "
                             + ", ".join(f"`{nb}` ({n} earlier run{'s' if n > 1 else ''})"
-                                        for nb, n in zip(resumed.notebook, resumed.resumed)) if len(resumed) else "")
+                                        for nb, n in zip(reused.notebook, reused.earlier_runs)) if len(reused) else "")
                          + ". An estimate of one run from empty caches, not a measurement of one: it holds only if "
                          "each notebook ran once, on the caches of the notebooks before it (the records do not store "
                          "which caches a run found).")

@@ -358,13 +358,19 @@ class SpeedupEstimate:
     comparator_reach: float | None = None
     comparator_at_first_checkpoint: bool = False
 
-    def describe(self, subject: str = "EQ", comparator: str = "the comparator") -> str:
-        """One line for a record's notes: the target and where each curve reaches it, or that one never does, and
-        whether the speed-up is a lower or upper bound (e.g. ``"target 41.2: EQ reaches it at step 600, the base at
-        1500"``)."""
-        text = f"target {self.target:.4g}: " + ("a curve never reaches it (censored)" if self.censored else
-                                                f"{subject} reaches it at step {self.reach:.0f}, {comparator} at "
-                                                f"{self.comparator_reach:.0f}")
+    def describe(self, subject: str = "EQ", comparator: str = "the comparator", unit: str = "step") -> str:
+        """One line for a record's notes: the target and where each curve reaches it (``unit``: ``"step"`` or
+        ``"epoch"``), or why there is no number, and whether the speed-up is a bound, e.g. ``"target 41.2: EQ
+        reaches it at step 600, the base at 1500"``. The claim module reads the phrases ``"a lower bound"``, ``"an
+        upper bound"`` and ``"no bound"`` (:func:`claims._speedup_row`)."""
+        if not math.isfinite(self.target):
+            return "no finite final gFID in one of the curves: no target, censored"
+        if self.censored:
+            return f"target {self.target:.4g}: a curve never reaches it (censored)"
+        text = (f"target {self.target:.4g}: {subject} reaches it at {unit} {self.reach:g}, {comparator} at "
+                f"{self.comparator_reach:g}")
+        if self.at_first_checkpoint and self.comparator_at_first_checkpoint:
+            return text + " — both already at the first checkpoint: no bound (the curves say nothing before it)"
         if self.at_first_checkpoint:
             text += f" — {subject} already at the first checkpoint, a lower bound"
         if self.comparator_at_first_checkpoint:
