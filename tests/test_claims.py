@@ -282,6 +282,18 @@ def _design(started: float) -> R.RunRecord:
 T0 = 1_700_000_000.0
 
 
+def test_verdict_tally_counts_comparisons_primary_first():
+    rows = [dict(verdict=V.REPRODUCED, primary=True), dict(verdict=V.WITHIN_NOISE, primary="True"),
+            dict(verdict=V.WITHIN_NOISE, primary=False), dict(verdict=V.NOT_TESTABLE, primary=""),
+            dict(verdict=V.MEASUREMENT, primary=False), dict(verdict=V.NOT_RUN, primary=True)]
+    assert R.verdict_tally(rows) == ("Verdicts of the 2 primary claims: 1 reproduced, 1 within noise. Of all 4 "
+                                     "comparisons: 1 reproduced, 2 within noise, 1 not testable at this scale.")
+    assert R.verdict_tally(rows[2:4]) == "Of all 2 comparisons: 1 within noise, 1 not testable at this scale."
+    assert R.verdict_tally(rows[4:]) == "No comparison in this profile's results."
+    block = R.readme_block("cpu", [dict(r, claim=f"c{i}", subject="eq") for i, r in enumerate(rows)])
+    assert R.verdict_tally(rows) in block and "Not run in this profile: c5." in block
+
+
 def test_times_block_one_run_back_to_back():
     # each notebook starts 10 s after the previous one ends
     one = [_design(T0), _timed("base_ae", T0 + 130, 90.0), _timed("table6_finetune", T0 + 130 + 5400 + 10, 30.0)]
