@@ -244,8 +244,9 @@ def test_committed_results_use_only_verdict_words_and_match_the_readme(profile):
 def test_update_readme_replaces_only_the_marked_block(tmp_path):
     folder = tmp_path / "cpu"
     folder.mkdir()
+    cells = {"claim": "x", "verdict": V.WITHIN_NOISE}
     (folder / "results.csv").write_text(",".join(C.COLUMNS) + "\n"
-                                        + ",".join("x" if c in ("claim", "verdict") else "" for c in C.COLUMNS) + "\n")
+                                        + ",".join(cells.get(c, "") for c in C.COLUMNS) + "\n")
     readme = tmp_path / "README.md"
     readme.write_text("before\n<!-- results:cpu -->\nold\n<!-- /results:cpu -->\nafter\n"
                       "<!-- times:cpu -->\nold times\n<!-- /times:cpu -->\nend\n")
@@ -259,6 +260,11 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
         R.update_readme("cpu-full", readme, folder)
     readme.write_text("<!-- results:cpu -->\n<!-- /results:cpu -->\n")  # a results block without its times block
     with pytest.raises(ValueError, match="times:cpu"):
+        R.update_readme("cpu", readme, folder)
+    # a results.csv with a word that is not a verdict never reaches the README
+    (folder / "results.csv").write_text(",".join(C.COLUMNS) + "\n"
+                                        + ",".join(dict(cells, verdict="x").get(c, "") for c in C.COLUMNS) + "\n")
+    with pytest.raises(ValueError, match="claim x: verdict 'x' is not one of"):
         R.update_readme("cpu", readme, folder)
 
 

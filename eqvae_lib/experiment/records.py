@@ -633,13 +633,16 @@ def update_readme(profile: str, readme: Path | None = None, folder: Path | None 
     ``figures/<profile>/records/``). Returns True when the README changed.
 
     Raises:
-        ValueError: the README lacks either pair of markers (add them where the tables belong).
+        ValueError: the README lacks either pair of markers (add them where the tables belong), or a row of
+            ``results.csv`` has a word outside the verdict words or a ``reproduced`` its interval does not support
+            (:func:`claims.check_rows`).
     """
     readme = readme or REPO_ROOT / "README.md"
     folder = folder or FIGURES_DIR / profile
     text = readme.read_text()
-    new = replace_marked_block(text, f"results:{profile}", readme_block(profile, read_results_csv(
-        folder / "results.csv")), readme)
+    rows = read_results_csv(folder / "results.csv")
+    check_rows(rows)  # verdict words only, and no 'reproduced' without its interval
+    new = replace_marked_block(text, f"results:{profile}", readme_block(profile, rows), readme)
     rdir = records_dir(profile, folder)
     records = [load_record(p) for p in sorted(rdir.glob("*.json")) if p.stem != "report"] if rdir.is_dir() else []
     new = replace_marked_block(new, f"times:{profile}", times_block(profile, records), readme)
