@@ -20,13 +20,24 @@ def _trace(l1s, start=10, every=10):
 
 
 def test_fire_step_analytic():
-    # after the GAN start (step 30): 1.0, 0.9, 0.8, 0.799, 0.7985. Window 2, threshold 0.01:
-    # [1.0 | 0.9, 0.8] -> 0.2; [0.9 | 0.8, 0.799] -> 0.112; [0.8 | 0.799, 0.7985] -> 0.0019 < 0.01: fires there.
-    # The flat values before the GAN start would fire at once if they counted.
-    tr = _trace([0.5, 0.5, 0.5, 1.0, 0.9, 0.8, 0.799, 0.7985, 0.7])
-    assert plateau_fire_step(tr, gan_on=30, window=2, threshold=0.01) == 80
-    assert plateau_fire_step(tr, gan_on=0, window=2, threshold=0.01) == 30
+    # after the GAN start (step 30): 1.0, 0.9, 0.8, 0.8, 0.79, 0.8, 0.5. Window 2 (means of 2), threshold 0.01:
+    # step 70 [1.0 0.9 | 0.8 0.8] -> (0.95-0.8)/0.95 = 0.158; step 80 [0.9 0.8 | 0.8 0.79] -> 0.065;
+    # step 90 [0.8 0.8 | 0.79 0.8] -> 0.00625 < 0.01: fires there. Counting the flat values before the GAN start,
+    # step 40 [0.5 0.5 | 0.5 1.0] is worse (-0.5): fires at once.
+    tr = _trace([0.5, 0.5, 0.5, 1.0, 0.9, 0.8, 0.8, 0.79, 0.8, 0.5])
+    assert plateau_fire_step(tr, gan_on=30, window=2, threshold=0.01) == 90
+    assert plateau_fire_step(tr, gan_on=0, window=2, threshold=0.01) == 40
+    # threshold 0.001: step 90 gives 0.00625, step 100 [0.79 0.8 | 0.8 0.5] gives 0.18: never
     assert plateau_fire_step(tr, gan_on=30, window=2, threshold=0.001) is None
+
+
+def test_the_rule_follows_the_trend_not_a_lucky_validation():
+    # L1 falls 1% per validation with alternating ±10% swings (the adversarial phase): a rule on one reference value
+    # fires when that value was a lucky low one; window means see the trend (improvement ~ window% per window).
+    l1 = [0.1 * 0.99 ** i * (0.9 if i % 2 else 1.1) for i in range(40)]
+    assert plateau_fire_step(_trace(l1), gan_on=0, window=4, threshold=0.005) is None
+    flat = [0.1 * (0.9 if i % 2 else 1.1) for i in range(40)]  # the same swings around a flat trend: fires at once
+    assert plateau_fire_step(_trace(flat), gan_on=0, window=4, threshold=0.005) == _trace(flat)[7]["step"]
 
 
 def test_validation_trace_keeps_the_last_point_of_a_step(tmp_path):
@@ -54,7 +65,7 @@ def test_post_hoc_fire_step_equals_the_stop_of_a_run_with_the_rule_on(tmp_path):
     assert on["stop_reason"] == "plateau", "the threshold must let the rule fire within the cap for this test"
     fire = plateau_fire_step(validation_trace(tmp_path / "off"), gan_on=4, window=2, threshold=0.05)
     assert fire == on["steps"]
-    assert fire > 4 + 2 * 2  # the rule needs window + 1 validations after the GAN start
+    assert fire >= 4 + 2 * 2 * 2  # the rule needs 2 x window validations (every 2 steps) after the GAN start
 
 
 def _record(psnrs, fire=None, start=250, every=250, gan_on=1500):
@@ -90,11 +101,23 @@ def test_readme_block_is_generated_from_the_committed_pilot_records(tmp_path):
     assert fake.read_text() == f"a\n<!-- plateau-pilot -->\n{block}\n<!-- /plateau-pilot -->\nb\n"
 
 
-def test_the_cpu_cap_sits_above_where_the_pilot_saw_the_rule_fire():
-    # the cap is a safety net: a cap below the pilot's fire step would stop the reference base before its plateau
+def test_the_cpu_cap_sits_above_what_the_pilot_saw():
+    # the cap is a safety net: below the pilot's fire step (or, where the rule never fired, below the pilot's last
+    # step) it would stop the reference base where the pilot saw no plateau yet
     from eqvae_lib.experiment.config import load_config
+    from eqvae_lib.experiment.plateau_pilot import record_fire_step
 
     pilot = json.loads((REPO / "figures" / "cpu" / "design" / "plateau_pilot_ae.json").read_text())
     b = load_config("cpu").base_ae
-    assert pilot["fire_step"] is not None and b.pretrain_max_epochs is None
-    assert b.pretrain_max_steps >= 2 * pilot["fire_step"]
+    fire = record_fire_step(pilot)
+    assert b.pretrain_max_epochs is None
+    assert b.pretrain_max_steps >= (2 * fire if fire is not None else pilot["steps_run"])
+
+
+def test_committed_pilot_records_state_the_current_rule_answer():
+    # a record written under an earlier rule must not keep that rule's answer (the plot and README recompute it)
+    from eqvae_lib.experiment.plateau_pilot import record_fire_step
+
+    for path in sorted((REPO / "figures" / "cpu" / "design").glob("plateau_pilot_*.json")):
+        r = json.loads(path.read_text())
+        assert r["fire_step"] == record_fire_step(r), f"{path.name}: stored fire_step is stale; re-derive it"

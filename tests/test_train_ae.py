@@ -144,22 +144,27 @@ def test_grad_accumulation_counts_and_lr_scaling(tmp_path):
 
 
 def test_plateau_rule(tmp_path):
-    assert plateau_reached([1.0, 0.9], 2, 0.01) == (False, None)
-    stop, imp = plateau_reached([1.0, 0.995, 0.999], 2, 0.01)
-    assert stop and imp == pytest.approx(0.005)
-    assert plateau_reached([1.0, 0.5, 0.999], 2, 0.01) == (False, 0.5)
-    # a huge threshold stops at the first decision point: (window + 1) validations
+    # window means: [1.0 0.99 | 0.996 0.99] -> (0.995 - 0.993) / 0.995 = 0.00201 < 0.01
+    assert plateau_reached([1.0, 0.9, 0.8], 2, 0.01) == (False, None)  # needs 2 x window values
+    stop, imp = plateau_reached([1.0, 0.99, 0.996, 0.99], 2, 0.01)
+    assert stop and imp == pytest.approx(0.002 / 0.995)
+    assert plateau_reached([1.0, 1.0, 0.5, 0.5], 2, 0.01) == (False, 0.5)
+    assert plateau_reached([0.5, 0.5, 1.0, 1.0], 2, 0.01) == (True, -1.0)  # worse than the window before: stop
+    with pytest.raises(ValueError, match="window"):
+        plateau_reached([1.0, 0.9], 0, 0.01)
+    # a huge threshold stops at the first decision point: 2 x window validations
     train_autoencoder(_tiny(), _data(), _cfg(plateau=True, plateau_window=2, plateau_threshold=10.0,
                                              max_epochs=None, max_steps=100), tmp_path / "p")
     s = _summary(tmp_path / "p")
-    assert s["stop_reason"] == "plateau" and s["steps"] == 6 and len(s["val_trace"]) == 3
+    assert s["stop_reason"] == "plateau" and s["steps"] == 8 and len(s["val_trace"]) == 4
     assert "stop when" in s["plateau_rule"]
-    # validations before the GAN starts (step 4 here) do not count: the first decision comes 2 validations later
+    # validations before the GAN starts (step 4 here) do not count: the first decision comes 2 x window = 4
+    # validations later (steps 6, 8, 10, 12)
     cfg = _cfg(plateau=True, plateau_window=2, plateau_threshold=10.0, max_epochs=None, max_steps=100)
     cfg.loss.disc_start = 4
     train_autoencoder(_tiny(), _data(), cfg, tmp_path / "q")
     s = _summary(tmp_path / "q")
-    assert s["stop_reason"] == "plateau" and s["steps"] == 10 and len(s["val_trace"]) == 5
+    assert s["stop_reason"] == "plateau" and s["steps"] == 12 and len(s["val_trace"]) == 6
 
 
 def test_two_gloo_processes_end_with_identical_weights(tmp_path):

@@ -55,6 +55,13 @@ def plateau_fire_step(trace: list[dict], gan_on: int, window: int, threshold: fl
     return None
 
 
+def record_fire_step(record: dict) -> int | None:
+    """The step at which the plateau rule of this code version fires on a pilot record's trace (its ``gan_on``,
+    ``window``, ``threshold``). Plots and README text use this, not the record's stored ``fire_step``, so that a
+    record written under an earlier rule is never shown with that rule's answer."""
+    return plateau_fire_step(record["trace"], record["gan_on"], record["window"], record["threshold"])
+
+
 def validation_trace(run_dir: str | Path) -> list[dict]:
     """The validation points of a ``train_ae`` run's ``log.jsonl``: dicts ``step``, ``l1``, ``mse``, ``psnr`` in step
     order (a point written again after a resume replaces the earlier one).
@@ -160,8 +167,9 @@ def plot_plateau_pilots(records: list[str | Path], out: str | Path) -> Path:
         steps = [t["step"] for t in r["trace"]]
         line, = ax.plot(steps, [t["psnr"] for t in r["trace"]], marker="o", ms=3,
                         label=f"base {r['kind'].upper()} ({r['model']['arch']})")
-        if r["fire_step"] is not None:
-            ax.axvline(r["fire_step"], color=line.get_color(), ls="--", lw=1)
+        fire = record_fire_step(r)
+        if fire is not None:
+            ax.axvline(fire, color=line.get_color(), ls="--", lw=1)
         ax.axvline(r["gan_on"], color="grey", ls=":", lw=1)
     ax.set_xlabel(f"optimizer step (batch {r['train_config']['batch_size']})")
     ax.set_ylabel("validation PSNR (dB)")
@@ -201,9 +209,10 @@ def readme_paragraph(records: list[dict]) -> str:
     out = []
     for r in records:
         name = {"ae": "base AE", "vq": "base VQ"}[r["kind"]]
-        tr = psnr_trend(r["trace"], r["gan_on"], r["fire_step"] or r["steps_run"])
-        where = (f"the rule fired at step {r['fire_step']} ({r['fire_step'] / r['steps_per_epoch']:.1f} epochs)"
-                 if r["fire_step"] is not None else f"the rule did not fire within {r['steps_run']} steps")
+        fire = record_fire_step(r)
+        tr = psnr_trend(r["trace"], r["gan_on"], fire or r["steps_run"])
+        where = (f"the rule fires at step {fire} ({fire / r['steps_per_epoch']:.1f} epochs)"
+                 if fire is not None else f"the rule does not fire within {r['steps_run']} steps")
         run = (f"{r['steps_run']} steps on {r.get('gpu') or r['device']}, torch {r['torch']}"
                + (f", stopped by a {r['max_time_s']:g} s time limit" if r.get("max_time_s") else ""))
         out.append(f"`{r['profile']}` {name} ({r['model']['arch']}; pilot of {run}): {where}; over steps "
