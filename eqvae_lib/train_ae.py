@@ -61,9 +61,9 @@ intact (atomic rename). ``log.jsonl`` is cut back to the checkpoint's step.
 Plateau rule (pretraining): every ``val_every`` steps the L1 (and PSNR) of ``D(mean E(x))`` on a fixed held-out
 batch is measured; training stops when the mean of the last ``plateau_window`` measurements improves on the mean of
 the ``plateau_window`` measurements before them by less than ``plateau_threshold`` (relative). Means of windows, not
-single values: with the GAN on, single validations swing by ~10% around the trend, and a rule on one reference value
-fired on a lucky swing while the trend still improved ~9% per 1000 steps (figures/cpu/design/plateau_pilot_ae.json:
-the former rule, best of the last window vs the value before it, fired at step 5000). Only measurements
+single values: with the GAN on, single validations swing around the trend, and the kit's former rule (the best of the
+last window against the one value before it) fired on such a swing in the AE design pilot while the window means were
+still improving (figures/cpu/design/plateau_pilot_ae.json, its ``annotations``). Only measurements
 after the GAN switches on (``loss.disc_start``) count: the adversarial term raises L1 at first. Caps: ``max_steps``,
 ``max_epochs`` (and ``max_time_s``, for the command line's ``--time`` only: the kit's pipeline never sets it, so its
 results do not depend on the machine's speed). The stop reason (``plateau`` / ``max_steps`` / ``max_epochs`` /
@@ -148,6 +148,10 @@ class AETrainConfig:
             raise ValueError(f"batch_size and grad_accum must be >= 1, got {self.batch_size}, {self.grad_accum}")
         if self.max_steps is None and self.max_epochs is None and self.max_time_s is None and not self.plateau:
             raise ValueError("no stopping rule: set max_steps, max_epochs, max_time_s or plateau=True")
+        if self.plateau_window < 1:
+            raise ValueError(f"plateau_window must be >= 1 validation, got {self.plateau_window}")
+        if self.plateau and not self.val_every:
+            raise ValueError("plateau=True needs validations: set val_every >= 1 (steps)")
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -563,10 +567,12 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
 
 
 def _plateau_rule_text(cfg: AETrainConfig) -> str:
+    gan_on = cfg.loss.disc_start if cfg.loss.disc_weight > 0 else 0
+    w = cfg.plateau_window
     return (f"every {cfg.val_every} steps: L1 of D(mean E(x)) on {cfg.val_size} held-out images (only those after "
-            f"the GAN starts at step {cfg.loss.disc_start} count); stop when "
-            f"(mean(previous {cfg.plateau_window}) - mean(last {cfg.plateau_window})) / mean(previous "
-            f"{cfg.plateau_window}) < {cfg.plateau_threshold}; caps max_steps={cfg.max_steps}, max_epochs={cfg.max_epochs}"
+            f"step {gan_on}, the GAN start, count; v = their list); from {2 * w} values on, stop when "
+            f"(mean(v[-{2 * w}:-{w}]) - mean(v[-{w}:])) / mean(v[-{2 * w}:-{w}]) < {cfg.plateau_threshold}; "
+            f"caps max_steps={cfg.max_steps}, max_epochs={cfg.max_epochs}"
             + (f", max_time_s={cfg.max_time_s}" if cfg.max_time_s is not None else ""))
 
 

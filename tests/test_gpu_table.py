@@ -15,7 +15,7 @@ _spec.loader.exec_module(gpu_table)
 def test_readme_gpu_table_is_generated_from_a_committed_result_file():
     readme = (ROOT / "README.md").read_text()
     block = readme.split(gpu_table.START + "\n", 1)[1].split(gpu_table.END, 1)[0]
-    rendered = {p.name: gpu_table.render(json.loads(p.read_text())) for p in (ROOT / "bench" / "results").glob("*.json")}
+    rendered = {p.name: gpu_table.render(json.loads(p.read_text())) for p in (ROOT / "bench" / "results").glob("bench_gpu*.json")}
     assert block in rendered.values(), ("README's GPU table matches no bench/results/*.json: run `python "
                                         "bench/gpu_table.py bench/results/<file>.json --readme README.md`")
 

@@ -152,6 +152,10 @@ def test_plateau_rule(tmp_path):
     assert plateau_reached([0.5, 0.5, 1.0, 1.0], 2, 0.01) == (True, -1.0)  # worse than the window before: stop
     with pytest.raises(ValueError, match="window"):
         plateau_reached([1.0, 0.9], 0, 0.01)
+    with pytest.raises(ValueError, match="plateau_window"):  # refused before any training, not at the 1st validation
+        _cfg(plateau_window=0)
+    with pytest.raises(ValueError, match="val_every"):
+        _cfg(plateau=True, val_every=0)
     # a huge threshold stops at the first decision point: 2 x window validations
     train_autoencoder(_tiny(), _data(), _cfg(plateau=True, plateau_window=2, plateau_threshold=10.0,
                                              max_epochs=None, max_steps=100), tmp_path / "p")
