@@ -1,5 +1,7 @@
 """How much of a small-scale gFID is the sampler? Run ``python bench/diag_dit_samplers.py`` after ``make reproduce``
-(profile ``cpu``: about 5 minutes on 2 cores when notebook 07's runs are cached; missing ones are trained first).
+(profile ``cpu``). Protocol v2's ``cpu`` trains SiT only (``gen_methods``), so the DiT-T/2 of the base autoencoder
+is trained here first (cached under the pipeline's key; the SiT comes from notebook 07's cache); ``cpu-full``'s
+notebook 07 trains both. Not timed under v2.
 
 Takes the final EMA checkpoint of the DiT-T/2 that notebook 07 trained on the base autoencoder's latents (seed
 ``replicate_seeds[0]``), samples ``--n`` images with each sampler below from the same label and noise seed, and measures gFID
@@ -50,7 +52,8 @@ def main(argv=None) -> dict:
     print(f"| model | sampler | sample seed | gFID ({extractor.metric_name}, n={args.n}) | sampling s |\n"
           "|---|---|---|---|---|")
     for method, samplers in SAMPLERS.items():
-        curve = pipeline.train_or_load_generative_curve(P, data, vae, seed, method, extractor, reference)  # cached: no training
+        # cached when notebook 07 trained this method (cpu: SiT only), else trained here first
+        curve = pipeline.train_or_load_generative_curve(P, data, vae, seed, method, extractor, reference)
         ck = load_gen_checkpoint(latest_checkpoint(curve.run_dir))
         runs = [(sampler, steps, 20_000) for sampler, steps in samplers]
         if method == "dit":  # the sample draw's own spread, with the profile's sampler

@@ -147,6 +147,44 @@ def test_compare_to_reference_inside_outside_and_no_interval(tmp_path):
     assert out["c"]["relative_difference"] == 0.0 and out["a"]["relative_difference"] == pytest.approx(3.9)
 
 
+def test_compare_to_reference_lists_claims_only_your_run_has():
+    ref = [dict(claim="a", verdict=V.WITHIN_NOISE, effect=1.0, effect_ci_low=-1.0, effect_ci_high=3.0, n_replicates=3)]
+    user = [dict(claim="a", effect=1.5, n_replicates=3), dict(claim="new", effect=2.5),
+            dict(claim="m", verdict="measurement", ours=7.0, effect=None)]
+    out = {r["claim"]: r for r in R.compare_to_reference(user, ref)}
+    assert set(out) == {"a", "new", "m"}
+    assert out["new"]["agreement"] == "not in the reference" and out["new"]["user_effect"] == 2.5
+    assert out["m"]["agreement"] == "not in the reference" and out["m"]["user_effect"] == 7.0
+
+
+def test_the_default_reference_is_the_committed_file_not_your_run(tmp_path):
+    # make reproduce rewrites figures/<profile>/results.csv; the default reference must stay the committed one
+    import subprocess
+
+    repo = tmp_path / "repo"
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+    csv = repo / "figures" / "cpu" / "results.csv"
+    csv.parent.mkdir(parents=True)
+    csv.write_text("claim,effect\nx,1.0\n")
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "empty")
+    with pytest.raises(FileNotFoundError, match="not committed at HEAD"):
+        R.committed_results("cpu", root=repo)
+    git("add", "figures")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "reference")
+    csv.write_text("claim,effect\nx,9.0\n")  # your run overwrote the working file
+    rows, source = R.committed_results("cpu", root=repo)
+    assert rows[0]["effect"] == 1.0 and "as committed at" in source
+    outside = tmp_path / "nogit"
+    (outside / "figures" / "cpu").mkdir(parents=True)
+    (outside / "figures" / "cpu" / "results.csv").write_text("claim,effect\nx,9.0\n")
+    rows, source = R.committed_results("cpu", root=outside)  # no git repository: the working file, said so
+    assert rows[0]["effect"] == 9.0 and "working file" in source
+
+
 def test_compare_to_reference_refuses_a_claim_whose_definition_changed():
     ref = dict(claim="fig5_epoch1", verdict=V.WITHIN_NOISE, effect=-1.0, effect_ci_low=-3.0, effect_ci_high=1.0,
                n_replicates=3, metric="gFID", subject="eq epoch 1", comparator="epoch 0")

@@ -6,8 +6,8 @@ when it is not already cached. ``P`` is the resolved :class:`config.Config` (typ
 
 Cache layout (``data/cache/v2/<stage>/<key hash>/``, ``key.json`` beside the artefact): the key of an artefact is
   * the full config of its stage (``dataclasses.asdict`` of the built training/metric config) minus the fields listed
-    in :data:`NOT_IN_KEY` (they cannot change a result: progress bars, checkpoint cadence, log cadence, the number of
-    further epochs of a continued fine-tune),
+    in :data:`NOT_IN_KEY` (they cannot change a result: progress bars, checkpoint cadence, log cadence; a continued
+    fine-tune's key also leaves out its epoch count, ``exclude=("max_epochs",)``, so further epochs continue it),
   * the hashes of its inputs (dataset ids, the weights hash of the autoencoder it starts from or measures),
   * the code version of its stage (:func:`code_version`: a hash of the behaviour-defining modules of
     :func:`stage_modules`, normalised via ``ast`` so comments and docstrings do not count; plotting, report and records

@@ -12,11 +12,13 @@ results tables from them only.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import platform
 import re
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -447,8 +449,9 @@ def readme_block(profile: str, rows: list[dict]) -> str:
             + f"<!-- /results:{profile} -->")
 
 
-def read_results_csv(path: Path) -> list[dict]:
-    """Rows of a ``results.csv`` as dicts with numbers as floats (empty cells → ``None``)."""
+def read_results_csv(path: Path | io.StringIO) -> list[dict]:
+    """Rows of a ``results.csv`` (a path or an open text buffer) as dicts with numbers as floats (empty cells →
+    ``None``)."""
     df = pd.read_csv(path, keep_default_na=False, na_values=[""])
     rows = []
     for rec in df.to_dict("records"):
@@ -721,7 +724,42 @@ def compare_to_reference(user_rows: list[dict], reference_rows: list[dict]) -> l
         rel = (ue - re_) / abs(re_) if ue is not None and re_ not in (None, 0) else None
         out.append(dict(claim=c, reference_effect=re_, reference_low=lo, reference_high=hi, interval=kind,
                         user_effect=ue, relative_difference=rel, agreement=agree))
+    in_reference = {ref["claim"] for ref in reference_rows}
+    for u in user_rows:  # claims of your run that the reference never had (e.g. a v2 run against v1 references)
+        if u["claim"] not in in_reference:
+            ue = u.get("ours") if u.get("verdict") == "measurement" else u.get("effect")
+            out.append(dict(claim=u["claim"], reference_effect=None, reference_low=None, reference_high=None,
+                            interval="none", user_effect=ue, relative_difference=None,
+                            agreement="not in the reference"))
     return out
+
+
+def committed_results(profile: str, root: Path = REPO_ROOT) -> tuple[list[dict], str]:
+    """The reference rows of ``figures/<profile>/results.csv`` as committed at git ``HEAD`` of ``root`` — not the
+    working file, which ``make reproduce`` overwrites with your own run's results. Returns ``(rows, source)``;
+    ``source`` names the file and commit. Outside a git checkout (or without git) the working file is read and
+    ``source`` says that it may be your own run's.
+
+    Raises:
+        FileNotFoundError: the file is neither committed at HEAD nor present in the working tree.
+        ValueError: the CSV cannot be parsed."""
+    rel = f"figures/{profile}/results.csv"
+    try:
+        shown = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=root, capture_output=True, text=True, timeout=30)
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        shown = head = None
+    if shown is not None and shown.returncode == 0:
+        return read_results_csv(io.StringIO(shown.stdout)), f"{rel} as committed at {head.stdout.strip()}"
+    path = Path(root) / rel
+    if shown is not None and head.returncode == 0:  # a git checkout that does not hold the file at HEAD
+        raise FileNotFoundError(f"{rel} is not committed at HEAD of {root}: no reference for profile {profile!r}; "
+                                "pass --reference DIR (a folder holding a results.csv)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no reference results; pass --reference DIR")
+    return read_results_csv(path), (f"{path} (working file, no git: if `make reproduce` rewrote it, it is your own "
+                                    "run; pass --reference with a copy of the committed folder)")
 
 
 def cli_compare_reference(argv: list[str]) -> int:
@@ -734,11 +772,16 @@ def cli_compare_reference(argv: list[str]) -> int:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--records", type=Path, help="folder of your result records (default runs/<profile>/records)")
     g.add_argument("--results", type=Path, help="your results.csv (instead of records)")
-    p.add_argument("--reference", type=Path, help="reference folder (default figures/<profile>)")
+    p.add_argument("--reference", type=Path, help="reference folder holding a results.csv (default: "
+                   "figures/<profile>/results.csv as committed at git HEAD, not as your run rewrote it)")
     args = p.parse_args(argv)
-    ref_csv = (args.reference or FIGURES_DIR / args.profile) / "results.csv"
     try:
-        reference = read_results_csv(ref_csv)
+        if args.reference:
+            source = args.reference / "results.csv"
+            reference = read_results_csv(source)
+        else:
+            reference, source = committed_results(args.profile)
+        print(f"reference: {source}")
         if args.results:
             user = read_results_csv(args.results)
         else:
