@@ -231,10 +231,10 @@ def validate(vae, images: torch.Tensor, batch_size: int = 256) -> dict[str, floa
 
 def plateau_reached(values: list[float], window: int, threshold: float) -> tuple[bool, float | None]:
     """The plateau rule on a list of validation L1 values (lower is better), in measurement order: with
-    ``ref = mean(values[-2·window:-window])`` (the previous window) and ``cur = mean(values[-window:])`` (the last one),
-    stop when ``(ref − cur) / ref < threshold``. Returns ``(stop, improvement)``; ``improvement`` (a fraction; negative
-    when the last window is worse) is None while fewer than ``2 · window`` values exist. Comparing window means makes
-    the rule follow the trend, not the ±10% swings of single validations under adversarial training.
+    ``ref = mean(values[-2·window:-window])`` (the previous window) and ``cur = mean(values[-window:])`` (the last
+    one), stop when ``(ref − cur) / ref < threshold``. Returns ``(stop, improvement)``; ``improvement`` (a fraction;
+    negative when the last window is worse) is None while fewer than ``2 · window`` values exist. Comparing window
+    means makes the rule follow the trend, not the swings of single validations under adversarial training.
 
     Raises:
         ValueError: ``window`` < 1."""

@@ -7,8 +7,8 @@ cap ``max_steps`` does. The validation trace it logs (L1, MSE, PSNR on ``val_siz
 ``pretrain_val_every`` steps) is then read post hoc with the rule itself (:func:`plateau_fire_step`), which gives
 the step at which a run with the rule on would have stopped. The profile's caps are then set above that step so that
 the reference run stops at its plateau, not at a cap; where the rule does not fire within the pilot, the pilot only
-says that the cap must exceed its length, not where the plateau lies. The pilot uses base metrics only (no EQ-vs-control result is
-seen), as the issue requires of a design pilot.
+says that the cap must exceed its length, not where the plateau lies. The pilot uses base metrics only (no
+EQ-vs-control result is seen), as the issue requires of a design pilot.
 
 A pilot may run on a GPU to save time; its record says on which device and with which precision (``bf16`` off by
 default so the arithmetic is fp32 as on the CPU, up to TF32 matmuls and summation order: the fire step is a design
