@@ -229,6 +229,12 @@ def validate(vae, images: torch.Tensor, batch_size: int = 256) -> dict[str, floa
     return {"l1": l1 / n, "mse": mse, "psnr": 10 * math.log10(4.0 / max(mse, 1e-12))}
 
 
+def plateau_gan_on(cfg: AETrainConfig) -> int:
+    """The step after which validations count for the plateau rule: the GAN start ``loss.disc_start`` (the
+    adversarial term raises L1 at first), or 0 when the objective has no GAN (``disc_weight`` = 0)."""
+    return cfg.loss.disc_start if cfg.loss.disc_weight > 0 else 0
+
+
 def plateau_reached(values: list[float], window: int, threshold: float) -> tuple[bool, float | None]:
     """The plateau rule on a list of validation L1 values (lower is better), in measurement order: with
     ``ref = mean(values[-2·window:-window])`` (the previous window) and ``cur = mean(values[-window:])`` (the last
@@ -512,7 +518,7 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
                 v = validate(model, val_images)
                 st["val_trace"].append({"step": st["step"], **v})
                 # only measurements taken with the GAN on count: switching it on trades L1 for sharpness
-                gan_on = cfg.loss.disc_start if cfg.loss.disc_weight > 0 else 0
+                gan_on = plateau_gan_on(cfg)
                 stop, imp = plateau_reached([t["l1"] for t in st["val_trace"] if t["step"] > gan_on],
                                             cfg.plateau_window, cfg.plateau_threshold)
                 logger.log("val", st["step"], val=v, plateau_improvement=imp, plateau_stop=bool(stop and cfg.plateau))
@@ -567,7 +573,7 @@ def train_autoencoder(vae, train, cfg: AETrainConfig, run_dir: str | os.PathLike
 
 
 def _plateau_rule_text(cfg: AETrainConfig) -> str:
-    gan_on = cfg.loss.disc_start if cfg.loss.disc_weight > 0 else 0
+    gan_on = plateau_gan_on(cfg)
     w = cfg.plateau_window
     return (f"every {cfg.val_every} steps: L1 of D(mean E(x)) on {cfg.val_size} held-out images (only those after "
             f"step {gan_on}, the GAN start, count; v = their list); from {2 * w} values on, stop when "

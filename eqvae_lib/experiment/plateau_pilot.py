@@ -32,7 +32,7 @@ import torch
 
 from ..io import atomic_path, atomic_write_json, atomic_write_text, git_commit
 from ..runtime import REPO_ROOT
-from ..train_ae import load_summary, plateau_reached, pretrain
+from ..train_ae import load_summary, plateau_gan_on, plateau_reached, pretrain
 from ..vq import pretrain_vq
 from .config import load_config
 from .pipeline import base_ae_train_config, base_vq_train_config, code_version, load_data, lock_hash
@@ -134,7 +134,7 @@ def train_plateau_pilot(profile: str, kind: str, max_steps: int, out: str | Path
     wall = time.time() - t0
     trace = validation_trace(out)
     steps_run = int(load_summary(out)["steps"])
-    gan_on = cfg.loss.disc_start if cfg.loss.disc_weight > 0 else 0
+    gan_on = plateau_gan_on(cfg)
     fire = plateau_fire_step(trace, gan_on, cfg.plateau_window, cfg.plateau_threshold)
     steps_per_epoch = int(load_summary(out)["steps_per_epoch"])  # as the loop counts them (drop-last batches)
     dev = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
